@@ -41,6 +41,10 @@ def summarize(trace: ChainTrace, init_loss: float, config: LLCConfig) -> LLCResu
         rhat=stats.rhat,
         ess=stats.ess,
         diverged=diverged,
+        mala_acceptance=np.asarray(trace.acceptance),
+        weight_distance=np.asarray(trace.weight_distance),
+        grad_norm=np.asarray(trace.grad_norm),
+        noise_norm=np.asarray(trace.noise_norm),
         config=config,
     )
 

@@ -148,6 +148,8 @@ def resolve_config(
     estimator,
     seed,
     num_examples: int,
+    sampler="sgld",
+    diagnostic_every=10,
 ):
     """Check the sampler options and fill in defaults: an :class:`~slt_jax.LLCConfig`."""
     from slt_jax.engine import ESTIMATORS
@@ -161,6 +163,13 @@ def resolve_config(
     check_steps(num_steps, num_burnin)
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}.")
+    spec = check_sampler(sampler)
+    if spec.full_batch:  # exact-gradient samplers see the whole data set every step
+        batch_size = num_examples
+    schedule, schedule_text = None, None
+    if callable(step_size):
+        schedule = step_size
+        step_size, schedule_text = check_schedule(schedule, int(num_steps))
     return LLCConfig(
         num_chains=num_chains,
         num_steps=int(num_steps),
@@ -171,11 +180,57 @@ def resolve_config(
         batch_size=check_batch_size(batch_size, num_examples),
         num_examples=num_examples,
         estimator=estimator,
-        sampler="sgld",
+        sampler=spec.describe(),
         seed=int(seed)
         if isinstance(seed, int | np.integer) and not isinstance(seed, bool)
         else None,
+        diagnostic_every=check_count("diagnostic_every", diagnostic_every, minimum=0),
+        step_size_schedule=schedule_text,
+        schedule=schedule,
     )
+
+
+def check_sampler(sampler):
+    """A sampler spec (from a name or a spec) whose numeric options are positive."""
+    import dataclasses
+
+    from slt_jax.samplers import resolve_sampler
+
+    spec = resolve_sampler(sampler)
+    for field in dataclasses.fields(spec):
+        value = getattr(spec, field.name)
+        if isinstance(field.default, float):
+            check_positive(f"{spec.name}.{field.name}", value)
+        elif isinstance(field.default, int):
+            check_count(f"{spec.name}.{field.name}", value, minimum=1)
+    if spec.name == "rmsprop_sgld" and not 0 <= spec.alpha < 1:
+        raise ValueError(f"rmsprop_sgld.alpha must be in [0, 1), got {spec.alpha}.")
+    return spec
+
+
+def check_schedule(schedule, num_steps: int) -> tuple[float, str]:
+    """Evaluate a step-size schedule (``step -> ε``, e.g. an optax schedule) at every step:
+    all values finite and > 0. Returns its first value and a description that identifies
+    it (first and last values and a digest of all of them)."""
+    import hashlib
+
+    try:
+        values = np.asarray(schedule(jnp.arange(num_steps)), np.float64)
+        values = np.broadcast_to(values, (num_steps,))
+    except Exception as error:
+        raise TypeError(
+            "`step_size` as a callable must be a schedule: step (an int array) -> step size, "
+            f"like an optax schedule; calling it failed with {error!r}."
+        ) from None
+    bad = ~(np.isfinite(values) & (values > 0))
+    if bad.any():
+        raise ValueError(
+            f"the step-size schedule gives {values[bad][0]} at step {np.argmax(bad)}; every "
+            "step size must be finite and > 0."
+        )
+    digest = hashlib.sha256(values.astype(np.float32).tobytes()).hexdigest()[:12]
+    text = f"schedule {values[0]:.4g} -> {values[-1]:.4g} (sha256 {digest})"
+    return float(values[0]), text
 
 
 def check_run(loss_fn, params: PyTree, data: PyTree, *, seed, **options):

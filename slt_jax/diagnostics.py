@@ -20,6 +20,16 @@ from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 RHAT_THRESHOLD = 1.1
 MIN_ESS = 100.0
 MIN_DRAWS = 4
+#: The healthy range of the mean MALA acceptance probability of the moves (Lau et al. 2023
+#: found SGLD settings with acceptance ≈ 0.9 and above to give reliable estimates).
+ACCEPTANCE_BAND = (0.9, 1.0)
+#: A trace is non-stationary when its first and second halves differ by more than this many
+#: standard errors *and* by more than this fraction of the estimate.
+STATIONARITY_Z = 4.0
+STATIONARITY_RELATIVE = 0.1
+#: A chain's loss fell below L_n(w*) when its second-half LLC mean is this many standard
+#: errors below zero.
+BELOW_INIT_Z = 3.0
 
 
 class LLCDiagnosticWarning(UserWarning):
@@ -42,7 +52,45 @@ def chain_diagnostics(trace: np.ndarray) -> ChainDiagnostics:
         return ChainDiagnostics(np.nan, float(trace.size), 0.0)
     rhat = float(split_gelman_rubin(trace))
     ess = float(effective_sample_size(trace))
-    return ChainDiagnostics(rhat, ess, sd / np.sqrt(ess))
+    stderr = sd / np.sqrt(ess) if ess > 0 else np.nan  # numpyro's ESS can be <= 0 on tiny runs
+    return ChainDiagnostics(rhat, ess, stderr)
+
+
+class Stationarity(NamedTuple):
+    first: float  # mean of the first half of the draws (all chains)
+    second: float  # mean of the second half
+    z: float  # (second - first) / its standard error
+
+
+def stationarity(trace: np.ndarray) -> Stationarity:
+    """Compare the first and second halves of ``trace`` (chains, draws), pooled over chains;
+    each half's standard error comes from its own effective sample size."""
+    trace = np.asarray(trace, np.float64)
+    half = trace.shape[1] // 2
+    if half < MIN_DRAWS or trace.shape[0] == 0:
+        return Stationarity(np.nan, np.nan, np.nan)
+    first, second = trace[:, :half], trace[:, half : 2 * half]
+    se = np.hypot(chain_diagnostics(first).stderr, chain_diagnostics(second).stderr)
+    diff = second.mean() - first.mean()
+    z = diff / se if se > 0 else (0.0 if diff == 0 else np.inf * np.sign(diff))
+    return Stationarity(float(first.mean()), float(second.mean()), float(z))
+
+
+def chains_below_init(trace: np.ndarray) -> np.ndarray:
+    """Indices of the chains whose second-half LLC mean is significantly negative: their
+    loss settled below ``L(w*)``, so ``w*`` is not a local minimum at this temperature."""
+    trace = np.asarray(trace, np.float64)
+    half = trace[:, trace.shape[1] // 2 :]
+    if half.shape[1] < MIN_DRAWS:
+        return np.zeros(0, int)
+    below = []
+    for i, chain in enumerate(half):
+        sd = chain.std()
+        ess = float(effective_sample_size(chain[None])) if sd > 0 else np.nan
+        stderr = sd / np.sqrt(ess) if np.isfinite(ess) and ess >= 1 else sd  # guard: ESS ≥ 1
+        if chain.mean() < -BELOW_INIT_Z * stderr:
+            below.append(i)
+    return np.asarray(below, int)
 
 
 def health_problems(
@@ -53,10 +101,15 @@ def health_problems(
     num_diverged: int,
     num_chains: int,
     init_loss: float = 0.0,
+    llc_trace: np.ndarray | None = None,
+    acceptance: np.ndarray | None = None,
+    acceptance_band: tuple[float, float] = ACCEPTANCE_BAND,
 ) -> dict[str, str]:
     """Each diagnostic out of its healthy range, as ``{kind: explanation}``.
 
-    Kinds: ``"init_loss"``, ``"diverged"``, ``"rhat"``, ``"ess"``, ``"negative"``.
+    Kinds: ``"init_loss"``, ``"diverged"``, ``"rhat"``, ``"ess"``, ``"negative"``, and,
+    given the per-draw LLC trace of the chains that did not diverge, ``"nonstationary"``
+    and ``"below_init"``; given the MALA acceptance probabilities, ``"acceptance"``.
     """
     problems = {}
     if not np.isfinite(init_loss):
@@ -85,4 +138,30 @@ def health_problems(
             "which is then not a local minimum at this temperature; increase localization, "
             "decrease step_size, or train w* further"
         )
+    if acceptance is not None and np.isfinite(acceptance).any():
+        mean = float(np.nanmean(acceptance))
+        low, high = acceptance_band
+        if not low <= mean <= high:
+            advice = "decrease step_size" if mean < low else "the step_size can be larger"
+            problems["acceptance"] = (
+                f"mean MALA acceptance {mean:.3f} is outside [{low}, {high}]: {advice}"
+            )
+    if llc_trace is not None and np.size(llc_trace):
+        halves = stationarity(llc_trace)
+        scale = max(abs(halves.first), abs(halves.second))
+        if abs(halves.z) > STATIONARITY_Z and abs(halves.second - halves.first) > (
+            STATIONARITY_RELATIVE * scale
+        ):
+            problems["nonstationary"] = (
+                f"the LLC trace drifts: first half {halves.first:.4g}, second half "
+                f"{halves.second:.4g} ({halves.z:+.1f} standard errors); burn in longer, or "
+                "use a larger step_size so the chains equilibrate"
+            )
+        below = chains_below_init(llc_trace)
+        if below.size:
+            problems["below_init"] = (
+                f"{below.size} chain(s) settled at a loss below L_n(w*) (second-half LLC "
+                f"more than {BELOW_INIT_Z:g} standard errors below 0): w* is not a local "
+                "minimum here; increase localization or train w* further"
+            )
     return problems

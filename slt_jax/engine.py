@@ -14,6 +14,7 @@ noise key; the step ``t`` noise key is ``fold_in(noise_key, t)``), so chain ``i`
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -21,13 +22,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from slt_jax import _data
-from slt_jax.kernels import sgld
+from slt_jax.kernels.langevin import langevin_acceptance
 from slt_jax.posterior import (
     LossFn,
+    half_square_distance,
     localized_logdensity_grad,
     sampling_dtype,
     tree_all_finite,
+    tree_norm,
 )
+from slt_jax.samplers import SGLD, Sampler, resolve_sampler
 
 PyTree = Any
 
@@ -42,10 +46,20 @@ class ChainConfig:
     num_burnin: int
     num_draws: int
     estimator: str = "paired"
+    sampler: Sampler = SGLD()
+    #: ``schedule(t)`` multiplies the step size at step ``t`` (an optax schedule); None: 1.
+    schedule: Callable | None = None
+    #: Record the chain diagnostics every this many draws (0: never).
+    diagnostic_every: int = 0
+
+    @property
+    def num_diagnostics(self) -> int:
+        every = self.diagnostic_every
+        return -(-self.num_draws // every) if every else 0
 
 
 class SamplerSettings(NamedTuple):
-    """The numeric settings of SGLD, passed as arrays (sweeps vary them without recompiling)."""
+    """The numeric settings of a sampler, passed as arrays (varied without recompiling)."""
 
     step_size: jax.Array
     localization: jax.Array
@@ -59,18 +73,70 @@ class ChainTrace(NamedTuple):
     reference_loss: jax.Array  # (draws,) L_B(w*) on the same minibatch (paired), else (0,)
     burnin_loss: jax.Array  # (burnin,) minibatch loss during burn-in
     diverged: jax.Array  # () bool: loss or parameters became non-finite
+    # Every `diagnostic_every` draws, shape (num_diagnostics,):
+    acceptance: jax.Array  # MALA acceptance probability of the move from w_t
+    weight_distance: jax.Array  # ‖w_t − w*‖
+    grad_norm: jax.Array  # ‖∇log p(w_t)‖
+    noise_norm: jax.Array  # ‖injected noise‖ of the move from w_t
+
+
+DIAGNOSTICS = ("acceptance", "weight_distance", "grad_norm", "noise_norm")
 
 
 def chain_config(config) -> ChainConfig:
     """The static part of an :class:`~slt_jax.LLCConfig`."""
-    return ChainConfig(config.batch_size, config.num_burnin, config.num_draws, config.estimator)
+    return ChainConfig(
+        config.batch_size,
+        config.num_burnin,
+        config.num_draws,
+        config.estimator,
+        resolve_sampler(config.sampler),
+        config.schedule,
+        config.diagnostic_every,
+    )
 
 
 def sampler_settings(config) -> SamplerSettings:
     """The array part of an :class:`~slt_jax.LLCConfig`."""
+    step_size = 1.0 if config.schedule is not None else config.step_size
     return SamplerSettings(
-        *(jnp.float32(v) for v in (config.step_size, config.localization, config.nbeta))
+        *(jnp.float32(v) for v in (step_size, config.localization, config.nbeta))
     )
+
+
+def _measure(loss_fn, config, center, settings, kernel_info, state, new_state, batch, eps):
+    """The chain diagnostics of one move (one extra gradient for a Langevin sampler)."""
+    position, proposal = state.position, new_state.position
+    nan = jnp.float32(jnp.nan)
+    if config.sampler.langevin:
+        logdensity_grad = localized_logdensity_grad(
+            loss_fn, center, nbeta=settings.nbeta, localization=settings.localization
+        )
+        proposal_loss, proposal_grad = logdensity_grad(proposal, batch)
+
+        def logdensity(loss, w):
+            return -settings.nbeta * loss - settings.localization * half_square_distance(w, center)
+
+        acceptance = langevin_acceptance(
+            position=position,
+            proposal=proposal,
+            logdensity=logdensity(kernel_info.loss, position),
+            proposal_logdensity=logdensity(proposal_loss, proposal),
+            grad=kernel_info.logdensity_grad,
+            proposal_grad=proposal_grad,
+            step_size=eps,
+            preconditioner=kernel_info.preconditioner,
+        )
+    else:
+        acceptance = kernel_info.acceptance
+    noise = nan if kernel_info.noise is None else tree_norm(kernel_info.noise)
+    values = (
+        acceptance,
+        tree_norm(jax.tree.map(lambda w, c: w - c, position, center)),
+        tree_norm(kernel_info.logdensity_grad),
+        noise,
+    )
+    return jnp.stack([jnp.asarray(v, jnp.float32) for v in values])
 
 
 def run_chain(
@@ -81,30 +147,53 @@ def run_chain(
     data: PyTree,
     settings: SamplerSettings,
 ) -> ChainTrace:
-    """One SGLD chain started at ``center``: burn-in, then ``num_draws`` recorded steps."""
-    logdensity_grad = localized_logdensity_grad(
+    """One chain started at ``center``: burn-in, then ``num_draws`` recorded steps."""
+    kernel = config.sampler.build(
         loss_fn, center, nbeta=settings.nbeta, localization=settings.localization
     )
-    kernel = sgld(logdensity_grad, settings.step_size)
     batch_key, key = jax.random.split(key)
     paired = config.estimator == "paired"
+    every, num_diag = config.diagnostic_every, config.num_diagnostics
 
-    def step(carry, t, record_reference):
-        state, diverged = carry
-        batch = _data.minibatch(batch_key, t, data, config.batch_size)
-        state, info = kernel.step(jax.random.fold_in(key, t), state, batch)
-        finite = jnp.isfinite(info.loss) & tree_all_finite(state.position)
-        record = (info.loss, loss_fn(center, batch)) if record_reference else info.loss
-        return (state, diverged | ~finite), record
+    def batch_at(t):
+        if config.sampler.full_batch:
+            return data
+        return _data.minibatch(batch_key, t, data, config.batch_size)
+
+    def step(carry, t, record):
+        state, diverged, diagnostics = carry
+        batch = batch_at(t)
+        eps = settings.step_size
+        if config.schedule is not None:
+            eps = eps * jnp.asarray(config.schedule(t), jnp.float32)
+        new_state, info = kernel.step(jax.random.fold_in(key, t), state, batch, eps)
+        finite = jnp.isfinite(info.loss) & tree_all_finite(new_state.position)
+        out = info.loss
+        if record:
+            out = (info.loss, loss_fn(center, batch)) if paired else info.loss
+            if num_diag:
+                draw = t - config.num_burnin
+
+                def measure(d):
+                    values = _measure(
+                        loss_fn, config, center, settings, info, state, new_state, batch, eps
+                    )
+                    return d.at[:, draw // every].set(values)
+
+                # The predicate depends on the step only (not on the chain), so under vmap
+                # this stays a branch: the extra gradient is paid on diagnostic steps only.
+                diagnostics = jax.lax.cond(draw % every == 0, measure, lambda d: d, diagnostics)
+        return (new_state, diverged | ~finite, diagnostics), out
 
     start = jax.tree.map(lambda c: c.astype(sampling_dtype(c.dtype)), center)
-    carry = (kernel.init(start), jnp.asarray(False))
+    diagnostics = jnp.full((len(DIAGNOSTICS), num_diag), jnp.nan, jnp.float32)
+    carry = (kernel.init(start, batch_at(0)), jnp.asarray(False), diagnostics)
     burnin_steps = jnp.arange(config.num_burnin)
     draw_steps = jnp.arange(config.num_burnin, config.num_burnin + config.num_draws)
     carry, burnin_loss = jax.lax.scan(lambda c, t: step(c, t, False), carry, burnin_steps)
-    carry, records = jax.lax.scan(lambda c, t: step(c, t, paired), carry, draw_steps)
+    carry, records = jax.lax.scan(lambda c, t: step(c, t, True), carry, draw_steps)
     loss, reference = records if paired else (records, jnp.zeros((0,), records.dtype))
-    return ChainTrace(loss, reference, burnin_loss, carry[1])
+    return ChainTrace(loss, reference, burnin_loss, carry[1], *carry[2])
 
 
 def _run_chains(loss_fn, config, keys, center, data, settings):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -14,6 +14,7 @@ from slt_jax._summarize import summarize, warn_if_unhealthy
 from slt_jax.engine import chain_config, sampler_settings
 from slt_jax.posterior import LossFn
 from slt_jax.result import LLCResult
+from slt_jax.samplers import Sampler
 
 PyTree = Any
 
@@ -26,11 +27,13 @@ def estimate_llc(
     num_chains: int = 8,
     num_steps: int = 1000,
     num_burnin: int | None = None,
-    step_size: float = 1e-4,
+    step_size: float | Callable[[jax.Array], jax.Array] = 1e-4,
     localization: float = 100.0,
     nbeta: float | None = None,
     batch_size: int = 256,
     estimator: str = "paired",
+    sampler: str | Sampler = "sgld",
+    diagnostic_every: int = 10,
     seed: int | jax.Array = 0,
     mesh: Mesh | None = None,
     devices: Sequence[jax.Device] | None = None,
@@ -59,13 +62,23 @@ def estimate_llc(
       num_chains: independent chains, all started at ``w*``.
       num_steps: SGLD steps per chain, burn-in included.
       num_burnin: initial steps whose draws are discarded; default ``num_steps // 4``.
-      step_size: ``ε`` of the update ``w ← w + ε/2·∇log p(w) + N(0, ε)`` (devinterp's ``lr``).
+      step_size: ``ε`` of the update ``w ← w + ε/2·∇log p(w) + N(0, ε)`` (devinterp's ``lr``;
+        for other samplers see :mod:`slt_jax.samplers`), or a schedule ``step -> ε`` such as
+        an optax schedule (e.g. ``optax.cosine_decay_schedule(1e-4, num_steps, 0.1)``),
+        evaluated at every step inside the compiled loop.
       localization: ``γ``, the strength of the pull towards ``w*``.
       nbeta: ``nβ``; default ``n / log n``.
       batch_size: minibatch size ``b`` (``b = n`` gives exact gradients).
       estimator: ``"paired"`` (default) averages ``nβ·(L_B(w_t) − L_B(w*))`` on the same
         minibatch, cancelling minibatch noise for one extra forward pass per draw;
         ``"plain"`` averages ``nβ·(L_B(w_t) − L_n(w*))``. See :mod:`slt_jax.estimators`.
+      sampler: ``"sgld"`` (default), ``"rmsprop_sgld"``, ``"sghmc"``, ``"sgnht"``, or an
+        exact-gradient reference sampler ``"mala"``, ``"hmc"``, ``"nuts"`` (these use the
+        whole data set at every step; ``batch_size`` is ignored); or a spec with options
+        from :mod:`slt_jax.samplers`, e.g. ``sj.samplers.SGHMC(friction=50.0)``.
+      diagnostic_every: record the chain diagnostics (MALA acceptance, ``‖w − w*‖``,
+        gradient and noise norms) every this many draws; ``0`` turns them off. For SGLD
+        each costs one extra gradient on the same minibatch.
       seed: an integer seed or a JAX key; chain ``i`` uses ``jax.random.split(key, C)[i]``.
       mesh, devices: where the chains run: a ``jax.sharding.Mesh`` (all its axes used) or
         a list of devices; default every device (every process's after
@@ -103,6 +116,8 @@ def estimate_llc(
         batch_size=batch_size,
         estimator=estimator,
         seed=seed,
+        sampler=sampler,
+        diagnostic_every=diagnostic_every,
     )
 
     centers = jax.tree.map(

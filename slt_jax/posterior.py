@@ -72,6 +72,42 @@ def localized_logdensity_grad(
     return fn
 
 
+def localized_logdensity(
+    loss_fn: LossFn, center: PyTree, *, nbeta: jax.Array, localization: jax.Array
+) -> Callable[[PyTree, PyTree], jax.Array]:
+    """``fn(position, batch) -> log p(position)`` (up to a constant) on ``batch``:
+    ``-nβ·L_B(w) - γ/2·‖w - w*‖²``, the loss seen in the model's dtype as above."""
+
+    def fn(position: PyTree, batch: PyTree) -> jax.Array:
+        cast = jax.tree.map(lambda w, c: w.astype(c.dtype), position, center)
+        loss = loss_fn(cast, batch)
+        loss = loss.astype(jnp.promote_types(loss.dtype, jnp.float32))
+        return -nbeta * loss - localization * half_square_distance(position, center)
+
+    return fn
+
+
+def loss_from_logdensity(logdensity, position, center, *, nbeta, localization):
+    """Invert :func:`localized_logdensity`: the loss at ``position``."""
+    return -(logdensity + localization * half_square_distance(position, center)) / nbeta
+
+
+def half_square_distance(position: PyTree, center: PyTree) -> jax.Array:
+    """``½‖w - w*‖²`` over every leaf."""
+    return 0.5 * tree_sum(jax.tree.map(lambda w, c: jnp.sum((w - c) ** 2), position, center))
+
+
+def tree_sum(tree: PyTree) -> jax.Array:
+    """The sum of the (scalar) leaves of ``tree``."""
+    leaves = jax.tree.leaves(tree)
+    return jnp.sum(jnp.stack(leaves)) if leaves else jnp.asarray(0.0)
+
+
+def tree_norm(tree: PyTree) -> jax.Array:
+    """The Euclidean norm of all elements of all leaves."""
+    return jnp.sqrt(tree_sum(jax.tree.map(lambda x: jnp.sum(jnp.square(x)), tree)))
+
+
 def sampling_dtype(dtype) -> jnp.dtype:
     """The float type a chain is held in: the parameter's own, but at least float32.
 

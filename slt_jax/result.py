@@ -29,6 +29,10 @@ _DIMS = {
     "rhat": (),
     "ess": (),
     "diverged": ("chain",),
+    "mala_acceptance": ("chain", "diagnostic_draw"),
+    "weight_distance": ("chain", "diagnostic_draw"),
+    "grad_norm": ("chain", "diagnostic_draw"),
+    "noise_norm": ("chain", "diagnostic_draw"),
 }
 
 
@@ -47,10 +51,22 @@ class LLCConfig:
     estimator: str
     sampler: str
     seed: int | None
+    #: Chain diagnostics recorded every this many draws (0: none).
+    diagnostic_every: int = 10
+    #: A description of a step-size schedule (``None``: the constant ``step_size``).
+    step_size_schedule: str | None = None
+    #: The schedule itself (a callable; not saved, not compared: the description is).
+    schedule: object = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def num_draws(self) -> int:
         return self.num_steps - self.num_burnin
+
+    def to_dict(self) -> dict:
+        """The saved settings (everything but the schedule callable)."""
+        fields = dataclasses.asdict(self)
+        del fields["schedule"]
+        return fields
 
 
 @jax.tree_util.register_dataclass
@@ -70,6 +86,14 @@ class LLCResult:
       rhat: split R-hat of ``llc_trace`` over non-diverged chains.
       ess: effective sample size of ``llc_trace`` over non-diverged chains.
       diverged: ``(chains,)`` bool, a chain whose loss or parameters became non-finite.
+      mala_acceptance: ``(chains, k)``, every ``config.diagnostic_every`` draws: for SGLD and
+        RMSProp-SGLD, the Metropolis-Hastings acceptance probability the move would have had
+        as a MALA proposal on the same minibatch (≳ 0.9 is healthy, Lau et al. 2023); for
+        MALA, HMC and NUTS, their own acceptance probability; NaN for SGHMC and SGNHT.
+      weight_distance: ``(chains, k)`` ``‖w_t − w*‖`` at the same draws.
+      grad_norm: ``(chains, k)`` ``‖∇log p(w_t)‖`` (the localized, tempered gradient).
+      noise_norm: ``(chains, k)`` the norm of the Gaussian noise the move injected (NaN for
+        the Metropolis samplers).
       config: the settings of the run (:class:`LLCConfig`).
       steps: ``(checkpoints,)`` training steps, for a result over a checkpoint set (every
         other array field then has a leading checkpoint axis); ``None`` otherwise.
@@ -86,6 +110,10 @@ class LLCResult:
     rhat: float
     ess: float
     diverged: np.ndarray
+    mala_acceptance: np.ndarray
+    weight_distance: np.ndarray
+    grad_norm: np.ndarray
+    noise_norm: np.ndarray
     config: LLCConfig = dataclasses.field(metadata=dict(static=True))
     steps: np.ndarray | None = None
 
@@ -97,7 +125,12 @@ class LLCResult:
 
     def health(self) -> dict[str, str]:
         """Diagnostics of this (single) estimate out of their healthy range, by kind:
-        ``init_loss``, ``diverged``, ``rhat``, ``ess``, ``negative`` (empty when healthy)."""
+        ``init_loss``, ``diverged``, ``rhat``, ``ess``, ``negative``, ``acceptance``,
+        ``nonstationary``, ``below_init`` (empty when healthy). See
+        :func:`slt_jax.diagnostics.health_problems`."""
+        if self.steps is not None:
+            raise ValueError("health() is per estimate; use result.checkpoint(k).health().")
+        healthy = ~np.asarray(self.diverged)
         return health_problems(
             llc_mean=self.llc_mean,
             rhat=self.rhat,
@@ -105,7 +138,25 @@ class LLCResult:
             num_diverged=self.num_diverged,
             num_chains=self.config.num_chains,
             init_loss=self.init_loss,
+            llc_trace=np.asarray(self.llc_trace)[healthy],
+            acceptance=np.asarray(self.mala_acceptance)[healthy],
         )
+
+    @property
+    def wbic(self):
+        r"""The (localized) WBIC, ``E_β[n L_n(w)]`` at this run's ``β = nβ / n``:
+
+        .. math:: \mathrm{WBIC} = n L_n(w^*) + \hat\lambda\, n / (n\beta),
+
+        from the same draws as ``λ̂`` (Watanabe 2013, JMLR 14; at the default
+        ``nβ = n / log n`` it is ``n L_n(w*) + λ̂ log n``)."""
+        n = self.config.num_examples
+        return n * np.asarray(self.init_loss) + np.asarray(self.llc_mean) * n / self.config.nbeta
+
+    @property
+    def wbic_stderr(self):
+        """The Monte-Carlo standard error of :attr:`wbic`."""
+        return np.asarray(self.llc_stderr) * self.config.num_examples / self.config.nbeta
 
     def checkpoint(self, k: int) -> LLCResult:
         """The single-checkpoint result at index ``k`` of a result over checkpoints."""
@@ -125,7 +176,7 @@ class LLCResult:
         }
         coords = {} if self.steps is None else {"step": ("checkpoint", np.asarray(self.steps))}
         attrs = {
-            "config": json.dumps(dataclasses.asdict(self.config)),
+            "config": json.dumps(self.config.to_dict()),
             "slt_jax_version": __version__,
         }
         return xr.Dataset(variables, coords=coords, attrs=attrs)
@@ -154,9 +205,12 @@ class LLCResult:
             ("R-hat", f"{self.rhat:.4f}"),
             ("ESS", f"{self.ess:.1f}"),
             ("diverged chains", f"{self.num_diverged} / {c.num_chains}"),
+            *self._diagnostic_rows(),
+            ("WBIC", f"{self.wbic:.6g} ± {self.wbic_stderr:.3g}"),
+            ("health", "; ".join(self.health()) or "ok"),
             (
                 "settings",
-                f"{c.sampler}, estimator={c.estimator}, step_size={c.step_size:g}, "
+                f"{c.sampler}, estimator={c.estimator}, step_size={self._step_text()}, "
                 f"localization={c.localization:g}, nbeta={c.nbeta:.4g}",
             ),
             (
@@ -167,6 +221,34 @@ class LLCResult:
         ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+    def _step_text(self) -> str:
+        c = self.config
+        return c.step_size_schedule if c.step_size_schedule else f"{c.step_size:g}"
+
+    def _diagnostic_rows(self) -> list[tuple[str, str]]:
+        """Mean (min to max over chains) of each recorded chain diagnostic."""
+        healthy = ~np.asarray(self.diverged)
+        rows = []
+        names = {
+            "mala_acceptance": "MALA acceptance",
+            "weight_distance": "‖w − w*‖",
+            "grad_norm": "‖∇log p‖",
+            "noise_norm": "‖noise‖",
+        }
+        for field, label in names.items():
+            values = np.asarray(getattr(self, field))[healthy]
+            if values.size == 0 or not np.isfinite(values).any():
+                continue
+            per_chain = np.nanmean(values, axis=1)
+            rows.append(
+                (
+                    label,
+                    f"{np.nanmean(values):.4g} (chains {np.nanmin(per_chain):.4g} to "
+                    f"{np.nanmax(per_chain):.4g})",
+                )
+            )
+        return rows
 
     def __str__(self) -> str:
         return self.summary()
@@ -204,10 +286,12 @@ def checkpoint_table(result: LLCResult) -> str:
             f"{one.num_diverged:>2}/{c.num_chains:<2}  {' '.join(one.health())}"
         )
     lines.append(
-        "flags: rhat > 1.1, ess < 100, negative estimate, diverged chains, init_loss not finite"
+        "flags: rhat > 1.1, ess < 100, negative estimate, diverged chains, init_loss not "
+        "finite, MALA acceptance < 0.9, nonstationary trace, chains below L_n(w*)"
     )
     lines.append(
-        f"{c.sampler}, estimator={c.estimator}, step_size={c.step_size:g}, "
+        f"{c.sampler}, estimator={c.estimator}, "
+        f"step_size={c.step_size_schedule or format(c.step_size, 'g')}, "
         f"localization={c.localization:g}, nbeta={c.nbeta:.4g}, chains={c.num_chains}, "
         f"steps={c.num_steps} (burn-in {c.num_burnin}), batch_size={c.batch_size}, "
         f"n={c.num_examples}"

@@ -67,13 +67,13 @@ def _build_program(loss_fn: LossFn, config: ChainConfig, mesh: Mesh):
     spec = P(mesh.axis_names)
 
     def per_device(keys, centers, data, settings):
-        items = jax.vmap(_item, in_axes=(None, None, 0, 0, None, None))
+        items = jax.vmap(_item, in_axes=(None, None, 0, 0, None, 0))
         return items(loss_fn, config, keys, centers, data, settings)
 
     # No collectives: every device's slice is independent, so the varying-axis type check
     # (which would reject the scan's constant initial carry) has nothing to protect.
     sharded = jax.shard_map(
-        per_device, mesh=mesh, in_specs=(spec, spec, P(), P()), out_specs=spec, check_vma=False
+        per_device, mesh=mesh, in_specs=(spec, spec, P(), spec), out_specs=spec, check_vma=False
     )
     return jax.jit(sharded)
 
@@ -95,8 +95,9 @@ def _host(tree: PyTree) -> PyTree:
 def place_items(keys, centers, data, settings, mesh: Mesh):
     """Pad the items to a multiple of the mesh size and place everything on the mesh.
 
-    ``keys`` ``(W,)`` and ``centers`` (leaves with a leading ``W`` axis) are host values,
-    sharded over the mesh; ``data`` and ``settings`` are replicated.
+    ``keys`` ``(W,)``, ``centers`` (leaves with a leading ``W`` axis) and ``settings``
+    (scalars shared by every item, or ``(W,)`` arrays, one value per item) are host values,
+    sharded over the mesh; ``data`` is replicated.
     """
     num_items = len(keys)
     pad = -num_items % mesh.size
@@ -106,7 +107,10 @@ def place_items(keys, centers, data, settings, mesh: Mesh):
     placed_keys = jax.random.wrap_key_data(_global(key_data, mesh, spec))
     placed_centers = jax.tree.map(lambda x: _global(np.asarray(x)[take], mesh, spec), centers)
     placed_data = jax.tree.map(lambda x: _global(np.asarray(x), mesh, P()), data)
-    placed_settings = jax.tree.map(lambda x: _global(np.asarray(x), mesh, P()), settings)
+    placed_settings = jax.tree.map(
+        lambda x: _global(np.broadcast_to(np.asarray(x), (num_items,))[take], mesh, spec),
+        settings,
+    )
     return placed_keys, placed_centers, placed_data, placed_settings
 
 
@@ -121,8 +125,9 @@ def run_items(
 ) -> tuple[ChainTrace, np.ndarray]:
     """Run ``W`` items sharded over ``mesh``; host results with a leading ``W`` axis.
 
-    Item ``i`` is one chain with key ``keys[i]`` started at centre ``centers[i]``; it also
-    returns the full-data loss at its centre.
+    Item ``i`` is one chain with key ``keys[i]`` started at centre ``centers[i]`` with the
+    sampler settings ``settings[i]`` (or the shared scalars); it also returns the full-data
+    loss at its centre.
     """
     num_items = len(keys)
     placed = place_items(keys, centers, data, settings, mesh)

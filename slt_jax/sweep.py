@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -18,6 +17,7 @@ from slt_jax.checkpoints import as_checkpoint_set
 from slt_jax.engine import chain_config, checkpoint_keys, sampler_settings
 from slt_jax.posterior import LossFn
 from slt_jax.result import LLCResult, concat_results, stack_results
+from slt_jax.samplers import Sampler
 from slt_jax.store import ResultStore, stored_chunk_size
 
 PyTree = Any
@@ -79,11 +79,13 @@ def estimate_llc_checkpoints(
     num_chains: int = 8,
     num_steps: int = 1000,
     num_burnin: int | None = None,
-    step_size: float = 1e-4,
+    step_size: float | Callable[[jax.Array], jax.Array] = 1e-4,
     localization: float = 100.0,
     nbeta: float | None = None,
     batch_size: int = 256,
     estimator: str = "paired",
+    sampler: str | Sampler = "sgld",
+    diagnostic_every: int = 10,
     seed: int | jax.Array = 0,
     steps: Any = None,
     like: PyTree = None,
@@ -105,7 +107,7 @@ def estimate_llc_checkpoints(
 
     Args:
       loss_fn, data, num_chains, num_steps, num_burnin, step_size, localization, nbeta,
-        batch_size, estimator: as in :func:`~slt_jax.estimate_llc`.
+        batch_size, estimator, sampler, diagnostic_every: as in :func:`~slt_jax.estimate_llc`.
       checkpoints: a :class:`~slt_jax.CheckpointSet`; a directory of snapshots (orbax,
         safetensors or flax msgpack; see :func:`~slt_jax.load_checkpoint_set`); a list of
         pytrees; or one pytree whose leaves are stacked along a leading checkpoint axis.
@@ -157,6 +159,8 @@ def estimate_llc_checkpoints(
         batch_size=batch_size,
         estimator=estimator,
         seed=seed,
+        sampler=sampler,
+        diagnostic_every=diagnostic_every,
     )
     if chunk_size is not None:
         chunk_size = _validation.check_count("chunk_size", chunk_size, minimum=1)
@@ -282,7 +286,7 @@ def _manifest(config, checkpoint_set, data, key, chunk_size) -> dict:
     first = jax.tree.map(lambda x: np.asarray(x[0]), checkpoint_set.params)
     leaves = [np.asarray(x) for x in jax.tree.leaves(checkpoint_set.params)]
     return {
-        "config": dataclasses.asdict(config),
+        "config": config.to_dict(),
         "key": np.asarray(jax.random.key_data(key)).tolist(),
         "steps": [int(s) for s in checkpoint_set.steps],
         "chunk_size": int(chunk_size),

@@ -24,11 +24,11 @@ def test_noiseless_sgld_is_localized_gradient_descent():
     center = jnp.array([0.1, 0.2, -0.3])
     eps, gamma, nbeta = 1e-3, 5.0, 40.0
     grad = localized_logdensity_grad(loss_fn, center, nbeta=nbeta, localization=gamma)
-    kernel = sgld(grad, eps, temperature=0.0)
-    state = kernel.init(center)
+    kernel = sgld(grad, temperature=0.0)
+    state = kernel.init(center, None)
     w = np.asarray(center, np.float64)
     for t in range(50):
-        state, info = kernel.step(jax.random.key(t), state, None)
+        state, info = kernel.step(jax.random.key(t), state, None, eps)
         np.testing.assert_allclose(info.loss, 0.5 * np.sum(h * (w - target) ** 2), rtol=1e-5)
         w = w - eps / 2 * (nbeta * h * (w - target) + gamma * (w - np.asarray(center)))
     np.testing.assert_allclose(state.position, w, rtol=1e-5, atol=1e-7)
@@ -61,9 +61,12 @@ def test_one_step_noise_has_variance_step_size():
     grad = localized_logdensity_grad(
         lambda w, b: 0.0 * jnp.sum(w), jnp.zeros(1000), nbeta=1.0, localization=0.0
     )
-    kernel = sgld(grad, eps)
-    keys = jax.random.split(jax.random.key(1), 20)
-    moves = jax.vmap(lambda k: kernel.step(k, kernel.init(jnp.zeros(1000)), None)[0].position)(keys)
+    kernel = sgld(grad)
+
+    def move(key):
+        return kernel.step(key, kernel.init(jnp.zeros(1000), None), None, eps)[0].position
+
+    moves = jax.vmap(move)(jax.random.split(jax.random.key(1), 20))
     m = moves.size  # 20,000 independent normals
     var = float(jnp.mean(moves**2))
     # The sample variance of m normals has relative sd sqrt(2/m) = 1%: allow 5 sd.
