@@ -149,3 +149,101 @@ def plot_trace(result: LLCResult, path: str | os.PathLike | None = None, *, chec
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
+
+
+#: Short labels for the health problems of a calibration cell.
+_PROBLEM_LABELS = {
+    "diverged": "div",
+    "rhat": "R̂",
+    "ess": "ESS",
+    "negative": "neg",
+    "acceptance": "acc",
+    "nonstationary": "drift",
+    "below_init": "<L*",
+    "step_bias": "bias",
+    "init_loss": "L*",
+}
+
+
+def plot_calibration(calibration, path: str | os.PathLike | None = None):
+    """A heatmap of ``λ̂`` over step size × localization, one panel per ``nβ``.
+
+    Healthy cells are coloured by ``λ̂`` (one colour scale for all panels); unhealthy cells
+    are grey and hatched, labelled with their problems (div: diverged, R̂: R-hat, ESS,
+    neg: negative, acc: MALA acceptance, drift: non-stationary, <L*: below L_n(w*), bias:
+    step-size bias). Each cell shows ``λ̂ ± MCSE``; the recommended cell is outlined.
+
+    Returns:
+      The matplotlib ``Figure``; written as a PNG to ``path`` if given.
+    """
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    cal = calibration
+    num_eps, num_gamma, num_nbeta = cal.shape
+    llc, se, healthy = cal.llc_mean, cal.llc_stderr, cal.healthy
+    finite = llc[healthy & np.isfinite(llc)]
+    vmin, vmax = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    if vmin == vmax:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    fig, axes = plt.subplots(
+        1,
+        num_nbeta,
+        figsize=(1.6 + 1.5 * num_eps * num_nbeta, 1.2 + 0.9 * num_gamma),
+        squeeze=False,
+        layout="constrained",
+    )
+    cmap = plt.get_cmap("viridis")
+    best = None
+    if cal.recommended is not None:
+        best = np.unravel_index(cal.cell(**cal.recommended), cal.shape)
+    image = None
+    for k, ax in enumerate(axes[0]):
+        shown = np.where(healthy[:, :, k], llc[:, :, k], np.nan).T  # rows: γ, columns: ε
+        image = ax.imshow(shown, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+        for i in range(num_eps):
+            for j in range(num_gamma):
+                flat = int(np.ravel_multi_index((i, j, k), cal.shape))
+                problems = cal.problems[flat]
+                text = f"{llc[i, j, k]:.3g}\n±{se[i, j, k]:.2g}"
+                if problems:
+                    ax.add_patch(
+                        Rectangle(
+                            (i - 0.5, j - 0.5),
+                            1,
+                            1,
+                            facecolor="0.85",
+                            hatch="//",
+                            edgecolor="0.6",
+                            lw=0,
+                        )
+                    )
+                    text += "\n" + " ".join(_PROBLEM_LABELS.get(p, p) for p in problems)
+                    colour = "0.2"
+                else:
+                    level = (llc[i, j, k] - vmin) / (vmax - vmin)
+                    colour = "k" if level > 0.6 else "w"
+                ax.text(i, j, text, ha="center", va="center", fontsize=7, color=colour)
+                if best is not None and (i, j, k) == tuple(best):
+                    ax.add_patch(
+                        Rectangle((i - 0.5, j - 0.5), 1, 1, fill=False, edgecolor="red", lw=2.5)
+                    )
+        ax.set_xticks(range(num_eps), [f"{e:.2g}" for e in cal.step_sizes])
+        ax.set_yticks(range(num_gamma), [f"{g:.3g}" for g in cal.localizations])
+        ax.set_xlabel("step size ε")
+        ax.set_ylabel("localization γ")
+        ax.set_title(f"nβ = {cal.nbetas[k]:.4g}", fontsize=10)
+    fig.colorbar(image, ax=list(axes[0]), label=r"$\hat\lambda$ (healthy cells)")
+    title = (
+        "calibration: red outline = recommended"
+        if best is not None
+        else ("calibration: no setting passed every check")
+    )
+    fig.suptitle(title, fontsize=10)
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
