@@ -46,14 +46,10 @@ def run_grid(
     if not settings:
         raise ValueError("the grid of settings is empty.")
     _validation.check_params(params)
+    options = {"seed": 0, **options}
     first, key = _validation.check_run(loss_fn, params, data, **settings[0], **options)
     configs = [first] + [
-        _validation.resolve_config(
-            **cell,
-            **{k: v for k, v in options.items() if k != "seed"},
-            seed=options.get("seed", 0),
-            num_examples=first.num_examples,
-        )
+        _validation.resolve_config(**cell, **options, num_examples=first.num_examples)
         for cell in settings[1:]
     ]
     if any(callable(cell["step_size"]) for cell in settings):

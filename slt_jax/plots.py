@@ -154,7 +154,7 @@ def plot_trace(result: LLCResult, path: str | os.PathLike | None = None, *, chec
 #: Short labels for the health problems of a calibration cell.
 _PROBLEM_LABELS = {
     "diverged": "div",
-    "rhat": "R̂",
+    "rhat": "Rhat",
     "ess": "ESS",
     "negative": "neg",
     "acceptance": "acc",
@@ -169,7 +169,7 @@ def plot_calibration(calibration, path: str | os.PathLike | None = None):
     """A heatmap of ``λ̂`` over step size × localization, one panel per ``nβ``.
 
     Healthy cells are coloured by ``λ̂`` (one colour scale for all panels); unhealthy cells
-    are grey and hatched, labelled with their problems (div: diverged, R̂: R-hat, ESS,
+    are grey and hatched, labelled with their problems (div: diverged, Rhat: R-hat, ESS,
     neg: negative, acc: MALA acceptance, drift: non-stationary, <L*: below L_n(w*), bias:
     step-size bias). Each cell shows ``λ̂ ± MCSE``; the recommended cell is outlined.
 

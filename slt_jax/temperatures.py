@@ -50,17 +50,22 @@ def estimate_llc_two_temperature(
     nbetas: tuple[float | None, float],
     step_size: float = 1e-4,
     localization: float = 100.0,
+    num_chains: int = 8,
+    num_steps: int = 1000,
+    num_burnin: int | None = None,
+    batch_size: int = 256,
+    estimator: str = "paired",
+    sampler="sgld",
+    diagnostic_every: int = 10,
+    seed: int = 0,
     mesh=None,
     devices=None,
-    **options,
 ) -> TwoTemperatureResult:
     """The two-temperature estimate from chains at ``nβ₁`` and ``nβ₂`` run in one program.
 
     Args:
       nbetas: the two ``nβ`` (``None``: ``n / log n``); they must differ.
-      step_size, localization: shared by both temperatures.
-      options: the other options of :func:`~slt_jax.estimate_llc` (``num_chains``,
-        ``num_steps``, ``batch_size``, ``sampler``, ``seed``, ...).
+      Other arguments: as in :func:`~slt_jax.estimate_llc`, shared by both temperatures.
 
     The two temperatures use independent chains, so the standard error combines theirs.
 
@@ -82,7 +87,21 @@ def estimate_llc_two_temperature(
         raise ValueError(f"the two temperatures must differ, got nβ = {resolved[0]:g} twice.")
     cells = [dict(step_size=step_size, localization=localization, nbeta=b) for b in nbetas]
     first, second = run_grid(
-        loss_fn, params, data, cells, common_keys=False, mesh=mesh, devices=devices, **options
+        loss_fn,
+        params,
+        data,
+        cells,
+        common_keys=False,
+        mesh=mesh,
+        devices=devices,
+        num_chains=num_chains,
+        num_steps=num_steps,
+        num_burnin=num_burnin,
+        batch_size=batch_size,
+        estimator=estimator,
+        sampler=sampler,
+        diagnostic_every=diagnostic_every,
+        seed=seed,
     )
     b1, b2 = first.config.nbeta, second.config.nbeta
     denominator = 1 / b1 - 1 / b2
