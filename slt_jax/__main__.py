@@ -50,6 +50,18 @@ def _add_sampler_options(p: argparse.ArgumentParser, *, chains=8, steps=1000) ->
     g.add_argument("--nbeta", type=float, default=None, help="nβ (default n / log n)")
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--estimator", choices=("paired", "plain"), default="paired")
+    g.add_argument(
+        "--sampler",
+        default="sgld",
+        help="sgld, rmsprop_sgld, sghmc, sgnht, mala, hmc, nuts, or with options, e.g. "
+        "'sghmc(friction=50.0)' (see slt_jax.samplers)",
+    )
+    g.add_argument(
+        "--diagnostic-every",
+        type=int,
+        default=10,
+        help="record MALA acceptance and norms every this many draws (0: off)",
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(
         "--chunk-size",
@@ -81,6 +93,8 @@ def _sampler_kwargs(args) -> dict:
         nbeta=args.nbeta,
         batch_size=args.batch_size,
         estimator=args.estimator,
+        sampler=args.sampler,
+        diagnostic_every=args.diagnostic_every,
         seed=args.seed,
         chunk_size=args.chunk_size,
         memory_budget=args.memory_budget,

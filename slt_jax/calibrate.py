@@ -277,6 +277,7 @@ def _cell_health(result: LLCResult, acceptance_band) -> dict[str, str]:
         llc_trace=np.asarray(result.llc_trace)[healthy],
         acceptance=np.asarray(result.mala_acceptance)[healthy],
         acceptance_band=acceptance_band,
+        weight_distance=np.asarray(result.weight_distance)[healthy],
     )
     if not healthy.any():
         problems["diverged"] = "every chain diverged; use a smaller step_size"

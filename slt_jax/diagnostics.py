@@ -104,12 +104,14 @@ def health_problems(
     llc_trace: np.ndarray | None = None,
     acceptance: np.ndarray | None = None,
     acceptance_band: tuple[float, float] = ACCEPTANCE_BAND,
+    weight_distance: np.ndarray | None = None,
 ) -> dict[str, str]:
     """Each diagnostic out of its healthy range, as ``{kind: explanation}``.
 
     Kinds: ``"init_loss"``, ``"diverged"``, ``"rhat"``, ``"ess"``, ``"negative"``, and,
     given the per-draw LLC trace of the chains that did not diverge, ``"nonstationary"``
-    and ``"below_init"``; given the MALA acceptance probabilities, ``"acceptance"``.
+    and ``"below_init"``; given the MALA acceptance probabilities, ``"acceptance"``; given
+    ``‖w − w*‖`` along the chains, ``"wandering"`` (still moving away from ``w*``).
     """
     problems = {}
     if not np.isfinite(init_loss):
@@ -157,6 +159,16 @@ def health_problems(
                 f"{halves.second:.4g} ({halves.z:+.1f} standard errors); burn in longer, or "
                 "use a larger step_size so the chains equilibrate"
             )
+    if weight_distance is not None and np.isfinite(weight_distance).all():
+        halves = stationarity(weight_distance)
+        if halves.z > STATIONARITY_Z and halves.second > (1 + STATIONARITY_RELATIVE) * halves.first:
+            problems["wandering"] = (
+                f"the chains are still moving away from w*: mean ‖w − w*‖ grew from "
+                f"{halves.first:.4g} to {halves.second:.4g} between the halves of the draws "
+                f"({halves.z:+.1f} standard errors); the estimate depends on the run length. "
+                "Increase localization, or run longer until the distance levels off"
+            )
+    if llc_trace is not None and np.size(llc_trace):
         below = chains_below_init(llc_trace)
         if below.size:
             problems["below_init"] = (

@@ -161,6 +161,7 @@ _PROBLEM_LABELS = {
     "nonstationary": "drift",
     "below_init": "<L*",
     "step_bias": "bias",
+    "wandering": "wander",
     "init_loss": "L*",
 }
 
@@ -171,7 +172,7 @@ def plot_calibration(calibration, path: str | os.PathLike | None = None):
     Healthy cells are coloured by ``λ̂`` (one colour scale for all panels); unhealthy cells
     are grey and hatched, labelled with their problems (div: diverged, Rhat: R-hat, ESS,
     neg: negative, acc: MALA acceptance, drift: non-stationary, <L*: below L_n(w*), bias:
-    step-size bias). Each cell shows ``λ̂ ± MCSE``; the recommended cell is outlined.
+    step-size bias, wander: still moving away from w*). Each cell shows ``λ̂ ± MCSE``; the recommended cell is outlined.
 
     Returns:
       The matplotlib ``Figure``; written as a PNG to ``path`` if given.

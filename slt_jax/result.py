@@ -126,7 +126,7 @@ class LLCResult:
     def health(self) -> dict[str, str]:
         """Diagnostics of this (single) estimate out of their healthy range, by kind:
         ``init_loss``, ``diverged``, ``rhat``, ``ess``, ``negative``, ``acceptance``,
-        ``nonstationary``, ``below_init`` (empty when healthy). See
+        ``nonstationary``, ``below_init``, ``wandering`` (empty when healthy). See
         :func:`slt_jax.diagnostics.health_problems`."""
         if self.steps is not None:
             raise ValueError("health() is per estimate; use result.checkpoint(k).health().")
@@ -140,6 +140,7 @@ class LLCResult:
             init_loss=self.init_loss,
             llc_trace=np.asarray(self.llc_trace)[healthy],
             acceptance=np.asarray(self.mala_acceptance)[healthy],
+            weight_distance=np.asarray(self.weight_distance)[healthy],
         )
 
     @property
@@ -287,7 +288,8 @@ def checkpoint_table(result: LLCResult) -> str:
         )
     lines.append(
         "flags: rhat > 1.1, ess < 100, negative estimate, diverged chains, init_loss not "
-        "finite, MALA acceptance < 0.9, nonstationary trace, chains below L_n(w*)"
+        "finite, MALA acceptance < 0.9, nonstationary trace, chains below L_n(w*), chains "
+        "wandering away from w*"
     )
     lines.append(
         f"{c.sampler}, estimator={c.estimator}, "

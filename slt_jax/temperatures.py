@@ -74,10 +74,10 @@ def estimate_llc_two_temperature(
       >>> x = jnp.linspace(-1, 1, 512)[:, None]; y = 2 * x[:, 0]
       >>> loss = lambda w, b: 0.5 * jnp.mean((b[0] @ w - b[1]) ** 2)
       >>> tt = sj.estimate_llc_two_temperature(loss, jnp.array([2.0]), (x, y),
-      ...     nbetas=(50.0, 100.0), step_size=2e-3, localization=1.0, num_steps=4000,
+      ...     nbetas=(50.0, 100.0), step_size=2e-3, localization=0.1, num_steps=16000,
       ...     batch_size=512)
-      >>> round(tt.llc, 1)  # d/2
-      0.5
+      >>> abs(tt.llc - 0.5) < 3 * tt.llc_stderr  # d/2, within the Monte-Carlo error
+      True
     """
     if len(nbetas) != 2:
         raise ValueError(f"`nbetas` must hold two values, got {nbetas!r}.")

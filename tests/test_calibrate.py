@@ -164,7 +164,10 @@ def test_calibrate_validates_before_compiling():
 
 @pytest.mark.slow
 def test_recommended_setting_on_a_deep_linear_network_lands_in_the_aoyagi_band():
-    """Widths (5, 4, 5), rank 0, w* = 0: λ = 8; band as in test_known_answers."""
+    """Widths (5, 4, 5), rank 0, w* = 0: λ = 8; band as in test_known_answers.
+
+    Here λ̂ grows with ε at every γ (strong step bias, and chains drifting along the
+    singular set); the checks must keep the biased cells out of the recommendation."""
     widths, n = (5, 4, 5), 100_000
     lam, m = theory.dln_learning_coefficient(widths, 0)
     params = [jnp.zeros((a, b)) for a, b in zip(widths[:-1], widths[1:], strict=False)]
@@ -174,11 +177,11 @@ def test_recommended_setting_on_a_deep_linear_network_lands_in_the_aoyagi_band()
             _dln_loss,
             params,
             _dln_data(widths, n, seed=0),
-            step_sizes=[2e-6, 1e-5, 5e-5, 2e-4],
-            localizations=[1.0, 100.0],
+            step_sizes=[5e-6, 1e-5, 2e-5, 4e-5],
+            localizations=[1.0, 10.0, 100.0],
             num_chains=8,
-            num_steps=6000,
-            num_burnin=1000,
+            num_steps=10_000,
+            num_burnin=2000,
             batch_size=500,
         )
     print(cal)

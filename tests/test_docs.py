@@ -5,12 +5,23 @@ import doctest
 import pytest
 
 import slt_jax.adapters
+import importlib
 import slt_jax.inline
 import slt_jax.llc
 import slt_jax.sweep
+import slt_jax.temperatures
+
+MODULES = [
+    slt_jax.llc,
+    slt_jax.adapters,
+    slt_jax.sweep,
+    slt_jax.inline,
+    importlib.import_module("slt_jax.calibrate"),
+    slt_jax.temperatures,
+]
 
 
-@pytest.mark.parametrize("module", [slt_jax.llc, slt_jax.adapters, slt_jax.sweep, slt_jax.inline])
+@pytest.mark.parametrize("module", MODULES)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
