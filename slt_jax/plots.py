@@ -172,7 +172,8 @@ def plot_calibration(calibration, path: str | os.PathLike | None = None):
     Healthy cells are coloured by ``λ̂`` (one colour scale for all panels); unhealthy cells
     are grey and hatched, labelled with their problems (div: diverged, Rhat: R-hat, ESS,
     neg: negative, acc: MALA acceptance, drift: non-stationary, <L*: below L_n(w*), bias:
-    step-size bias, wander: still moving away from w*). Each cell shows ``λ̂ ± MCSE``; the recommended cell is outlined.
+    step-size bias, wander: still moving away from w*). Each cell shows ``λ̂ ± MCSE``; the
+    recommended cell is outlined.
 
     Returns:
       The matplotlib ``Figure``; written as a PNG to ``path`` if given.

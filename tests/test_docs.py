@@ -1,11 +1,11 @@
 """The examples in the public docstrings run and print what they say."""
 
 import doctest
+import importlib
 
 import pytest
 
 import slt_jax.adapters
-import importlib
 import slt_jax.inline
 import slt_jax.llc
 import slt_jax.sweep
