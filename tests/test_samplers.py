@@ -313,3 +313,66 @@ def test_wbic_and_two_temperature_on_the_oracle():
     assert [r.config.nbeta for r in tt.results] == list(nbetas)
     with pytest.raises(ValueError, match="must differ"):
         sj.estimate_llc_two_temperature(quadratic_loss(H), jnp.zeros(3), DATA, nbetas=(5.0, 5.0))
+
+
+def _relative_bias(sampler, step_size, a):
+    """Stationary (A·Var w − 1) of a stochastic-gradient sampler on ½A w² with exact
+    gradients: its relative bias on a quadratic of curvature A."""
+    if sampler.name == "rmsprop_sgld":  # SGLD with step εG, G ≤ 2/√(E g²) = 2/√A
+        eff = step_size * 2 / np.sqrt(a)
+        return (eff * a / 4) / (1 - eff * a / 4)
+
+    def var(xi, diffusion):
+        m = np.array([[1.0, step_size], [-step_size * a, 1 - xi * step_size]])
+        q = np.diag([0.0, 2 * diffusion * step_size])
+        return np.linalg.solve(np.eye(4) - np.kron(m, m), q.ravel()).reshape(2, 2)
+
+    if sampler.name == "sghmc":
+        return a * var(sampler.friction, sampler.friction)[0, 0] - 1
+    alpha, low, high = sampler.diffusion, 1e-3, 1e4  # SGNHT: at the thermostat's fixed point
+    for _ in range(200):
+        xi = np.sqrt(low * high)
+        low, high = (xi, high) if var(xi, alpha)[1, 1] > 1 else (low, xi)
+    return a * var(xi, alpha)[0, 0] - 1
+
+
+@pytest.mark.parametrize(
+    "sampler, step_size",
+    [
+        (sj.samplers.RMSPropSGLD(), 2e-3),
+        (sj.samplers.SGHMC(friction=20.0), 2e-3),
+        (sj.samplers.SGNHT(diffusion=20.0), 2e-3),
+    ],
+)
+def test_stochastic_gradient_samplers_on_a_singular_monomial(sampler, step_size):
+    """K(w) = ½(w₁² + w₂⁴) (λ → 3/4): the exact localized value by quadrature, plus each
+    term's step bias bounded by that of a quadratic with the largest curvature the chains
+    visit (nβ·(p−1)p/2·w^{p−2} at 3 posterior sd, as for SGLD in test_known_answers)."""
+    nbeta, gamma = 200.0, 1.0
+
+    def loss_fn(w, batch):
+        del batch
+        return 0.5 * (w[0] ** 2 + w[1] ** 4)
+
+    res = sj.estimate_llc(
+        loss_fn,
+        jnp.zeros(2),
+        jnp.zeros((10, 1)),
+        num_chains=8,
+        num_steps=16_000,
+        num_burnin=2000,
+        step_size=step_size,
+        localization=gamma,
+        nbeta=nbeta,
+        batch_size=10,
+        sampler=sampler,
+    )
+    target, bias = 0.0, 0.0
+    for p in (2, 4):
+        value = monomial_target(p, nbeta=nbeta, gamma=gamma)
+        sd = np.sqrt(value * 2 / nbeta) ** (2 / p)
+        curvature = nbeta * (p - 1) * p / 2 * (3 * sd) ** (p - 2) + gamma
+        target += value
+        bias += value * abs(_relative_bias(sampler, step_size, curvature))
+    assert bias < 0.3 * target  # a meaningful test: the bound is well below λ
+    assert abs(res.llc_mean - target) < 4 * res.llc_stderr + bias, (res.llc_mean, target, bias)
