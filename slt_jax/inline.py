@@ -35,6 +35,7 @@ def llc_function(
     nbeta: float | None = None,
     batch_size: int = 256,
     estimator: str = "paired",
+    sampler="sgld",
 ) -> Callable[[jax.Array, PyTree, PyTree], LLCEstimate]:
     """A jittable ``llc(key, params, data) -> LLCEstimate`` with the sampler settings fixed.
 
@@ -64,6 +65,8 @@ def llc_function(
         localization=localization,
         nbeta=nbeta,
         estimator=estimator,
+        sampler=sampler,
+        diagnostic_every=0,  # no host-side diagnostics here: do not pay for them
         seed=None,
     )
     # Check everything that does not depend on the data now, with a stand-in data size.
