@@ -14,7 +14,8 @@ and looped estimates of a cell should agree to float rounding; the largest diffe
 reported.
 
     python benchmarks/bench_calibrate.py [--chains 4] [--steps 1000] [--repeats 5]
-                                         [--models poly,dln,tms] [--json out.json] [--quick]
+                                         [--models poly,dln,tms] [--json out.json]
+                                         [--breakdown] [--quick]
 """
 
 from __future__ import annotations
@@ -200,8 +201,9 @@ def bench_model(make, args) -> dict:
             run = run_batched if path == "batched" else run_loop
             f = fresh(loss_fn)
             jax.clear_caches()
-            cold, first = timed(lambda f=f, run=run: run(f, params, data, axes, common, seed))
-            warm, second = timed(lambda f=f, run=run: run(f, params, data, axes, common, seed))
+            call = lambda f=f, run=run, seed=seed: run(f, params, data, axes, common, seed)  # noqa: E731
+            cold, first = timed(call)
+            warm, second = timed(call)
             if max_abs_diff(first[:, 0], second[:, 0]) != 0.0:
                 print(f"  warning: {path} is not deterministic across calls", file=sys.stderr)
             times[f"{path}_cold"].append(cold)
@@ -242,6 +244,66 @@ def bench_model(make, args) -> dict:
     )
 
 
+def breakdown_model(make, args) -> dict:
+    """Where the warm times go: each path timed warm at ``steps`` and ``steps // 10`` steps
+    (medians of ``--repeats``), split into a fixed cost per call and a cost per step; and,
+    once, a loop that compiles again for every cell (a fresh loss function per call, as when
+    a loss is defined inside the loop or a library makes the settings static)."""
+    name, loss_fn, params, data, batch_size, grid = make()
+    n = len(jax.tree.leaves(data)[0])
+    axes = dict(grid, nbetas=nbeta_axis(n))
+    if args.quick:
+        axes = {k: v[:2] for k, v in axes.items()}
+    num_cells = int(np.prod([len(v) for v in axes.values()]))
+    long, short = args.steps, max(args.steps // 10, 1)
+    out = dict(model=name, cells=num_cells, chains=args.chains, steps=long, short_steps=short)
+    for path, run in (("batched", run_batched), ("loop", run_loop)):
+        medians = {}
+        for steps in (short, long):
+            common = dict(num_chains=args.chains, num_steps=steps, batch_size=batch_size)
+            run(loss_fn, params, data, axes, common, 0)  # compile
+            medians[steps] = statistics.median(
+                timed(lambda common=common, run=run: run(loss_fn, params, data, axes, common, 0))[0]
+                for _ in range(args.repeats)
+            )
+        calls = 1 if path == "batched" else num_cells
+        per_step = (medians[long] - medians[short]) / (long - short) / calls
+        out[path] = dict(
+            warm=medians[long],
+            fixed_per_call=medians[short] / calls - short * per_step,
+            per_step=per_step,
+            per_chain_step=per_step / (args.chains * (num_cells if path == "batched" else 1)),
+        )
+    common = dict(num_chains=args.chains, num_steps=long, batch_size=batch_size)
+    recompile = 0.0
+    for eps, gamma, nbeta in itertools.product(*axes.values()):
+        cell = dict(step_sizes=[eps], localizations=[gamma], nbetas=[nbeta])
+        recompile += timed(
+            lambda cell=cell: run_loop(fresh(loss_fn), params, data, cell, common, 0)
+        )[0]
+    out["loop_recompiling"] = recompile
+    return out
+
+
+def breakdown_table(rows: list[dict]) -> str:
+    lines = [
+        "| toy model | G × C | fixed per call ms, batched / loop | per step µs, batched "
+        "(G·C chains) / loop (C chains) | per chain-step µs, batched / loop "
+        "| loop compiling every cell s (ratio to batched cold) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        b, lo = r["batched"], r["loop"]
+        lines.append(
+            f"| {r['model']} | {r['cells']} × {r['chains']} "
+            f"| {1e3 * b['fixed_per_call']:.1f} / {1e3 * lo['fixed_per_call']:.1f} "
+            f"| {1e6 * b['per_step']:.0f} / {1e6 * lo['per_step']:.1f} "
+            f"| {1e6 * b['per_chain_step']:.2f} / {1e6 * lo['per_chain_step']:.2f} "
+            f"| {r['loop_recompiling']:.1f} ({r['loop_recompiling_ratio']:.0f}×) |"
+        )
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| toy model | params | G × C | batched cold / warm s | loop cold / warm s "
@@ -267,14 +329,27 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=4, help="chains per cell (C)")
     parser.add_argument("--steps", type=int, default=1000, help="steps per chain")
     parser.add_argument("--repeats", type=int, default=5, help="repeats; medians reported")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    parser.add_argument(
+        "--models",
+        help=f"comma-separated subset of {','.join(MODELS)} (default: all; with --quick: poly)",
+    )
     parser.add_argument("--json", help="write the figures as JSON here ('-': stdout)")
     parser.add_argument(
-        "--quick", action="store_true", help="smoke test: 2×2×2 grid, 2 chains, 20 steps, once"
+        "--breakdown",
+        action="store_true",
+        help="also split the warm times into per-call and per-step costs, and time once a "
+        "loop that compiles for every cell",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test in seconds: 2×2×2 grid, 2 chains, 20 steps, once, the poly model",
     )
     args = parser.parse_args()
     if args.quick:
         args.chains, args.steps, args.repeats = 2, 20, 1
+    if args.models is None:
+        args.models = "poly" if args.quick else ",".join(MODELS)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = set(names) - set(MODELS)
     if unknown:
@@ -289,6 +364,15 @@ def main() -> None:
     )
     rows = [bench_model(MODELS[name], args) for name in names]
     print(table(rows))
+    if args.breakdown:
+        parts = [breakdown_model(MODELS[name], args) for name in names]
+        for part, row in zip(parts, rows, strict=True):
+            part["loop_recompiling_ratio"] = (
+                part["loop_recompiling"] / row["median"]["batched_cold"]
+            )
+            row["breakdown"] = part
+        print()
+        print(breakdown_table(parts))
     for r in rows:
         print(
             f"\n{r['model']}: largest |λ̂ batched − λ̂ looped| over all cells and repeats "
