@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from slt_jax.diagnostics import ACCEPTANCE_BAND, chain_diagnostics, health_problems
+from slt_jax.diagnostics import ACCEPTANCE_BAND, chain_diagnostics
 from slt_jax.grid import run_grid
 from slt_jax.posterior import LossFn
 from slt_jax.result import LLCResult
@@ -266,20 +266,8 @@ def calibrate(
 
 
 def _cell_health(result: LLCResult, acceptance_band) -> dict[str, str]:
-    healthy = ~np.asarray(result.diverged)
-    problems = health_problems(
-        llc_mean=result.llc_mean,
-        rhat=result.rhat,
-        ess=result.ess,
-        num_diverged=result.num_diverged,
-        num_chains=result.config.num_chains,
-        init_loss=result.init_loss,
-        llc_trace=np.asarray(result.llc_trace)[healthy],
-        acceptance=np.asarray(result.mala_acceptance)[healthy],
-        acceptance_band=acceptance_band,
-        weight_distance=np.asarray(result.weight_distance)[healthy],
-    )
-    if not healthy.any():
+    problems = result.health(acceptance_band)
+    if np.asarray(result.diverged).all():
         problems["diverged"] = "every chain diverged; use a smaller step_size"
     return problems
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from slt_jax.diagnostics import health_problems
+from slt_jax.diagnostics import ACCEPTANCE_BAND, health_problems
 
 # Each field's named axes after the optional leading checkpoint axis.
 _DIMS = {
@@ -123,7 +123,7 @@ class LLCResult:
         total = np.sum(self.diverged, axis=-1)
         return int(total) if np.ndim(total) == 0 else total
 
-    def health(self) -> dict[str, str]:
+    def health(self, acceptance_band: tuple[float, float] = ACCEPTANCE_BAND) -> dict[str, str]:
         """Diagnostics of this (single) estimate out of their healthy range, by kind:
         ``init_loss``, ``diverged``, ``rhat``, ``ess``, ``negative``, ``acceptance``,
         ``nonstationary``, ``below_init``, ``wandering`` (empty when healthy). See
@@ -141,6 +141,7 @@ class LLCResult:
             llc_trace=np.asarray(self.llc_trace)[healthy],
             acceptance=np.asarray(self.mala_acceptance)[healthy],
             weight_distance=np.asarray(self.weight_distance)[healthy],
+            acceptance_band=acceptance_band,
         )
 
     @property

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import quadratic_loss
+from test_known_answers import monomial_target
 
 import slt_jax as sj
 from slt_jax import theory
@@ -147,14 +148,6 @@ def test_rmsprop_sgld_within_its_preconditioned_oracle_band():
     high = np.sum(NBETA * H / (2 * a * (1 - eps * 2 / np.sqrt(a) * a / 4)))
     assert EXACT - 4 * res.llc_stderr < res.llc_mean < high + 4 * res.llc_stderr
     assert np.nanmean(res.mala_acceptance) > 0.9  # preconditioned proposals are accurate
-
-
-def monomial_target(p, *, nbeta, gamma):
-    scale = (2 / nbeta) ** (1 / p)
-    w = np.linspace(-12 * scale, 12 * scale, 200_001)
-    log_density = -nbeta * 0.5 * w**p - 0.5 * gamma * w**2
-    weight = np.exp(log_density - log_density.max())
-    return float(np.sum(nbeta * 0.5 * w**p * weight) / np.sum(weight))
 
 
 @pytest.mark.parametrize("sampler, step_size", [("mala", 5e-3), ("nuts", 0.05)])
