@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from slt_jax import _data
 from slt_jax.engine import ChainConfig, ChainTrace, SamplerSettings, run_chain
+from slt_jax.observe import Observed
 from slt_jax.posterior import LossFn
 
 PyTree = Any
@@ -43,9 +44,10 @@ def resolve_mesh(mesh: Mesh | None = None, devices: Sequence[jax.Device] | None 
     return Mesh(np.array(devices), ("items",))
 
 
-def _item(loss_fn, config, key, center, data, settings):
+def _item(loss_fn, config, key, center, data, settings, mask, observed):
     init_loss = _data.dataset_mean(lambda b: loss_fn(center, b), data, config.batch_size)
-    return run_chain(loss_fn, config, key, center, data, settings), init_loss
+    trace = run_chain(loss_fn, config, key, center, data, settings, mask, observed)
+    return trace, init_loss
 
 
 _PROGRAMS: dict = {}
@@ -66,14 +68,18 @@ def _program(loss_fn: LossFn, config: ChainConfig, mesh: Mesh):
 def _build_program(loss_fn: LossFn, config: ChainConfig, mesh: Mesh):
     spec = P(mesh.axis_names)
 
-    def per_device(keys, centers, data, settings):
-        items = jax.vmap(_item, in_axes=(None, None, 0, 0, None, 0))
-        return items(loss_fn, config, keys, centers, data, settings)
+    def per_device(keys, centers, data, settings, masks, observed):
+        items = jax.vmap(_item, in_axes=(None, None, 0, 0, None, 0, 0, None))
+        return items(loss_fn, config, keys, centers, data, settings, masks, observed)
 
     # No collectives: every device's slice is independent, so the varying-axis type check
     # (which would reject the scan's constant initial carry) has nothing to protect.
     sharded = jax.shard_map(
-        per_device, mesh=mesh, in_specs=(spec, spec, P(), spec), out_specs=spec, check_vma=False
+        per_device,
+        mesh=mesh,
+        in_specs=(spec, spec, P(), spec, spec, P()),
+        out_specs=spec,
+        check_vma=False,
     )
     return jax.jit(sharded)
 
@@ -92,12 +98,12 @@ def _host(tree: PyTree) -> PyTree:
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def place_items(keys, centers, data, settings, mesh: Mesh):
+def place_items(keys, centers, data, settings, mesh: Mesh, masks=None, observed=None):
     """Pad the items to a multiple of the mesh size and place everything on the mesh.
 
-    ``keys`` ``(W,)``, ``centers`` (leaves with a leading ``W`` axis) and ``settings``
-    (scalars shared by every item, or ``(W,)`` arrays, one value per item) are host values,
-    sharded over the mesh; ``data`` is replicated.
+    ``keys`` ``(W,)``, ``centers`` and ``masks`` (leaves with a leading ``W`` axis) and
+    ``settings`` (scalars shared by every item, or ``(W,)`` arrays, one value per item) are
+    host values, sharded over the mesh; ``data`` and ``observed`` are replicated.
     """
     num_items = len(keys)
     pad = -num_items % mesh.size
@@ -111,7 +117,16 @@ def place_items(keys, centers, data, settings, mesh: Mesh):
         lambda x: _global(np.broadcast_to(np.asarray(x), (num_items,))[take], mesh, spec),
         settings,
     )
-    return placed_keys, placed_centers, placed_data, placed_settings
+    placed_masks = jax.tree.map(lambda x: _global(np.asarray(x)[take], mesh, spec), masks)
+    placed_observed = jax.tree.map(lambda x: _global(np.asarray(x), mesh, P()), observed)
+    return (
+        placed_keys,
+        placed_centers,
+        placed_data,
+        placed_settings,
+        placed_masks,
+        placed_observed,
+    )
 
 
 def run_items(
@@ -122,19 +137,23 @@ def run_items(
     data: PyTree,
     settings: SamplerSettings,
     mesh: Mesh,
+    masks: PyTree | None = None,
+    observed: Observed | None = None,
 ) -> tuple[ChainTrace, np.ndarray]:
     """Run ``W`` items sharded over ``mesh``; host results with a leading ``W`` axis.
 
     Item ``i`` is one chain with key ``keys[i]`` started at centre ``centers[i]`` with the
-    sampler settings ``settings[i]`` (or the shared scalars); it also returns the full-data
-    loss at its centre.
+    sampler settings ``settings[i]`` (or the shared scalars), restricted to the coordinates
+    ``masks[i]`` selects (all when ``masks`` is None), observing ``observed``; it also
+    returns the full-data loss at its centre.
     """
     num_items = len(keys)
-    placed = place_items(keys, centers, data, settings, mesh)
+    placed = place_items(keys, centers, data, settings, mesh, masks, observed)
     traces, init_losses = _host(_program(loss_fn, config, mesh)(*placed))
     return jax.tree.map(lambda x: x[:num_items], (traces, init_losses))
 
 
-def lower_items(loss_fn, config, keys, centers, data, settings, mesh: Mesh):
+def lower_items(loss_fn, config, keys, centers, data, settings, mesh: Mesh, masks=None, observed=None):
     """The lowered item program for these inputs (for XLA's memory analysis)."""
-    return _program(loss_fn, config, mesh).lower(*place_items(keys, centers, data, settings, mesh))
+    placed = place_items(keys, centers, data, settings, mesh, masks, observed)
+    return _program(loss_fn, config, mesh).lower(*placed)
