@@ -1,6 +1,8 @@
 """slt_jax: local learning coefficients in JAX, many SGLD chains in one compiled program."""
 
 from slt_jax import examples as examples
+from slt_jax import influence as influence
+from slt_jax import refine as refine
 from slt_jax import samplers as samplers
 from slt_jax import theory as theory
 from slt_jax.adapters import linen_loss as linen_loss
@@ -17,6 +19,8 @@ from slt_jax.llc import estimate_llc as estimate_llc
 from slt_jax.plots import plot_calibration as plot_calibration
 from slt_jax.plots import plot_llc as plot_llc
 from slt_jax.plots import plot_trace as plot_trace
+from slt_jax.refined import RefinedLLCResult as RefinedLLCResult
+from slt_jax.refined import estimate_refined_llc as estimate_refined_llc
 from slt_jax.result import LLCConfig as LLCConfig
 from slt_jax.result import LLCResult as LLCResult
 from slt_jax.store import load_results as load_results
@@ -33,12 +37,15 @@ __all__ = [
     "LLCDiagnosticWarning",
     "LLCEstimate",
     "LLCResult",
+    "RefinedLLCResult",
     "TwoTemperatureResult",
     "calibrate",
     "estimate_llc",
     "estimate_llc_checkpoints",
     "estimate_llc_two_temperature",
+    "estimate_refined_llc",
     "examples",
+    "influence",
     "linen_loss",
     "llc_function",
     "load_checkpoint_set",
@@ -47,6 +54,7 @@ __all__ = [
     "plot_calibration",
     "plot_llc",
     "plot_trace",
+    "refine",
     "samplers",
     "save_checkpoint",
     "theory",

@@ -225,7 +225,15 @@ def run_chain(
 
                 def measure(d):
                     values = _measure(
-                        loss_fn, config, center, settings, info, state, new_state, batch, eps,
+                        loss_fn,
+                        config,
+                        center,
+                        settings,
+                        info,
+                        state,
+                        new_state,
+                        batch,
+                        eps,
                         mask,
                     )
                     return d.at[:, draw // every].set(values)

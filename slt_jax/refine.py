@@ -184,7 +184,9 @@ def restrict(mask_tree: PyTree | None, position: PyTree, center: PyTree) -> PyTr
     """``position`` on the selected coordinates, ``center`` elsewhere (identity if no mask)."""
     if mask_tree is None:
         return position
-    return jax.tree.map(lambda m, w, c: jnp.where(m, w, c.astype(w.dtype)), mask_tree, position, center)
+    return jax.tree.map(
+        lambda m, w, c: jnp.where(m, w, c.astype(w.dtype)), mask_tree, position, center
+    )
 
 
 def restricted_loss(loss_fn, mask_tree: PyTree | None, center: PyTree):

@@ -153,7 +153,9 @@ def run_items(
     return jax.tree.map(lambda x: x[:num_items], (traces, init_losses))
 
 
-def lower_items(loss_fn, config, keys, centers, data, settings, mesh: Mesh, masks=None, observed=None):
+def lower_items(
+    loss_fn, config, keys, centers, data, settings, mesh: Mesh, masks=None, observed=None
+):
     """The lowered item program for these inputs (for XLA's memory analysis)."""
     placed = place_items(keys, centers, data, settings, mesh, masks, observed)
     return _program(loss_fn, config, mesh).lower(*placed)
