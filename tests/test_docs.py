@@ -18,6 +18,7 @@ MODULES = [
     slt_jax.inline,
     importlib.import_module("slt_jax.calibrate"),
     slt_jax.temperatures,
+    importlib.import_module("slt_jax.refined"),
 ]
 
 

@@ -107,7 +107,9 @@ def _quadratic(h):
     return loss_fn
 
 
-@pytest.mark.parametrize("sampler, step_size", [("sgld", 1e-3), (sj.samplers.SGHMC(friction=20.0), 2e-3), ("hmc", 0.03)])
+@pytest.mark.parametrize(
+    "sampler, step_size", [("sgld", 1e-3), (sj.samplers.SGHMC(friction=20.0), 2e-3), ("hmc", 0.03)]
+)
 def test_masked_model_equals_the_smaller_model(sampler, step_size):
     """Half of ``a`` and one column of ``b`` move; the frozen column has curvature 10⁶, which
     any noise or drift on it would turn into a divergence. The refined chains must match
