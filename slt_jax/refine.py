@@ -38,7 +38,10 @@ Selector = str | Sequence[str] | Callable[[str, Any], Any] | PyTree
 
 
 def path_string(path) -> str:
-    """A key path as ``"a/b/0"``: dict keys, attribute names and indices joined by ``/``."""
+    """A key path as ``"a/b/0"``: dict keys, attribute names and indices joined by ``/``.
+
+    The ``.value`` attribute that holds a Flax NNX variable's array is left out, so an NNX
+    state's paths read ``layers/0/kernel`` like a Linen or plain-dict tree's."""
     parts = []
     for entry in path:
         for attr in ("key", "name", "idx"):
@@ -47,6 +50,8 @@ def path_string(path) -> str:
                 break
         else:
             parts.append(str(entry))
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        parts.pop()
     return "/".join(parts)
 
 

@@ -56,6 +56,20 @@ def test_selectors_patterns_predicates_and_masks():
     assert sj.refine.num_selected(heads["L1H1"]) == 60
 
 
+def test_paths_of_a_flax_nnx_state():
+    from flax import nnx
+
+    model = sj.examples.MLP((4, 3, 2), rngs=nnx.Rngs(0))
+    _, params = sj.nnx_loss(model, lambda out, y: jnp.sum(out, axis=1))
+    assert sj.refine.leaf_paths(params) == [
+        "layers/0/bias",
+        "layers/0/kernel",
+        "layers/1/bias",
+        "layers/1/kernel",
+    ]
+    assert sj.refine.num_selected(sj.refine.mask(params, "layers/0/*")) == 15
+
+
 def test_selector_errors():
     with pytest.raises(ValueError, match="selects no coordinate.*layer0/qkv"):
         sj.refine.mask(PARAMS, "nothing/*")
