@@ -26,6 +26,44 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     return (x / 16.0).astype(np.float32), y.astype(np.int32)
 
 
+def load_mnist_idx(images_path, labels_path) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST (or any IDX-format image set) from the files the user points to.
+
+    Reads the IDX format of LeCun et al.'s MNIST distribution (optionally gzip-compressed:
+    ``train-images-idx3-ubyte[.gz]``, ``train-labels-idx1-ubyte[.gz]``): a big-endian
+    header (magic number ``0x00000803`` for images, ``0x00000801`` for labels, then the
+    dimensions) followed by unsigned bytes. Returns ``(x, y)``: ``x`` float32 of shape
+    ``(n, rows·cols)`` scaled to [0, 1], ``y`` int32 labels. Nothing is downloaded.
+    """
+    import gzip
+
+    def read(path):
+        path = str(path)
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            return f.read()
+
+    def header(raw, magic, ndim, what):
+        got = int.from_bytes(raw[:4], "big")
+        if got != magic:
+            raise ValueError(
+                f"{what}: magic number {got:#010x}, expected {magic:#010x} (not an IDX file "
+                f"of {ndim}-d unsigned bytes)."
+            )
+        dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+        body = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+        if body.size != int(np.prod(dims)):
+            raise ValueError(f"{what}: {body.size} bytes of data for dimensions {dims}.")
+        return body.reshape(dims)
+
+    images = header(read(images_path), 0x00000803, 3, images_path)
+    labels = header(read(labels_path), 0x00000801, 1, labels_path)
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels.")
+    x = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    return x, labels.astype(np.int32)
+
+
 class MLP(nnx.Module):
     """A ReLU multilayer perceptron: ``widths = (in, hidden..., out)``."""
 

@@ -127,3 +127,21 @@ def test_per_example_loss_must_be_per_example(regression_data):
     loss_fn, params = sj.nnx_loss(model, lambda out, y: jnp.mean((out - y) ** 2))
     with pytest.raises(ValueError, match="one loss per example"):
         sj.estimate_llc(loss_fn, params, regression_data, batch_size=10)
+
+
+def test_load_mnist_idx_reads_the_idx_format(tmp_path):
+    import gzip
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(7, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=7, dtype=np.uint8)
+    head = lambda magic, dims: b"".join(int(v).to_bytes(4, "big") for v in (magic, *dims))  # noqa: E731
+    with gzip.open(tmp_path / "img.gz", "wb") as f:
+        f.write(head(0x803, images.shape) + images.tobytes())
+    (tmp_path / "lab").write_bytes(head(0x801, labels.shape) + labels.tobytes())
+    x, y = sj.examples.load_mnist_idx(tmp_path / "img.gz", tmp_path / "lab")
+    assert x.shape == (7, 784) and x.dtype == np.float32
+    np.testing.assert_allclose(x, images.reshape(7, -1) / 255.0, rtol=1e-6)
+    assert y.tolist() == labels.tolist()
+    with pytest.raises(ValueError, match="magic number"):
+        sj.examples.load_mnist_idx(tmp_path / "lab", tmp_path / "lab")
