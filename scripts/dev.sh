@@ -2,6 +2,7 @@
 # Set up (or reuse) the project virtual environment, then run a job in it.
 #   bash scripts/dev.sh demo [args]   train a small MLP on digits and estimate its LLC
 #   bash scripts/dev.sh test [args]   lint, then run the test suite (pytest args pass through)
+#   bash scripts/dev.sh notebooks [names]  regenerate and execute notebooks/ (full size)
 #   bash scripts/dev.sh setup         only create/update the environment
 # PYTHON picks the interpreter for a new environment (default: python3; 3.11 and 3.12 work).
 # VENV picks its folder (default: .venv).
@@ -30,5 +31,8 @@ case "$job" in
   test)
     "$VENV/bin/ruff" check .
     exec "$VENV/bin/python" -m pytest "$@" ;;
-  *) echo "unknown job '$job' (demo, test, setup)" >&2; exit 2 ;;
+  notebooks)
+    "$VENV/bin/python" -m pip install --quiet -e ".[test,notebooks]"
+    exec "$VENV/bin/python" notebooks/run_all.py "$@" ;;
+  *) echo "unknown job '$job' (demo, test, notebooks, setup)" >&2; exit 2 ;;
 esac
