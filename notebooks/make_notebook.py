@@ -21,7 +21,7 @@ def cells(text: str) -> list[dict]:
                 )
             source = [line + "\n" for line in body.splitlines()]
             source[-1] = source[-1].rstrip("\n")
-            cell = {"cell_type": kind, "metadata": {}, "source": source}
+            cell = {"cell_type": kind, "id": f"cell-{len(out)}", "metadata": {}, "source": source}
             if kind == "code":
                 cell.update(execution_count=None, outputs=[])
             out.append(cell)

@@ -197,7 +197,14 @@ res = sj.estimate_llc(
     batch_size=500,
 )
 rows.append(
-    ("DLN 5-4-5, rank 0", lam, m, lam - (m - 1) / np.log(res.config.nbeta), "λ − (m−1)/log nβ", res)
+    (
+        "DLN 5-4-5, rank 0",
+        lam,
+        m,
+        lam - (m - 1) / np.log(res.config.nbeta),
+        "Aoyagi λ, m-corrected",
+        res,
+    )
 )
 
 # %% [markdown]
