@@ -19,6 +19,8 @@ MODULES = [
     importlib.import_module("slt_jax.calibrate"),
     slt_jax.temperatures,
     importlib.import_module("slt_jax.refined"),
+    importlib.import_module("slt_jax.models.tms"),
+    importlib.import_module("slt_jax.models.icl"),
 ]
 
 
