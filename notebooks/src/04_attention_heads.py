@@ -1,0 +1,137 @@
+# %% [markdown]
+# # 4. Attention-only transformer: the refined LLC of every head over training
+#
+# **What the paper found.** Wang, Hoogland, van Wingerden & Murfet (2024, "Differentiation
+# and specialization of attention heads via the refined local learning coefficient",
+# arXiv:2410.02984) trained a two-layer attention-only transformer on language and
+# estimated, at every checkpoint, the LLC *refined* to each attention head (only that head's
+# weights move). The per-head curves separate heads by function: heads that become
+# previous-token and induction heads follow different rLLC trajectories, and the changes
+# line up with the formation of the bigram and induction circuits.
+#
+# **What this notebook shows.** A small attention-only transformer (2 layers × 2 heads) on a
+# synthetic language (a sparse Markov chain, plus one randomly copied segment per sequence
+# that only an induction circuit can predict) learns bigram statistics first and then forms
+# an induction circuit. At every checkpoint, `sj.estimate_refined_llc` estimates the
+# refined LLC of all four heads in one compiled call; the curves are drawn next to the
+# behavioural (induction score) and structural (previous-token and induction attention
+# scores per head) measurements the training recorded.
+
+# %%
+import os
+import tempfile
+import warnings
+
+import jax
+import numpy as np
+
+import slt_jax as sj
+from slt_jax import dynamics
+from slt_jax.models import attention
+
+SMOKE = os.environ.get("SLT_JAX_SMOKE") == "1"
+warnings.simplefilter("ignore", sj.LLCDiagnosticWarning)
+config = dict(vocab_size=64, d_model=32, num_heads=2, d_head=16, context_length=32)
+language = attention.SyntheticLanguage(vocab_size=64, branching=4, min_copy=10, max_copy=16, seed=0)
+
+# %% [markdown]
+# ## Training, with checkpoints at log-spaced steps
+
+# %%
+workdir = tempfile.mkdtemp()
+model, history = attention.train(
+    num_steps=1000 if not SMOKE else 20,
+    batch_size=32,
+    seed=0,
+    checkpoint_dir=workdir,
+    num_checkpoints=10 if not SMOKE else 3,
+    language=language,
+    **config,
+)
+print(f"{'step':>5} {'loss':>6} {'induction score':>16} {'bigram recall':>14}")
+for i, step in enumerate(history["step"]):
+    print(
+        f"{step:>5d} {history['loss'][i]:>6.3f} {history['induction_score'][i]:>16.3f}"
+        f" {history['bigram_recall'][i]:>14.3f}"
+    )
+
+# %% [markdown]
+# ## The refined LLC of each head at each checkpoint
+#
+# Every head is its own refinement (its slices of the fused QKV and output weights); the
+# four refinements × chains run as one program per checkpoint, and, since the centre and the
+# masks are array arguments, one compilation serves every checkpoint.
+
+# %%
+loss_fn, data, like = attention.factory(n=1024, seed=1, language=language, **config)
+checkpoints = sj.load_checkpoint_set(workdir, like=like)
+heads = list(attention.head_refinements(like))
+rllc = {h: [] for h in heads}
+rllc_se = {h: [] for h in heads}
+for k in range(len(checkpoints)):
+    params = jax.tree.map(lambda x, k=k: x[k], checkpoints.params)
+    res = sj.estimate_refined_llc(
+        loss_fn,
+        params,
+        data,
+        attention.head_refinements(params),
+        num_chains=4 if not SMOKE else 2,
+        num_steps=400 if not SMOKE else 20,
+        step_size=1e-4,
+        localization=100.0,
+        batch_size=64,
+        diagnostic_every=0,
+    )
+    for h in heads:
+        rllc[h].append(res[h].llc_mean)
+        rllc_se[h].append(res[h].llc_stderr)
+    print(
+        f"step {checkpoints.steps[k]:>5d}: "
+        + "  ".join(f"{h} {res[h].llc_mean:7.2f}" for h in heads)
+    )
+
+# %%
+steps = checkpoints.steps
+previous = np.asarray(history["previous_token"])  # (checkpoints, layers, heads)
+induction = np.asarray(history["induction"])
+curves = {f"rLLC {h}": (np.asarray(rllc[h]), np.asarray(rllc_se[h])) for h in heads}
+curves["induction score"] = history["induction_score"]
+for layer in range(previous.shape[1]):
+    for head in range(previous.shape[2]):
+        curves[f"prev-token L{layer}H{head}"] = previous[:, layer, head]
+        curves[f"induction L{layer}H{head}"] = induction[:, layer, head]
+dynamics.plot_development(steps, curves, "attention_heads.png", boundaries=False)
+
+# %% [markdown]
+# ![per-head refined LLCs and attention scores](attention_heads.png)
+#
+# ## What each head became, and its refined LLC
+
+# %%
+print(f"{'head':<6} {'rLLC start':>11} {'rLLC end':>9} {'prev-token':>11} {'induction':>10}")
+for h in heads:
+    layer, head = int(h[1]), int(h[3])
+    print(
+        f"{h:<6} {rllc[h][0]:>11.2f} {rllc[h][-1]:>9.2f} "
+        f"{previous[-1, layer, head]:>11.2f} {induction[-1, layer, head]:>10.2f}"
+    )
+prev_head = f"L0H{int(np.argmax(previous[-1, 0]))}"
+ind_head = f"L1H{int(np.argmax(induction[-1, 1]))}"
+others = [h for h in heads if h not in (prev_head, ind_head)]
+ratio = min(rllc[prev_head][-1], rllc[ind_head][-1]) / max(rllc[h][-1] for h in others)
+print(
+    f"previous-token head {prev_head}, induction head {ind_head}: their final refined LLCs "
+    f"are at least {ratio:.1f} times those of the other heads {others}."
+)
+
+# %% [markdown]
+# **Reading the results.** Early in training (the bigram stage: bigram recall rises, the
+# induction score stays near 0) the four heads' refined LLCs are small and alike. When
+# the induction circuit forms (the induction score jumps between the last two checkpoints),
+# the heads differentiate. The last line above compares the final refined LLCs of the
+# layer-0 head with the highest previous-token score and the layer-1 head with the highest
+# induction score against the other heads: a ratio well above 1 means the heads that carry
+# the circuit are the ones whose weights the loss has become most sensitive to, as Wang et
+# al. found. The estimates use short chains (4 chains × 400
+# steps) so the notebook runs in about ten minutes on a laptop CPU; take them as a picture
+# of the differentiation, with the error bars drawn, rather than as precise values.
