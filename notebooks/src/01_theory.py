@@ -234,7 +234,31 @@ for name, lam, m, target, how, r in rows:
         f" {band:>6.3f} {r.rhat:>6.3f}  {'yes' if inside else 'NO':<7}  {how}"
     )
 
+# %%
+import matplotlib.pyplot as plt  # noqa: E402
+
+fig, ax = plt.subplots(figsize=(6, 3.2))
+for i, (_name, lam, _, target, _, r) in enumerate(rows):
+    ax.errorbar(
+        i,
+        r.llc_mean / lam,
+        yerr=4 * r.llc_stderr / lam,
+        fmt="o",
+        capsize=3,
+        label="λ̂ ± 4 se" if i == 0 else None,
+        color="C0",
+    )
+    ax.plot(i, target / lam, "x", color="C1", label="finite-n target" if i == 0 else None)
+ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+ax.set_xticks(range(len(rows)), [row[0] for row in rows], rotation=15, fontsize=8)
+ax.set_ylabel("relative to λ")
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig("theory.png", dpi=120)
+
 # %% [markdown]
+# ![estimates relative to λ](theory.png)
+#
 # **Reading the table.** Every estimate lies within its band of its target. The monomial
 # and normal-crossing estimates sit on exact finite-nβ values (quadrature); the normal
 # crossing's target is well below λ = 1/2 because of its multiplicity m = 2, a finite-n
