@@ -5,6 +5,7 @@ Used by the demo (``python -m slt_jax demo``), the benchmarks and the tests.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 
 import jax
@@ -84,6 +85,22 @@ def log_spaced_steps(num_steps: int, count: int, *, start: int = 0) -> list[int]
         return [0, *log_spaced_steps(num_steps, count - 1, start=1)]
     steps = np.geomspace(start, num_steps, max(1, count))
     return np.unique(np.round(steps).astype(int)).tolist()
+
+
+def checkpoint_schedule(
+    num_steps: int, num_checkpoints: int, checkpoint_steps: Sequence[int] | None = None
+) -> list[int]:
+    """The sorted steps a training script saves: ``checkpoint_steps`` if given (say, denser
+    around a transition), else :func:`log_spaced_steps` ``(num_steps, num_checkpoints)``;
+    the end ``num_steps`` always included. Steps outside ``[0, num_steps]`` are an error."""
+    if checkpoint_steps is None:
+        steps = log_spaced_steps(num_steps, num_checkpoints)
+    else:
+        steps = [int(s) for s in checkpoint_steps]
+        bad = [s for s in steps if not 0 <= s <= num_steps]
+        if bad:
+            raise ValueError(f"checkpoint_steps {bad} lie outside [0, num_steps={num_steps}].")
+    return sorted(set(steps) | {num_steps})
 
 
 def train_classifier(

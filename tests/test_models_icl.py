@@ -176,7 +176,7 @@ def test_head_masks_split_the_fused_attention_kernels():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     directory = tmp_path_factory.mktemp("icl_checkpoints")
-    model = icl.train(
+    model, history = icl.train(
         None,
         num_steps=300,
         batch_size=32,
@@ -186,6 +186,10 @@ def trained(tmp_path_factory):
         num_checkpoints=6,
         **SMALL,
     )
+    assert history["step"].tolist() == list(range(300)) and history["loss"].shape == (300,)
+    assert np.all(np.isfinite(history["loss"]))
+    # per-step batch losses are noisy; their means over the first and last 50 steps fall
+    assert history["loss"][-50:].mean() < 0.8 * history["loss"][:50].mean()
     return model, directory
 
 

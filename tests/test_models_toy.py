@@ -156,7 +156,7 @@ def test_tms_sgld_llc_at_kgon_matches_the_quadratic_oracle(k, localization):
 
 def test_tms_train_writes_a_checkpoint_set_the_factory_loads(tmp_path):
     steps = sj.examples.log_spaced_steps(300, 6)
-    model = tms.train(
+    model, history = tms.train(
         C,
         n=512,
         num_steps=300,
@@ -173,6 +173,8 @@ def test_tms_train_writes_a_checkpoint_set_the_factory_loads(tmp_path):
         for i in range(len(steps))
     ]
     assert losses[-1] < 0.7 * losses[0]  # training on the factory's data lowered its loss
+    assert history["step"].tolist() == steps
+    np.testing.assert_allclose(history["loss"], losses, rtol=1e-5)  # the same loss, recorded
     final = jax.tree.leaves(jax.tree.map(lambda a: a[-1], checkpoints.params))
     for saved, held in zip(final, jax.tree.leaves(nnx.state(model, nnx.Param)), strict=True):
         np.testing.assert_array_equal(np.asarray(saved), np.asarray(held))
@@ -182,7 +184,7 @@ def test_tms_train_writes_a_checkpoint_set_the_factory_loads(tmp_path):
 def test_tms_sgd_from_a_random_init_ends_at_a_kgon():
     """Seed 0 with the default schedule ends at the pentagon with one positive dead bias
     (the empirical minimum of n = 1000 samples: parameters within O(1/√n) of the k-gon's)."""
-    model = tms.train(C, seed=0)
+    model, _ = tms.train(C, seed=0)
     W, b = np.asarray(model.W[...], np.float64), np.asarray(model.b[...], np.float64)
     target = tms.kgon(5, C, num_positive=1)
     norms = np.linalg.norm(W, axis=0)
@@ -332,7 +334,7 @@ def test_dln_sgld_llc_at_rank_zero_matches_aoyagi():
 def test_dln_train_writes_a_checkpoint_set_the_factory_loads(tmp_path):
     widths, rank, n = (3, 2, 3), 1, 2048
     steps = sj.examples.log_spaced_steps(400, 5)
-    model = dln.train(
+    model, history = dln.train(
         widths,
         rank=rank,
         n=n,
@@ -348,7 +350,19 @@ def test_dln_train_writes_a_checkpoint_set_the_factory_loads(tmp_path):
     first, last = (jax.tree.map(lambda a, i=i: a[i], checkpoints.params) for i in (0, -1))
     # From the small init (loss ≈ ½(‖M*‖² + d_L)) to near the noise level ½·d_L = 1.5.
     assert float(loss_fn(last, data)) < 1.6 < float(loss_fn(first, data))
+    assert history["step"].tolist() == steps
+    np.testing.assert_allclose(
+        history["loss"][[0, -1]], [loss_fn(first, data), loss_fn(last, data)], rtol=1e-5
+    )
     for saved, held in zip(
         jax.tree.leaves(last), jax.tree.leaves(nnx.state(model, nnx.Param)), strict=True
     ):
         np.testing.assert_array_equal(np.asarray(saved), np.asarray(held))
+
+
+def test_checkpoint_schedule_takes_explicit_steps_and_always_the_end():
+    schedule = sj.examples.checkpoint_schedule
+    assert schedule(100, 4) == sorted(set(sj.examples.log_spaced_steps(100, 4)) | {100})
+    assert schedule(100, 4, [50, 10, 10, 0]) == [0, 10, 50, 100]
+    with pytest.raises(ValueError, match=r"\[101\]"):
+        schedule(100, 4, [5, 101])

@@ -82,7 +82,7 @@ for name, loss, lam, oracle, r in rows:
 
 # %%
 workdir = tempfile.mkdtemp()
-model = tms.train(
+model, history = tms.train(
     c,
     n=n,
     num_steps=20_000 if not SMOKE else 200,

@@ -52,7 +52,7 @@ from flax import nnx
 from slt_jax import refine
 from slt_jax.adapters import nnx_loss
 from slt_jax.checkpoints import save_checkpoint
-from slt_jax.examples import log_spaced_steps
+from slt_jax.examples import checkpoint_schedule
 
 PyTree = Any
 _EVAL_SEED = 1_000_003  # the held-out sequences of `train`'s history, the same for every run
@@ -353,6 +353,7 @@ def train(
     checkpoint_dir: str | os.PathLike | None = None,
     num_checkpoints: int = 20,
     *,
+    checkpoint_steps: Sequence[int] | None = None,
     language: SyntheticLanguage | None = None,
     **config,
 ) -> tuple[AttentionOnlyTransformer, dict[str, np.ndarray]]:
@@ -363,8 +364,9 @@ def train(
     At log-spaced steps ``s`` (:func:`slt_jax.examples.log_spaced_steps`, ``s = 0`` the
     initialisation, ``s = num_steps`` the end) the parameters before step ``s`` are saved to
     ``checkpoint_dir`` (:func:`slt_jax.save_checkpoint`) and :func:`metrics` are taken on 512
-    held-out sequences. Returns ``(model, history)``, ``history[name]`` an array over those
-    steps (``history["step"]``).
+    held-out sequences; ``checkpoint_steps`` replaces the log-spaced steps by your own (for
+    example denser around a transition; the end is always included). Returns
+    ``(model, history)``, ``history[name]`` an array over those steps (``history["step"]``).
     """
     model = AttentionOnlyTransformer(**config, rngs=nnx.Rngs(seed))
     vocab_size, length = model.embed.shape[0], model.pos_embed.shape[0] + 1
@@ -381,7 +383,7 @@ def train(
     held_out = language.sample(512, length, seed=_EVAL_SEED)
     rng, opt_state = np.random.default_rng([seed, 1]), optimizer.init(params)
     history: dict[str, list] = {"step": []}
-    record = set(log_spaced_steps(num_steps, num_checkpoints)) | {num_steps}
+    record = set(checkpoint_schedule(num_steps, num_checkpoints, checkpoint_steps))
     for s in range(num_steps + 1):
         if s in record:
             if checkpoint_dir is not None:

@@ -39,12 +39,10 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from slt_jax.adapters import nnx_loss
-from slt_jax.checkpoints import save_checkpoint
-from slt_jax.examples import log_spaced_steps
+from slt_jax.models._train import minibatch_train
 
 
 class DeepLinearNetwork(nnx.Module):
@@ -179,8 +177,8 @@ def train(
     checkpoint_dir: str | None = None,
     num_checkpoints: int = 30,
     data: tuple[jax.Array, jax.Array] | None = None,
-) -> DeepLinearNetwork:
-    """Train a :class:`DeepLinearNetwork` from a small random init; return the trained model.
+) -> tuple[DeepLinearNetwork, dict[str, np.ndarray]]:
+    """Train a :class:`DeepLinearNetwork` from a small random init.
 
     The data default to ``n`` samples of :func:`make_data` around a rank-``rank`` truth from
     :func:`true_parameters`, both drawn from ``seed`` exactly as :func:`factory` draws them.
@@ -188,33 +186,25 @@ def train(
     With ``checkpoint_dir``, the parameters before step ``s`` (``s = 0``: the init) are saved
     for ``s`` in ``log_spaced_steps(num_steps, num_checkpoints)`` with
     :func:`slt_jax.save_checkpoint`.
+
+    Returns ``(model, history)``: the trained model and ``history["step"]``,
+    ``history["loss"]``, the loss on the whole data set at those log-spaced steps.
     """
-    if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
-    x, y = _default_data(widths, rank, n, noise, seed) if data is None else data
+    data = _default_data(widths, rank, n, noise, seed) if data is None else data
     model = DeepLinearNetwork(widths, rngs=nnx.Rngs(seed), init_scale=init_scale)
-    loss_fn, params = nnx_loss(model, per_example_loss)
-    opt, key = getattr(optax, optimizer)(learning_rate), jax.random.key(seed)
-
-    @jax.jit
-    def run(params, opt_state, start, stop):
-        def body(step, carry):
-            params, opt_state = carry
-            idx = jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, len(x))
-            grads = jax.grad(loss_fn)(params, (x[idx], y[idx]))
-            updates, opt_state = opt.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state
-
-        return jax.lax.fori_loop(start, stop, body, (params, opt_state))
-
-    opt_state, done = opt.init(params), 0
-    for stop in log_spaced_steps(num_steps, num_checkpoints) if checkpoint_dir else [num_steps]:
-        params, opt_state = run(params, opt_state, done, stop)
-        done = stop
-        nnx.update(model, params)
-        if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, stop, nnx.state(model, nnx.Param))
-    return model
+    history = minibatch_train(
+        model,
+        per_example_loss,
+        data,
+        num_steps=num_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        optimizer=optimizer,
+        key=jax.random.key(seed),
+        checkpoint_dir=checkpoint_dir,
+        num_checkpoints=num_checkpoints,
+    )
+    return model, history
 
 
 def factory(

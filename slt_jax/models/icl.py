@@ -33,7 +33,7 @@ Example: the baselines at task diversity ``M = 8`` (dMMSE knows the 8 tasks; rid
 
 Training and the LLC of its checkpoints (a few minutes on a CPU)::
 
-  model = icl.train(num_tasks=8, num_steps=5000, checkpoint_dir="icl_M8")
+  model, history = icl.train(num_tasks=8, num_steps=5000, checkpoint_dir="icl_M8")
   loss_fn, data, like = icl.factory(num_tasks=8)
   checkpoints = sj.load_checkpoint_set("icl_M8", like=like)
   results = sj.estimate_llc_checkpoints(loss_fn, checkpoints, data)
@@ -42,6 +42,7 @@ Training and the LLC of its checkpoints (a few minutes on a CPU)::
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -319,9 +320,10 @@ def train(
     checkpoint_dir: str | None = None,
     num_checkpoints: int = 50,
     *,
+    checkpoint_steps: Sequence[int] | None = None,
     task_seed: int = 0,
     **model_config,
-) -> ICLTransformer:
+) -> tuple[ICLTransformer, dict[str, np.ndarray]]:
     """Train an :class:`ICLTransformer` with Adam on fresh sequences at every step.
 
     The papers' recipe (Hoogland et al. 2024, Carroll et al. 2025) at laptop scale: every
@@ -329,11 +331,15 @@ def train(
     from :func:`task_set` ``(num_tasks, seed=task_seed)``, and takes one Adam step on the
     mean of :func:`per_example_loss`. With ``checkpoint_dir``, the parameters before step
     ``s`` (``nnx.state(model, nnx.Param)``) are saved for ``s`` in
-    :func:`slt_jax.examples.log_spaced_steps` ``(num_steps, num_checkpoints)``, the end
-    included. ``model_config`` goes to :class:`ICLTransformer`. Returns the trained model.
+    :func:`slt_jax.examples.log_spaced_steps` ``(num_steps, num_checkpoints)``, or in
+    ``checkpoint_steps`` if given, the end included. ``model_config`` goes to
+    :class:`ICLTransformer`.
+
+    Returns ``(model, history)``: the trained model and ``history["step"]``,
+    ``history["loss"]``, the training loss of every step's batch (before its update).
     """
     from slt_jax.checkpoints import save_checkpoint
-    from slt_jax.examples import log_spaced_steps
+    from slt_jax.examples import checkpoint_schedule
 
     model, draw = _build(seed, num_tasks, task_seed, model_config)
     graphdef, params = nnx.split(model, nnx.Param)
@@ -354,14 +360,21 @@ def train(
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    saves = set(log_spaced_steps(num_steps, num_checkpoints)) if checkpoint_dir else set()
+    schedule = checkpoint_schedule(num_steps, num_checkpoints, checkpoint_steps)
+    saves = set(schedule) if checkpoint_dir else set()
+    losses = []
     for s in range(num_steps + 1):
         if s in saves:
             save_checkpoint(checkpoint_dir, s, params)
         if s < num_steps:
-            params, opt_state, _ = step(params, opt_state, s)
+            params, opt_state, loss = step(params, opt_state, s)
+            losses.append(loss)
     nnx.update(model, params)
-    return model
+    history = {
+        "step": np.arange(num_steps),
+        "loss": np.asarray(jnp.stack(losses)) if losses else np.zeros(0),
+    }
+    return model, history
 
 
 def factory(
