@@ -71,7 +71,7 @@ def run_grid(
     centers = jax.tree.map(
         lambda x: np.broadcast_to(np.asarray(x), (num_cells * num_chains, *np.shape(x))), params
     )
-    traces, init_losses = sharding.run_items(
+    traces = sharding.run_items(
         loss_fn,
         chain_config(first),
         keys,
@@ -80,9 +80,11 @@ def run_grid(
         per_item,
         sharding.resolve_mesh(mesh, devices),
     )
+    one = jax.tree.map(lambda x: np.asarray(x)[None], params)
+    init_loss = sharding.center_losses(loss_fn, one, data, first.batch_size)[0]
     results = []
     for g, config in enumerate(configs):
         rows = slice(g * num_chains, (g + 1) * num_chains)
         trace = jax.tree.map(lambda x, rows=rows: x[rows], traces)
-        results.append(summarize(trace, init_losses[rows][0], config))
+        results.append(summarize(trace, init_loss, config))
     return results

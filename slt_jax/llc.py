@@ -123,7 +123,7 @@ def estimate_llc(
     centers = jax.tree.map(
         lambda x: np.broadcast_to(np.asarray(x), (config.num_chains, *np.shape(x))), params
     )
-    trace, init_losses = sharding.run_items(
+    trace = sharding.run_items(
         loss_fn,
         chain_config(config),
         jax.random.split(key, config.num_chains),
@@ -132,7 +132,9 @@ def estimate_llc(
         sampler_settings(config),
         sharding.resolve_mesh(mesh, devices),
     )
-    result = summarize(trace, init_losses[0], config)
+    one = jax.tree.map(lambda x: np.asarray(x)[None], params)
+    init_loss = sharding.center_losses(loss_fn, one, data, config.batch_size)[0]
+    result = summarize(trace, init_loss, config)
     if not np.isfinite(result.init_loss):
         raise FloatingPointError(
             f"the loss at w* over the data is {result.init_loss} (not finite): the LLC is "

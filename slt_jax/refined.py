@@ -270,7 +270,7 @@ def estimate_refined_llc(
         lambda x: np.broadcast_to(np.asarray(x), (num_items, *np.shape(x))), params
     )
     stacked = jax.tree.map(lambda *m: np.repeat(np.stack(m), chains, axis=0), *masks.values())
-    traces, init_losses = sharding.run_items(
+    traces = sharding.run_items(
         loss_fn,
         static,
         keys,
@@ -281,7 +281,8 @@ def estimate_refined_llc(
         masks=stacked,
         observed=observed,
     )
-    init_loss = float(init_losses[0])
+    one = jax.tree.map(lambda x: np.asarray(x)[None], params)
+    init_loss = float(sharding.center_losses(loss_fn, one, data, config.batch_size)[0])
     if not np.isfinite(init_loss):
         raise FloatingPointError(
             f"the loss at w* over the data is {init_loss} (not finite): the LLC is undefined "

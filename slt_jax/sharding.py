@@ -12,6 +12,7 @@ float rounding of the vectorised arithmetic).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,9 +46,19 @@ def resolve_mesh(mesh: Mesh | None = None, devices: Sequence[jax.Device] | None 
 
 
 def _item(loss_fn, config, key, center, data, settings, mask, observed):
-    init_loss = _data.dataset_mean(lambda b: loss_fn(center, b), data, config.batch_size)
-    trace = run_chain(loss_fn, config, key, center, data, settings, mask, observed)
-    return trace, init_loss
+    return run_chain(loss_fn, config, key, center, data, settings, mask, observed)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "batch_size"))
+def _center_losses(loss_fn, centers, data, batch_size):
+    full = lambda c: _data.dataset_mean(lambda b: loss_fn(c, b), data, batch_size)  # noqa: E731
+    return jax.vmap(full)(centers)
+
+
+def center_losses(loss_fn: LossFn, centers: PyTree, data: PyTree, batch_size: int) -> np.ndarray:
+    """``(M,)`` full-data losses ``L_n(w*)`` of ``M`` distinct centres (leading axis), each
+    evaluated once, ``batch_size`` examples at a time (every process computes them all)."""
+    return np.asarray(_center_losses(loss_fn, centers, data, batch_size))
 
 
 _PROGRAMS: dict = {}
@@ -139,18 +150,19 @@ def run_items(
     mesh: Mesh,
     masks: PyTree | None = None,
     observed: Observed | None = None,
-) -> tuple[ChainTrace, np.ndarray]:
-    """Run ``W`` items sharded over ``mesh``; host results with a leading ``W`` axis.
+) -> ChainTrace:
+    """Run ``W`` items sharded over ``mesh``; host traces with a leading ``W`` axis.
 
     Item ``i`` is one chain with key ``keys[i]`` started at centre ``centers[i]`` with the
     sampler settings ``settings[i]`` (or the shared scalars), restricted to the coordinates
-    ``masks[i]`` selects (all when ``masks`` is None), observing ``observed``; it also
-    returns the full-data loss at its centre.
+    ``masks[i]`` selects (all when ``masks`` is None), observing ``observed``. The full-data
+    loss at each distinct centre is :func:`center_losses`' job (once per centre, not per
+    item).
     """
     num_items = len(keys)
     placed = place_items(keys, centers, data, settings, mesh, masks, observed)
-    traces, init_losses = _host(_program(loss_fn, config, mesh)(*placed))
-    return jax.tree.map(lambda x: x[:num_items], (traces, init_losses))
+    traces = _host(_program(loss_fn, config, mesh)(*placed))
+    return jax.tree.map(lambda x: x[:num_items], traces)
 
 
 def lower_items(
