@@ -213,9 +213,13 @@ def plot_essential_dynamics(
     *,
     pairs: tuple[tuple[int, int], ...] | None = None,
     annotate: int = 4,
+    references: Mapping[str, Any] | None = None,
 ):
     """Trajectories in pairs of principal components, one colour per run, markers shaded by
-    log step, a few steps annotated. Returns the figure; writes a PNG when ``path`` is set.
+    log step, a few steps annotated. ``references`` (``{name: outputs}``, each the outputs
+    of a reference predictor on the same probe, shaped like one checkpoint's, e.g. a
+    Bayes-optimal baseline) are projected with :meth:`EssentialDynamics.project` and drawn
+    as labelled stars. Returns the figure; writes a PNG when ``path`` is set.
     """
     import matplotlib
 
@@ -230,7 +234,19 @@ def plot_essential_dynamics(
         )
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 4), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    marks = {}
+    for name, outputs in (references or {}).items():
+        leaves = jax.tree.leaves(outputs)
+        row = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in leaves])
+        if row.shape != ed.mean.shape:
+            raise ValueError(
+                f"reference {name!r} has {row.size} outputs, the trajectories {ed.mean.size}."
+            )
+        marks[name] = ed.project(row[None])[0]
     for ax, (i, j) in zip(axes[0], pairs, strict=True):
+        for name, point in marks.items():
+            ax.scatter(point[i], point[j], marker="*", s=140, color="black", zorder=4)
+            ax.annotate(name, point[[i, j]], fontsize=8, xytext=(4, 4), textcoords="offset points")
         for r, name in enumerate(ed.runs):
             traj, steps = ed.trajectories[name], ed.steps[name]
             colour = colours[r % len(colours)]

@@ -65,6 +65,13 @@ def test_joint_pca_shares_axes_across_runs(tmp_path):
     assert ed.steps["high"].tolist() == list(range(0, 80, 10))
     ed.plot(tmp_path / "ed.png")
     assert (tmp_path / "ed.png").stat().st_size > 1000
+    # A reference predictor whose outputs equal a checkpoint's is drawn at its coordinates.
+    w3 = jnp.asarray(runs["high"].params["w"][3])
+    fig = ed.plot(references={"ref": x @ w3})
+    (star,) = [c for c in fig.axes[0].collections if c.get_offsets().shape[0] == 1]
+    np.testing.assert_allclose(star.get_offsets()[0], ed.trajectories["high"][3], atol=1e-5)
+    with pytest.raises(ValueError, match="reference 'bad' has 5 outputs"):
+        ed.plot(references={"bad": np.zeros(5)})
     single = dynamics.essential_dynamics(_apply, runs["low"], x)
     assert single.runs == ("run",) and single.trajectories["run"].shape[0] == 8
     with pytest.raises(ValueError, match="differ in length"):

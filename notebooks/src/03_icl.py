@@ -13,9 +13,10 @@
 # a loss–complexity trade-off measured with the LLC.
 #
 # **What this notebook shows.** A 2-layer, 4-head transformer (small width) trained at three
-# task diversities M ∈ {4, 32, ∞}: (1) the distance of the M = 32 model's predictions to
-# ridge and to dMMSE over training; (2) its LLC at every checkpoint; (3) the joint essential
-# dynamics of the three runs on one probe set.
+# task diversities M ∈ {2, 8, ∞}: (1) the M = 8 model's predictions move first
+# towards ridge and then turn to dMMSE, while its loss on tasks outside the training set
+# rises; (2) its LLC at every checkpoint; (3) the joint essential dynamics of the three runs
+# on one probe set.
 
 # %%
 import os
@@ -32,52 +33,81 @@ from slt_jax.models import icl
 SMOKE = os.environ.get("SLT_JAX_SMOKE") == "1"
 warnings.simplefilter("ignore", sj.LLCDiagnosticWarning)
 model_config = dict(d_model=32, num_heads=4, num_layers=2, d_mlp=64)
-num_steps = 3000 if not SMOKE else 20
-diversities = {"M=4": 4, "M=32": 32, "M=inf": None}
+num_steps = 12_000 if not SMOKE else 20
+MID = 8
+diversities = {"M=2": 2, f"M={MID}": MID, "M=inf": None}
 
 # %% [markdown]
 # ## Training at three task diversities
 
 # %%
-dirs = {}
+dirs, histories = {}, {}
 for name, m in diversities.items():
     dirs[name] = tempfile.mkdtemp(prefix=name)
-    icl.train(
+    _, histories[name] = icl.train(
         num_tasks=m,
         num_steps=num_steps,
         batch_size=128,
         checkpoint_dir=dirs[name],
-        num_checkpoints=16 if not SMOKE else 3,
+        num_checkpoints=20 if not SMOKE else 3,
         **model_config,
     )
-loss_fn, data, like = icl.factory(num_tasks=32, n=2048 if not SMOKE else 256, **model_config)
+loss_fn, data, like = icl.factory(num_tasks=MID, n=2048 if not SMOKE else 256, **model_config)
 runs = {name: sj.load_checkpoint_set(d, like=like) for name, d in dirs.items()}
 
 # %% [markdown]
-# ## The M = 32 model against ridge and dMMSE
+# ## The M = 8 model against ridge and dMMSE
 #
-# On a probe batch from the M = 32 training distribution: the mean squared difference
-# between the model's predictions and each baseline's.
+# On a probe batch from the M = 8 training distribution: the mean squared difference
+# between the model's predictions and each baseline's, and the model's loss. On a batch
+# whose tasks are fresh draws from N(0, I) (outside the training set): the model's loss,
+# which a ridge-like model keeps low and a model that has specialized to the M tasks does
+# not. The baselines' own figures give the scale.
 
 # %%
-tasks = icl.task_set(32)
-probe = icl.sample(jax.random.key(7), 256 if not SMOKE else 32, tasks=tasks)
+tasks = icl.task_set(MID)
+size = 512 if not SMOKE else 32
+probe = icl.sample(jax.random.key(7), size, tasks=tasks)
 probe_tokens = icl.tokens(probe.xs, probe.ys)
 ridge = icl.ridge_predictions(probe.xs, probe.ys)
 dmmse = icl.dmmse_predictions(probe.xs, probe.ys, tasks)
-cs = runs["M=32"]
-to_ridge, to_dmmse = [], []
+fresh = icl.sample(jax.random.key(8), size)  # tasks from N(0, I)
+fresh_tokens = icl.tokens(fresh.xs, fresh.ys)
+
+
+def mean_loss(predictions, ys):
+    return float(icl.per_example_loss(predictions, ys).mean())
+
+
+print(f"ridge and dMMSE differ by {float(icl.distance_to(ridge, dmmse)):.3f} on this probe")
+print(f"loss of ridge {mean_loss(ridge, probe.ys):.3f}, of dMMSE {mean_loss(dmmse, probe.ys):.3f}")
+fresh_ridge = mean_loss(icl.ridge_predictions(fresh.xs, fresh.ys), fresh.ys)
+fresh_dmmse = mean_loss(icl.dmmse_predictions(fresh.xs, fresh.ys, tasks), fresh.ys)
+print(f"on fresh tasks: loss of ridge {fresh_ridge:.3f}, of dMMSE {fresh_dmmse:.3f}")
+cs = runs[f"M={MID}"]
+to_ridge, to_dmmse, loss, fresh_loss = [], [], [], []
 for k in range(len(cs)):
     params = jax.tree.map(lambda x, k=k: x[k], cs.params)
     predictions = icl.apply_fn(params, probe_tokens)
     to_ridge.append(float(icl.distance_to(predictions, ridge)))
     to_dmmse.append(float(icl.distance_to(predictions, dmmse)))
-print(f"{'step':>6} {'to ridge':>9} {'to dMMSE':>9}")
-for step, r, d in zip(cs.steps, to_ridge, to_dmmse, strict=True):
-    print(f"{step:>6d} {r:>9.4f} {d:>9.4f}")
+    loss.append(mean_loss(predictions, probe.ys))
+    fresh_loss.append(mean_loss(icl.apply_fn(params, fresh_tokens), fresh.ys))
+print(f"{'step':>6} {'to ridge':>9} {'to dMMSE':>9} {'loss':>7} {'fresh-task loss':>16}")
+for k, step in enumerate(cs.steps):
+    print(
+        f"{step:>6d} {to_ridge[k]:>9.4f} {to_dmmse[k]:>9.4f} {loss[k]:>7.3f} {fresh_loss[k]:>16.3f}"
+    )
+nearer_ridge = np.asarray(to_ridge) < np.asarray(to_dmmse)
+if nearer_ridge.any() and not nearer_ridge[-1]:
+    last_ridge = int(np.flatnonzero(nearer_ridge)[-1])
+    print(
+        f"nearer ridge until step {cs.steps[last_ridge]}, nearer dMMSE from step "
+        f"{cs.steps[last_ridge + 1]} on"
+    )
 
 # %% [markdown]
-# ## The LLC over training (M = 32), all checkpoints in one call
+# ## The LLC over training (M = 8), all checkpoints in one call
 
 # %%
 sweep = sj.estimate_llc_checkpoints(
@@ -96,7 +126,11 @@ print(sweep.summary())
 # %%
 dynamics.plot_development(
     cs.steps,
-    {"distance to ridge": np.array(to_ridge), "distance to dMMSE": np.array(to_dmmse)},
+    {
+        "distance to ridge": np.array(to_ridge),
+        "distance to dMMSE": np.array(to_dmmse),
+        "fresh-task loss": np.array(fresh_loss),
+    },
     "icl_development.png",
     llc=sweep,
 )
@@ -106,13 +140,14 @@ dynamics.plot_development(
 #
 # ## Joint essential dynamics across task diversities
 #
-# One PCA over the outputs of all three runs' checkpoints on the same probe tokens, so the
-# trajectories share axes.
+# One PCA over the outputs of all three runs' checkpoints on the same probe tokens (from the
+# M = 8 distribution), so the trajectories share axes. The stars are the ridge and dMMSE
+# predictors' outputs on that probe, projected onto the same axes.
 
 # %%
 ed = dynamics.joint_essential_dynamics(icl.apply_fn, runs, probe_tokens, num_components=3)
 print("explained variance:", np.round(ed.explained_variance_ratio, 3))
-ed.plot("icl_essential_dynamics.png")
+ed.plot("icl_essential_dynamics.png", references={"ridge": ridge, "dMMSE (M = 8)": dmmse})
 
 # %% [markdown]
 # ![joint essential dynamics](icl_essential_dynamics.png)
