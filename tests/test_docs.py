@@ -22,6 +22,7 @@ MODULES = [
     importlib.import_module("slt_jax.models.tms"),
     importlib.import_module("slt_jax.models.icl"),
     importlib.import_module("slt_jax.models.optimizer_bias"),
+    importlib.import_module("slt_jax.models.simplicial"),
 ]
 
 
