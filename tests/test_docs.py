@@ -23,6 +23,7 @@ MODULES = [
     importlib.import_module("slt_jax.models.icl"),
     importlib.import_module("slt_jax.models.optimizer_bias"),
     importlib.import_module("slt_jax.models.simplicial"),
+    importlib.import_module("slt_jax.models.turing"),
 ]
 
 
