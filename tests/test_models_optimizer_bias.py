@@ -62,10 +62,17 @@ def test_every_optimizer_learns_digits_on_the_same_gradient_budget(optimizer):
     model, history = ob.train(
         optimizer, data=train, test=test, widths=(64, 16, 10), num_gradients=400, num_records=4
     )
-    assert history["gradients"][0] == 0 and history["gradients"][-1] == 400
+    per_step = 5 if optimizer == "entropy-sgd" else 1  # Entropy-SGD: 5 inner gradients a step
+    assert history["step"][-1] == 400 // per_step
+    np.testing.assert_array_equal(history["gradients"], history["step"] * per_step)
     assert history["loss"][-1] < 0.5 * history["loss"][0]
     assert history["test_accuracy"][-1] > 0.7 > history["test_accuracy"][0]
     assert ob.accuracy(model, test) == pytest.approx(history["test_accuracy"][-1])
+    if optimizer == "sgd":  # the factory's loss and template are those of train's model
+        loss_fn, data, like = ob.factory(train, widths=(64, 16, 10))
+        params = sj.nnx_loss(model, ob.per_example_loss)[1]
+        assert jax.tree.structure(params) == jax.tree.structure(like)
+        assert float(loss_fn(params, data)) == pytest.approx(history["loss"][-1], rel=1e-5)
 
 
 def test_split_and_input_errors():
@@ -76,7 +83,9 @@ def test_split_and_input_errors():
     np.testing.assert_array_equal(rows[np.lexsort(rows.T)], np.c_[x, y][np.lexsort(np.c_[x, y].T)])
     with pytest.raises(ValueError, match="optimizer"):
         ob.train("rmsprop")
-    with pytest.raises(ValueError, match="batch_size"):
-        ob.train("sgd", data=(xtr[:10], ytr[:10]), test=(xte, yte), batch_size=64)
+    with pytest.raises(ValueError, match="both `data` and `test`"):
+        ob.train("sgd", data=(xtr, ytr))
+    with pytest.raises(ValueError, match="inner_steps"):
+        ob.train("entropy-sgd", data=(xtr, ytr), test=(xte, yte), num_gradients=3)
     with pytest.raises(ValueError, match="test_fraction"):
         ob.split(test_fraction=1.0)

@@ -175,8 +175,8 @@ def train(
 ) -> tuple[MLP, dict[str, np.ndarray]]:
     r"""Train an :class:`slt_jax.examples.MLP` with ``optimizer`` (one of :data:`OPTIMIZERS`).
 
-    ``data`` is the training set (default: the train part of :func:`split`), ``test`` the
-    held-out set (default: its test part). ``learning_rate`` defaults to 0.1 for SGD and
+    ``data`` is the training set and ``test`` the held-out set, both or neither (default:
+    the two parts of :func:`split` of the digits). ``learning_rate`` defaults to 0.1 for SGD and
     Entropy-SGD's inner steps, 0.01 for momentum and 3e-3 for Adam. Each of the
     ``num_gradients`` minibatch gradients (batch ``batch_size``, drawn with replacement from
     ``fold_in(seed key, step)``) is one step of SGD, momentum or Adam; Entropy-SGD takes
@@ -186,20 +186,28 @@ def train(
 
     Returns ``(model, history)``: ``history["gradients"]`` (gradients spent),
     ``history["loss"]`` (full training loss) and ``history["test_accuracy"]`` at
-    ``num_records`` log-spaced points.
+    ``num_records`` log-spaced points (``history["step"]``: the optimizer steps there).
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}.")
-    if data is None or test is None:
-        default_train, default_test = split()
-        data = default_train if data is None else data
-        test = default_test if test is None else test
+    if (data is None) != (test is None):
+        raise ValueError(
+            "give both `data` and `test` (e.g. from `split(your_data)`), or neither for the "
+            "digits split: a default test set would not match your training data."
+        )
+    if data is None:
+        data, test = split()
+    if optimizer == "entropy-sgd" and num_gradients < inner_steps:
+        raise ValueError(
+            f"num_gradients {num_gradients} < inner_steps {inner_steps}: Entropy-SGD would "
+            "take no step."
+        )
     x, y = jnp.asarray(data[0]), jnp.asarray(data[1])
-    if batch_size > len(x):
-        raise ValueError(f"batch_size {batch_size} exceeds the {len(x)} training examples.")
     model = MLP(tuple(widths), rngs=nnx.Rngs(seed))
     loss_fn, params = nnx_loss(model, per_example_loss)
-    key = jax.random.key(seed)
+    # nnx.Rngs(seed) draws the initialisation from fold_in(key(seed), count): keep the
+    # minibatch keys on a separate branch so they never repeat an initialiser's key.
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 2**31 - 1), 1)
     default_rate = {"sgd": 0.1, "momentum": 0.01, "adam": 3e-3, "entropy-sgd": 0.1}
     rate = default_rate[optimizer] if learning_rate is None else learning_rate
 
@@ -245,19 +253,25 @@ def train(
         return jax.lax.fori_loop(start, stop, lambda s, c: update(*c, s), (p, state))
 
     num_steps = num_gradients // per_step
-    history: dict[str, list] = {"gradients": [], "loss": [], "test_accuracy": []}
+    history: dict[str, list] = {"step": [], "gradients": [], "loss": [], "test_accuracy": []}
     full_loss, done = jax.jit(loss_fn), 0
     for stop in log_spaced_steps(num_steps, num_records):
         params, state = run(params, state, done, stop)
         done = stop
         nnx.update(model, params)
+        history["step"].append(stop)
         history["gradients"].append(stop * per_step)
         history["loss"].append(float(full_loss(params, (x, y))))
         history["test_accuracy"].append(accuracy(model, test))
     return model, {name: np.asarray(values) for name, values in history.items()}
 
 
-def factory(data: tuple[np.ndarray, np.ndarray] | None = None, widths=(64, 32, 10), seed=0):
+def factory(
+    data: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    widths: tuple[int, ...] = (64, 32, 10),
+    seed: int = 0,
+):
     """``(loss_fn, data, like)`` for the LLC of :func:`train`'s models on their training
     data (default: the train part of :func:`split`): ``--model
     slt_jax.models.optimizer_bias:factory``."""

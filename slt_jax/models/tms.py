@@ -49,9 +49,6 @@ from flax import nnx
 from slt_jax.adapters import nnx_loss
 from slt_jax.models._train import minibatch_train
 
-# A context manager for float64 (``jax.enable_x64`` since JAX 0.7, ``jax.experimental`` before).
-_enable_x64 = jax.enable_x64 if hasattr(jax, "enable_x64") else jax.experimental.enable_x64
-
 
 class TMS(nnx.Module):
     """``f(x) = ReLU(WᵀW x + b)``; ``W`` (hidden × features) starts ``N(0, init_scale²)``."""
@@ -133,7 +130,7 @@ def _flat_hessian(flat: jax.Array, c: int) -> jax.Array:
 
 def population_hessian(W, b) -> np.ndarray:
     """The Hessian of :func:`population_loss` in float64, over ``[W.ravel(), b]`` (3c × 3c)."""
-    with _enable_x64(True):
+    with jax.enable_x64(True):
         flat = jnp.concatenate([jnp.ravel(jnp.asarray(W)), jnp.asarray(b)]).astype(jnp.float64)
         return np.asarray(_flat_hessian(flat, np.shape(W)[1]))
 
@@ -188,7 +185,7 @@ def kgon(
         raise ValueError(f"negative_bias must be < 0, got {negative_bias}")
     squared_length, bias = _solve_kgon(k, c, num_positive)
     W, b = _kgon_arrays(k, c, squared_length, bias, num_positive, negative_bias, rotation)
-    with _enable_x64(True):
+    with jax.enable_x64(True):
         loss = float(population_loss(W, b))
     return KGon(W, b, squared_length**0.5, bias, loss)
 
@@ -216,7 +213,7 @@ def _newton(starts, cosines, active, dead_bias):
 @functools.cache
 def _solve_kgon(k: int, c: int, num_positive: int) -> tuple[float, float]:
     """``(l², b*)`` of the k-gon in float64 (the lowest-loss root over a few starts)."""
-    with _enable_x64(True):
+    with jax.enable_x64(True):
         unit, dead = _kgon_arrays(k, c, 1.0, 0.0, num_positive, -1.0, 0.0)  # W at l = 1
         starts = jnp.array([[1.0, 0.0], [1.5, -0.3], [2.0, -0.8], [2.5, -1.3]])
         out = _newton(starts, unit.T @ unit, jnp.arange(c) < k, dead)
