@@ -86,6 +86,35 @@ def test_layer_equals_loop_reference(logits):
     keys = np.array([True, False, True, True])
     y, _ = call(module, x, mask=np.broadcast_to(keys, (4, 4)), causal=True)
     np.testing.assert_allclose(y, reference(module, x, x, causal & keys)[0], rtol=1e-4, atol=1e-5)
+    y_1d, _ = call(module, x, mask=keys, causal=True)  # a 1-D mask applies to every query
+    np.testing.assert_array_equal(y_1d, y)
+
+
+@pytest.mark.parametrize("kind", ["simplicial", "dot"])
+def test_query_with_no_key_attends_to_nothing(kind):
+    """Causal attention with key 0 masked leaves query 0 no key: its pattern row and its
+    update are exactly 0 (not a uniform average over masked keys); other rows unchanged."""
+    if kind == "simplicial":
+        module = layer()
+    else:
+        module = simplicial.DotProductAttention(D_MODEL, HEADS, D_HEAD, rngs=nnx.Rngs(1))
+    x = inputs(2, 4, D_MODEL, seed=4)
+    keys = np.array([False, True, True, True])
+    y, pattern = call(module, x, mask=keys, causal=True)
+    assert float(jnp.abs(pattern[:, :, 0]).max()) == 0.0
+    assert float(jnp.abs(y[:, 0]).max()) == 0.0
+    np.testing.assert_allclose(pattern[:, :, 1:].sum(tuple(range(3, pattern.ndim))), 1.0, atol=1e-6)
+    # the other queries are the masked attention over their allowed keys
+    full, full_pattern = call(
+        module, x, mask=np.broadcast_to(keys, (4, 4)) | np.eye(4, dtype=bool), causal=True
+    )
+    allowed = np.tril(np.ones((4, 4), bool)) & keys
+    if kind == "simplicial":
+        expected_y, expected_pattern = reference(module, x, x, allowed | np.eye(4, dtype=bool))
+        np.testing.assert_allclose(y[:, 1:], expected_y[:, 1:], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(pattern[:, :, 1:], expected_pattern[:, :, 1:], atol=1e-6)
+    np.testing.assert_allclose(y[:, 1:], full[:, 1:], atol=1e-6)
+    np.testing.assert_allclose(pattern[:, :, 1:], full_pattern[:, :, 1:], atol=1e-7)
 
 
 def test_triple_product_identity_and_bounds():
@@ -213,7 +242,11 @@ def test_factory_and_bad_arguments():
     small = {k: v for k, v in TINY.items() if k != "vocab_size"}
     loss_fn, (x, y), like = simplicial.factory("relational", n=64, task=TASK, **small)
     assert x.shape == (64, 4) and y.shape == (64,) and y.sum() == 32
-    assert abs(float(jax.jit(loss_fn)(like, (x, y))) - math.log(2)) < 1.0
+    logits = simplicial.as_model(like)(jnp.asarray(x))  # the mean cross-entropy, by hand
+    logp = np.asarray(jax.nn.log_softmax(logits), np.float64)
+    expected = -logp[np.arange(64), y].mean()
+    assert float(jax.jit(loss_fn)(like, (x, y))) == pytest.approx(expected, rel=1e-5)
+    np.testing.assert_array_equal(simplicial.apply_fn(like, x), logits)
     assert simplicial.config_of(like)["num_simplicial_heads"] == 0
     _, _, like = simplicial.factory("simplicial", n=8, task=TASK, num_simplicial_heads=2, **small)
     assert simplicial.config_of(like)["num_simplicial_heads"] == 2
@@ -224,6 +257,23 @@ def test_factory_and_bad_arguments():
         simplicial.factory("relational", num_simplicial_heads=1)
     with pytest.raises(ValueError, match="logits"):
         simplicial.SimplicialAttention(8, logits="cosine", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="no negative examples"):
+        simplicial.PairDifferenceTask(modulus=7, set_size=4).sample(8)
+    with pytest.raises(ValueError, match="num_examples"):
+        TASK.sample(0)
+    with pytest.raises(ValueError, match="too rare"):  # 19 of the 92378 9-sets are negative
+        simplicial.PairDifferenceTask(modulus=19, set_size=9).sample(64)
+
+
+def test_apply_fn_uses_the_models_logits():
+    config = TINY | dict(num_simplicial_heads=1)
+    params = nnx.state(simplicial.SetTransformer(**config, rngs=nnx.Rngs(0)), nnx.Param)
+    tokens = TASK.sample(16, seed=1).tokens
+    triple = simplicial.apply_fn(params, tokens, "triple")
+    model = simplicial.SetTransformer(**config, logits="triple", rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(triple, model(jnp.asarray(tokens)), atol=1e-6)
+    trilinear = simplicial.apply_fn(params, tokens)
+    assert float(jnp.abs(triple - trilinear).max()) > 1e-3
 
 
 def test_training_learns_the_task_and_writes_checkpoints(tmp_path):

@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -90,14 +91,19 @@ from slt_jax.examples import checkpoint_schedule
 PyTree = Any
 ARCHITECTURES = ("relational", "simplicial")
 _EVAL_SEED = 1_000_003  # the held-out examples of `train`'s history, the same for every run
+_MAX_SAMPLING_ROUNDS = 1000  # rejection rounds before a class is declared too rare
 
 
-def _masked_softmax(scores, allowed, axes):
-    """Softmax of ``scores`` over ``axes`` where ``allowed`` (disallowed entries get 0)."""
+def _masked_softmax(scores, allowed, num_axes: int):
+    """Softmax of ``scores`` jointly over its last ``num_axes`` axes, restricted to the
+    ``allowed`` entries: disallowed entries get 0, and a query with no allowed entry at all
+    attends to nothing (its row is all 0, so its update is 0)."""
     scores = jnp.where(allowed, scores, jnp.finfo(scores.dtype).min)
     shape = scores.shape
-    flat = scores.reshape(*shape[: -len(axes)], -1)
-    return jax.nn.softmax(flat, axis=-1).reshape(shape)
+    flat = scores.reshape(*shape[: len(shape) - num_axes], -1)
+    pattern = jax.nn.softmax(flat, axis=-1).reshape(shape)
+    # a fully masked row would otherwise come out uniform over the masked entries
+    return jnp.where(allowed, pattern, 0.0)
 
 
 def trilinear_logits(p, l1, l2):
@@ -125,7 +131,9 @@ _LOGITS = {"trilinear": trilinear_logits, "triple": triple_product_logits}
 
 
 def _key_mask(mask, causal, length, context_length):
-    allowed = None if mask is None else jnp.asarray(mask, bool)
+    """The key mask ``(..., T, S)`` (``None``: every key), a 1-D mask ``(S,)`` applying to
+    every query."""
+    allowed = None if mask is None else jnp.atleast_2d(jnp.asarray(mask, bool))
     if causal:
         tril = np.tril(np.ones((length, context_length), bool))
         allowed = tril if allowed is None else allowed & tril
@@ -166,7 +174,9 @@ class SimplicialAttention(nnx.Module):
         """``(y, pattern)`` for queries ``x`` ``(..., T, d_model)`` and a ``context``
         ``(..., S, d_model)`` (default ``x``): ``y`` ``(..., T, d_model)`` and
         ``pattern[..., h, i, j, k] = A^h_{ijk}``. ``mask`` (broadcastable to ``(..., T,
-        S)``, bool) marks the keys each query may use; ``causal`` adds ``j, k ≤ i``."""
+        S)``, bool; a 1-D ``(S,)`` mask applies to every query) marks the keys each query may
+        use; ``causal`` adds ``j, k ≤ i``. A query left with no key attends to nothing: its
+        pattern row and its update are 0."""
         context = x if context is None else context
         weights = self.query_keys[...]
         p = jnp.einsum("...tm,mhd->...htd", x, weights[:, 0])
@@ -178,7 +188,7 @@ class SimplicialAttention(nnx.Module):
             allowed = allowed[..., None, :, :, None] & allowed[..., None, :, None, :]
         else:
             allowed = True
-        pattern = _masked_softmax(scores, allowed, axes=(-2, -1))
+        pattern = _masked_softmax(scores, allowed, num_axes=2)
         # Σ_jk A_ijk u_j ⊗ u_k, contracted in two steps: O(T·S²·d + T·S·d²)
         half = jnp.einsum("...hijk,...hkb->...hijb", pattern, u)
         pairs = jnp.einsum("...hja,...hijb->...hiab", u, half)
@@ -209,7 +219,7 @@ class DotProductAttention(nnx.Module):
         scores = jnp.einsum("...hid,...hjd->...hij", q, k) / np.sqrt(q.shape[-1])
         allowed = _key_mask(mask, causal, x.shape[-2], context.shape[-2])
         allowed = True if allowed is None else allowed[..., None, :, :]
-        pattern = _masked_softmax(scores, allowed, axes=(-1,))
+        pattern = _masked_softmax(scores, allowed, num_axes=1)
         z = jnp.einsum("...hij,...hjd->...hid", pattern, v)
         return jnp.einsum("...hid,hdm->...im", z, self.out[...]), pattern
 
@@ -353,6 +363,15 @@ class PairDifferenceTask:
     def vocab_size(self) -> int:
         return 2 * self.modulus
 
+    @property
+    def max_negative_size(self) -> int:
+        """The largest ``set_size`` with negative examples. For a target ``t`` the map ``x
+        ↦ x + t`` splits the residues into ``g = gcd(t, p)`` cycles of length ``p/g``; a set
+        with no difference ``t`` takes no two neighbours on a cycle, so at most ``g·⌊p/(2g)⌋``
+        residues; the largest over ``t``."""
+        p = self.modulus
+        return max(math.gcd(t, p) * (p // math.gcd(t, p) // 2) for t in range(1, p))
+
     def labels(self, tokens) -> np.ndarray:
         """The label of each row of ``tokens`` ``(n, 1 + N)``, by brute force."""
         tokens = np.asarray(tokens)
@@ -374,10 +393,19 @@ class PairDifferenceTask:
         p, size = self.modulus, self.set_size
         if not 2 <= size <= p:
             raise ValueError(f"need 2 <= set_size <= modulus; got {self}.")
+        if size > self.max_negative_size:
+            raise ValueError(
+                f"every set of {size} residues mod {p} has a pair with each difference, so "
+                f"there are no negative examples; use set_size <= {self.max_negative_size}."
+            )
+        if int(num_examples) < 1:
+            raise ValueError(f"num_examples must be >= 1, got {num_examples}.")
         rng = np.random.default_rng(seed)
         wanted = {1: num_examples // 2, 0: num_examples - num_examples // 2}
         found: dict[int, list] = {0: [], 1: []}
-        while any(sum(map(len, found[c])) < wanted[c] for c in (0, 1)):
+        for _ in range(_MAX_SAMPLING_ROUNDS):
+            if all(sum(map(len, found[c])) >= wanted[c] for c in (0, 1)):
+                break
             m = max(64, 2 * num_examples)
             x = np.argsort(rng.random((m, p)), axis=1)[:, :size]
             t = rng.integers(1, p, m)
@@ -385,6 +413,13 @@ class PairDifferenceTask:
             labels = self.labels(tokens)
             for c in (0, 1):
                 found[c].append(tokens[labels == c])
+        else:
+            short = [c for c in (0, 1) if sum(map(len, found[c])) < wanted[c]]
+            name = "negative" if short == [0] else "positive" if short == [1] else "any"
+            raise ValueError(
+                f"{self}: {name} examples are too rare to sample by rejection "
+                f"({_MAX_SAMPLING_ROUNDS} rounds); choose a smaller set_size."
+            )
         tokens = np.concatenate([np.concatenate(found[c])[: wanted[c]] for c in (0, 1)])
         labels = np.repeat(np.array([0, 1], np.int32), [wanted[0], wanted[1]])
         order = rng.permutation(num_examples)
@@ -424,9 +459,10 @@ def as_model(params: PyTree, logits: str = "trilinear") -> SetTransformer:
     return nnx.merge(_graphdef(config), params)
 
 
-def apply_fn(params: PyTree, probe) -> jax.Array:
-    """Logits ``(batch, num_classes)`` on probe tokens (for essential dynamics)."""
-    return as_model(params)(jnp.asarray(probe))
+def apply_fn(params: PyTree, probe, logits: str = "trilinear") -> jax.Array:
+    """Logits ``(batch, num_classes)`` on probe tokens (for essential dynamics); ``logits``
+    the 2-simplicial logits the model was trained with (``functools.partial`` it in)."""
+    return as_model(params, logits)(jnp.asarray(probe))
 
 
 @functools.partial(jax.jit, static_argnames="logits")
@@ -443,7 +479,9 @@ def witness_attention(simplicial_patterns, examples: Examples, task: PairDiffere
     x_k ≡ t``. For each query ``i`` we sum ``A_{ijk}`` over the pairs ``(j, k)`` with
     ``{i, j, k}`` a witness triangle (three distinct positions) and take the largest sum
     over the queries. Uniform attention over the ``T²`` pairs gives ``2w/T²`` for ``w``
-    witness pairs (0.056 per pair at ``T = 6``).
+    unordered witness pairs ``{j, k}`` (0.056 per pair at ``T = 6``); for an odd modulus
+    (``2t ≢ 0``) a pair witnesses in one order only, so ``w`` is also the number of ordered
+    pairs that :meth:`PairDifferenceTask.witnesses` marks.
     """
     a = np.asarray(simplicial_patterns)  # (n, blocks, heads, T, T, T)
     w = task.witnesses(examples.tokens)
