@@ -2,6 +2,7 @@
 the learning coefficients of their solution codes (slt_jax.models.turing)."""
 
 import functools
+import math
 import warnings
 
 import jax
@@ -53,9 +54,32 @@ def test_parse_table_round_trips_and_rejects_bad_text():
     np.testing.assert_array_equal(table.write, [[turing.B, turing.A, turing.B], [1, 0, 1]])
     np.testing.assert_array_equal(table.move, [[turing.RIGHT, turing.STAY, turing.LEFT], [0, 0, 2]])
     np.testing.assert_array_equal(table.next, [[1, 1, 0], [1, 0, 1]])
-    for bad in ["_L0 AS0", "_L0 AS0 BX0", "_L0 AS0 BR2 / _R1 _R1 _R1", "_L0 AS0 CR0"]:
+    bad_texts = ["_L0 AS0", "_L0 AS0 BX0", "_L0 AS0 BR2 / _R1 _R1 _R1", "_L0 AS0 CR0"]
+    bad_texts += ["_L0 AS0 BR", "_L0 AS0 BR-0", "_L0 AS0 BR+0", "_L0 AS0 BR0x", "_L0 AS0 BR1_0"]
+    for bad in bad_texts:
         with pytest.raises(ValueError):
             turing.parse_table(bad)
+
+
+def test_parse_table_round_trips_with_multi_digit_states():
+    """Next states are written in decimal: with 11 or more states an entry reads like
+    "BR10", and str/parse_table still round-trip (a one-character state broke at 11)."""
+    rng = np.random.default_rng(0)
+    for num_states in (10, 11, 12, 101):
+        table = _random_table(rng, num_states)
+        nxt = table.next.copy()
+        nxt[0, 0] = num_states - 1  # the longest state number
+        table = table._replace(next=nxt)
+        text = str(table)
+        assert f"{num_states - 1} " in text
+        parsed = turing.parse_table(text)
+        assert parsed.num_states == num_states and str(parsed) == text
+        for key in ("write", "move", "next"):
+            np.testing.assert_array_equal(getattr(parsed, key), getattr(table, key))
+    eleven = " / ".join(["_R10 AS0 BL3"] * 11)
+    assert str(turing.parse_table(eleven)) == eleven
+    with pytest.raises(ValueError, match="out of range"):
+        turing.parse_table(" / ".join(["_R11 AS0 BL3"] * 11))
 
 
 def test_interpreter_on_a_hand_traced_run():
@@ -119,6 +143,17 @@ def test_smooth_simulator_equals_the_interpreter_on_one_hot_codes():
     assert 0.01 < tape_path.max(axis=-1).min() < 0.99  # genuinely spread out
 
 
+def test_simulate_rejects_fewer_than_one_step():
+    code = turing.code_probabilities(turing.one_hot_code(turing.parse_table(SCANNER)))
+    tape = jax.nn.one_hot(np.zeros(5, np.int32), 3)
+    for steps in (0, -1):
+        for trajectory in (False, True):
+            with pytest.raises(ValueError, match="steps >= 1"):
+                turing.simulate(code, tape, steps, trajectory=trajectory)
+    tape_path, joint_path = turing.simulate(code, tape, 1, trajectory=True)
+    assert tape_path.shape == (1, 5, 3) and joint_path.shape == (1, 5, 2)
+
+
 def test_run_many_equals_run():
     rng = np.random.default_rng(0)
     tables = [_random_table(rng, 2) for _ in range(50)]
@@ -168,16 +203,48 @@ def test_the_loss_is_zero_exactly_at_solutions_and_second_order_in_u():
     wrong = turing.parse_table("_L0 AR0 BR0 / _R1 _R1 _R1")
     assert not problem.solves(wrong)
     assert float(loss(turing.one_hot_code(wrong), problem.data)) > np.log(1e6) / 16 * 0.99
-    # Moving one relevant coordinate u_ej to δ: K = a·w + O(w²) with w = δ²/(1 + δ²), and
-    # the O(w²) term is of order (a w)² at most (−log(1 − q) = q + q²/2 + …).
+    # Moving one relevant coordinate u_ej to δ: the scanner on B stays with probability
+    # w = δ²/(1 + δ²) instead of moving right. K is known in closed form along this edge
+    # (_scanner_stay_loss): K = w/4 - w²/2 + O(w³), so a = 1/4 and, in u, K = a·δ² + O(δ⁴).
     table = turing.parse_table(SCANNER)
     a = turing.first_order_costs(problem, table)["move"][0, turing.B, turing.STAY]
-    assert a > 0  # on B, staying instead of moving right delays the scan
-    for delta in (3e-2, 1e-2):
+    assert a == 4 / 16  # exact: only BBBB fails at first order (4 places to stay)
+    # Tolerance: float32 rounding only, the reference being exact. The loss is a chain of
+    # about 100 roundings of non-negative terms, with no cancellation in the wrong-answer
+    # mass q (5 steps of ~12: products, 6-term matrix sums, the roll; the 11-cell and
+    # 16-input sums; w; log1p), so the forward error is at most 100·u, u = 2⁻²⁴ ≈ 6e-8:
+    # rel 6e-6 (measured ≤ 1e-7). δ is a power of 2, so δ² and 1 + δ² are exact in float32.
+    rel = 100 * 2.0**-24
+    for delta in (2.0**-5, 2.0**-7):  # w ≈ 1e-3, 6e-5
         u = turing.one_hot_code(table)
         u["move"] = u["move"].at[0, turing.B, turing.STAY].set(delta)
         w = delta**2 / (1 + delta**2)
-        assert float(loss(u, problem.data)) == pytest.approx(a * w, rel=2 * (1 + a) * w + 1e-5)
+        got, exact = float(loss(u, problem.data)), _scanner_stay_loss(w)
+        assert got == pytest.approx(exact, rel=rel)
+        # The test has power: the second-order term (relative size 2w ≥ 1.2e-4 ≫ rel) is
+        # resolved, so the first-order value a·w, or K off by 0.01%, would fail it.
+        assert abs(exact - (a * w - w * w / 2)) < w**3  # the expansion (third order ~0.54 w³)
+        assert a * w != pytest.approx(got, rel=rel)
+        assert exact * (1 + 1e-4) != pytest.approx(got, rel=rel)
+
+
+def _scanner_stay_loss(w):
+    """K of detect_a (length 4, 5 steps) for the scanner "_L0 AS0 BR0" whose state-0 entry
+    for B stays with probability w (moves right with 1 - w), in float64.
+
+    Every entry writes what it reads, so the tape never changes and the smooth simulator is
+    exactly the law of the head's random walk: each step on a B it moves right with
+    probability 1 - w, independently. A word whose first A is at offset k (8, 4, 2, 1 words
+    for k = 0, 1, 2, 3) is answered wrong iff fewer than k of the 5 steps move right,
+    P(Bin(5, 1 - w) < k). BBBB (answer B) is wrong iff the head's 4th move comes at step 5,
+    leaving it on the blank (earlier, it steps back onto the last B; later, it is on a B):
+    4·w(1 - w)⁴. K = -(1/16) Σ_x log(1 - q_x)."""
+
+    def fewer_moves(k):
+        return sum(math.comb(5, j) * (1 - w) ** j * w ** (5 - j) for j in range(k))
+
+    wrong = [4 * w * (1 - w) ** 4] + [fewer_moves(k) for k in [1] * 4 + [2] * 2 + [3]]
+    return -sum(math.log1p(-q) for q in wrong) / 16
 
 
 def test_gaussian_parameters_give_the_dirichlet_half_prior():

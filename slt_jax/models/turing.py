@@ -96,15 +96,27 @@ MOVES = "LSR"
 _OFFSETS = np.array([-1, 0, 1])
 _KEYS = ("write", "move", "next")  # the three distributions of an entry
 _NUM_CHECKS = 64  # random points of the free subspace checked by learning_coefficient
-
-# A context manager for float64 (``jax.enable_x64`` since JAX 0.7, ``jax.experimental`` before).
-_enable_x64 = jax.enable_x64 if hasattr(jax, "enable_x64") else jax.experimental.enable_x64
+# The loss counts an input as answered with probability at least this (see
+# SynthesisProblem.loss_of_probabilities): a sure failure costs -log(1e-6) ≈ 13.8, not +inf.
+_MIN_LIKELIHOOD = 1e-6
+# Threshold for a relevant direction, a > _RELEVANT_COST. At a vertex every first-order cost
+# is an integer multiple of 1/n (n inputs): the wrong-answer masses are polynomials with
+# integer coefficients in the code and tape entries, here 0 or 1, and d(-log(1 - q))/dq = 1
+# at q = 0. In float64 the zero costs come out as 0 up to rounding (~1e-16; exactly 0 on
+# the detect_a and parity solutions), the others at least 1/n: any cut in between works.
+_RELEVANT_COST = 1e-9
+# K counts as zero at the random points of the free subspace below this (float64): the
+# rounding of a K that vanishes is ~1e-16 (at most 6e-16 measured at the detect_a
+# solutions), while where free directions cross K ~ w_y·w_x / n at those points (the
+# largest of 64 is ~0.04 on the tests' crossing, none is below 1e-5).
+_ZERO_LOSS = 1e-12
 
 
 class Table(NamedTuple):
     """A discrete Turing machine: in state ``q`` reading symbol ``s`` it writes
     ``write[q, s]``, moves ``move[q, s]`` (0 = L, 1 = S, 2 = R) and enters ``next[q, s]``
-    (integer arrays of shape ``(Q, 3)``). ``str(table)`` is the :func:`parse_table` form."""
+    (integer arrays of shape ``(Q, 3)``). ``str(table)`` is the :func:`parse_table` form
+    (next states in decimal, so any number of states round-trips)."""
 
     write: np.ndarray
     move: np.ndarray
@@ -126,16 +138,19 @@ class Table(NamedTuple):
 
 def parse_table(text: str) -> Table:
     """A :class:`Table` from one group per state, separated by ``/``; a group lists the
-    entries for reading ``_``, ``A``, ``B``, each as written symbol, move, next state:
-    ``"_L0 AS0 BR0 / _R1 _R1 _R1"`` (in state 0, on ``B`` write ``B``, move right, stay in 0).
+    entries for reading ``_``, ``A``, ``B``, each as written symbol, move, next state (a
+    decimal number): ``"_L0 AS0 BR0 / _R1 _R1 _R1"`` (in state 0, on ``B`` write ``B``, move
+    right, stay in 0); with more than ten states entries read like ``"BR10"``.
     """
     rows = [group.split() for group in text.split("/")]
-    if any(len(row) != len(SYMBOLS) or any(len(e) != 3 for e in row) for row in rows):
+    if any(len(row) != len(SYMBOLS) or any(len(e) < 3 for e in row) for row in rows):
         raise ValueError(f"need {len(SYMBOLS)} entries like 'BR0' per state, got {text!r}")
     try:
         write = [[SYMBOLS.index(e[0]) for e in row] for row in rows]
         move = [[MOVES.index(e[1]) for e in row] for row in rows]
-        nxt = [[int(e[2]) for e in row] for row in rows]
+        if not all(e[2:].isascii() and e[2:].isdigit() for row in rows for e in row):
+            raise ValueError
+        nxt = [[int(e[2:]) for e in row] for row in rows]
     except ValueError:
         raise ValueError(f"bad entry in {text!r}: symbols {SYMBOLS}, moves {MOVES}") from None
     if max(map(max, nxt)) >= len(rows):
@@ -224,12 +239,8 @@ def _transitions(probs: dict) -> jax.Array:
     )
 
 
-def smooth_step(probs: dict, tape: jax.Array, joint: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """One step of the smooth machine: ``tape`` ``(..., N, 3)``, ``joint`` ``(..., N, Q)``."""
-    return _step(_transitions(probs), tape, joint)
-
-
 def _step(transitions, tape, joint):
+    """One step of the smooth machine: ``tape`` ``(..., N, 3)``, ``joint`` ``(..., N, Q)``."""
     *batch, cells, num_states = joint.shape
     num_symbols = tape.shape[-1]
     reading = joint[..., :, None] * tape[..., None, :]  # (..., N, Q, Σ): at i, in q, reading s
@@ -251,7 +262,12 @@ def simulate(
     Returns ``(tape, joint)`` after the last step (``joint[..., i, q]``: head at ``i`` in
     state ``q``), or with ``trajectory=True`` both stacked over the steps (a leading axis of
     length ``steps``). The steps are unrolled (``steps`` is small).
+
+    Raises:
+      ValueError: if ``steps < 1`` (no step: nothing to stack into a trajectory).
     """
+    if steps < 1:
+        raise ValueError(f"simulate needs steps >= 1, got {steps}")
     num_states = probs["next"].shape[0]
     tape = jnp.asarray(tape)
     start = jnp.zeros((tape.shape[-2], num_states), tape.dtype).at[head, state].set(1.0)
@@ -295,15 +311,25 @@ class SynthesisProblem:
         return jnp.asarray(self.tapes, jnp.int32), jnp.asarray(self.labels, jnp.int32)
 
     def loss_of_probabilities(self, probs: dict, batch) -> jax.Array:
-        r""":math:`-\frac1b\sum_x \log p(y_x \mid x)` for a code given as distributions."""
+        r""":math:`-\frac1b\sum_x \log \max(p(y_x \mid x), 10^{-6})` for a code given as
+        distributions.
+
+        The cap: each input's likelihood is floored at ``1e-6``, so an input costs at most
+        :math:`-\log 10^{-6}\approx 13.8`. Without it a code that fails some input with
+        certainty (every wrong one-hot machine: its wrong answer has probability exactly 1)
+        has ``K = +inf`` and NaN gradients, which a sampler cannot recover from; with it
+        ``K`` is finite on the whole product of simplices (flat in an input past the cap).
+        Near a solution the wrong-answer mass is close to 0, far from the cap, so neither
+        ``K`` nor its derivatives there (the first-order costs, λ) are affected.
+        """
         tapes, labels = batch
         cells = jax.nn.one_hot(tapes, len(SYMBOLS), dtype=probs["write"].dtype)
         answers = output_distribution(*simulate(probs, cells, self.steps, head=self.head))
         # -log p(y) = -log1p(-q) with q the mass on wrong answers, a sum of small products
         # near a solution: accurate in float32 where 1 - q would round (K ~ 1e-6 and below).
-        # The cap keeps a code that fails an input deterministically finite (-log 1e-6).
+        # The cap keeps a code that fails an input deterministically finite (see above).
         wrong = jnp.sum(answers * (1.0 - jax.nn.one_hot(labels, len(SYMBOLS))), axis=-1)
-        return -jnp.mean(jnp.log1p(-jnp.minimum(wrong, 1.0 - 1e-6)))
+        return -jnp.mean(jnp.log1p(-jnp.minimum(wrong, 1.0 - _MIN_LIKELIHOOD)))
 
     def loss_fn(self, params: dict, batch) -> jax.Array:
         """``loss_fn(params, batch)`` for :func:`slt_jax.estimate_llc`: the mean NLL."""
@@ -394,7 +420,7 @@ def first_order_costs(problem: SynthesisProblem, table: Table) -> dict:
 
     At a solution every ``a`` is ``>= 0``; ``a > 0`` marks the relevant directions.
     """
-    with _enable_x64(True):
+    with jax.enable_x64(True):
         costs = problem._costs(one_hot_code(table, dtype=jnp.float64))
         return {k: np.asarray(v) for k, v in costs.items()}
 
@@ -402,7 +428,7 @@ def first_order_costs(problem: SynthesisProblem, table: Table) -> dict:
 def relevant_directions(problem: SynthesisProblem, table: Table) -> dict:
     """Boolean masks (shaped like the code): the ``(entry, alternative)`` pairs with
     :math:`a_{ej} > 0`, whose Hessian in ``u`` is :math:`2a_{ej}`."""
-    return {k: v > 1e-9 for k, v in first_order_costs(problem, table).items()}
+    return {k: v > _RELEVANT_COST for k, v in first_order_costs(problem, table).items()}
 
 
 def learning_coefficient(problem: SynthesisProblem, table: Table, *, seed: int = 0) -> float:
@@ -415,10 +441,7 @@ def learning_coefficient(problem: SynthesisProblem, table: Table, *, seed: int =
     """
     if not problem.solves(table):
         raise ValueError(f"{table} does not solve {problem.name}")
-    costs = first_order_costs(problem, table)
-    if min(float(v.min()) for v in costs.values()) < -1e-9:  # pragma: no cover - K >= 0
-        raise ValueError("a negative first-order cost at a solution")
-    relevant = {k: v > 1e-9 for k, v in costs.items()}
+    relevant = relevant_directions(problem, table)
     # Random points of the free subspace F: relevant coordinates 0, chosen (radial) ones in
     # [0.5, 1.5], the other free ones in [-1, 1]. K restricted to F is analytic, and a
     # non-zero analytic function vanishes only on a null set, so K = 0 (to rounding) at
@@ -429,9 +452,9 @@ def learning_coefficient(problem: SynthesisProblem, table: Table, *, seed: int =
         vertex = np.asarray(vertex, np.float64)  # exact: zeros and ones
         noise = rng.uniform(-1.0, 1.0, (_NUM_CHECKS, *vertex.shape))
         points[key] = np.where(relevant[key], 0.0, np.where(vertex > 0, 1.0 + 0.5 * noise, noise))
-    with _enable_x64(True):
+    with jax.enable_x64(True):
         worst = float(np.max(np.abs(problem._losses(points, problem.data))))
-    if worst > 1e-12:
+    if worst > _ZERO_LOSS:
         raise ValueError(
             f"{table}: K is not zero on the free subspace (max {worst:.3g} at random points): "
             "free directions interact, K is not Morse-Bott here"
