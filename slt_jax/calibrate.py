@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -72,15 +73,19 @@ class Calibration:
         return self._grid([_nanmean(r.mala_acceptance[~r.diverged]) for r in self.results])
 
     def cell(self, step_size: float, localization: float, nbeta: float) -> int:
-        """The flat index of a cell from its setting."""
-        index = [
-            int(np.argmin(np.abs(np.log(axis) - np.log(value))))
-            for axis, value in zip(
-                (self.step_sizes, self.localizations, self.nbetas),
-                (step_size, max(localization, 1e-300), nbeta),
-                strict=True,
-            )
-        ]
+        """The flat index of the cell with this setting (each value must be on its axis, to
+        a relative 1e-6; a zero localization matches exactly)."""
+        index = []
+        for name, axis, value in zip(
+            ("step_size", "localization", "nbeta"),
+            (self.step_sizes, self.localizations, self.nbetas),
+            (step_size, localization, nbeta),
+            strict=True,
+        ):
+            i = int(np.argmin(np.abs(axis - value)))
+            if not np.isclose(axis[i], value, rtol=1e-6, atol=0.0):
+                raise ValueError(f"{name}={value!r} is not on the grid's axis {axis.tolist()}.")
+            index.append(i)
         return int(np.ravel_multi_index(index, self.shape))
 
     def result(self, step_size: float, localization: float, nbeta: float) -> LLCResult:
@@ -213,13 +218,23 @@ def calibrate(
       >>> sorted(cal.recommended)
       ['localization', 'nbeta', 'step_size']
     """
-    axes = [list(step_sizes), list(localizations), list(nbetas)]
-    for name, axis in zip(("step_sizes", "localizations", "nbetas"), axes, strict=True):
+    axes = []
+    for name, axis in zip(
+        ("step_sizes", "localizations", "nbetas"), (step_sizes, localizations, nbetas), strict=True
+    ):
+        if isinstance(axis, str) or not isinstance(axis, Iterable):
+            raise TypeError(f"`{name}` must be a sequence of values, got {axis!r}.")
+        axis = list(axis)
         if not axis:
             raise ValueError(f"`{name}` is empty.")
+        if _repeats(axis):
+            raise ValueError(f"`{name}` repeats a value: {axis}; give each setting once.")
+        axes.append(axis)
     low, high = acceptance_band
     if not 0 <= low <= high <= 1:
         raise ValueError(f"`acceptance_band` must be 0 <= low <= high <= 1, got {acceptance_band}.")
+    if isinstance(bias_tolerance, bool) or not isinstance(bias_tolerance, numbers.Real):
+        raise TypeError(f"`bias_tolerance` must be a number, got {bias_tolerance!r}.")
     if not 0 < bias_tolerance:
         raise ValueError(f"`bias_tolerance` must be > 0, got {bias_tolerance}.")
     cells = [
@@ -263,6 +278,22 @@ def calibrate(
         recommended=recommended,
         explanation=explanation,
     )
+
+
+def _repeats(axis: list) -> bool:
+    """Whether a grid axis gives a setting twice (numbers by value, anything else, such as
+    a schedule, by identity)."""
+
+    def key(v):
+        if v is None or callable(v) or np.ndim(v) != 0:
+            return ("id", id(v))
+        try:
+            return ("value", float(v))
+        except (TypeError, ValueError):
+            return ("id", id(v))
+
+    keys = [key(v) for v in axis]
+    return len(set(keys)) < len(keys)
 
 
 def _cell_health(result: LLCResult, acceptance_band) -> dict[str, str]:

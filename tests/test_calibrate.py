@@ -160,6 +160,38 @@ def test_calibrate_validates_before_compiling():
         sj.calibrate(loss, jnp.zeros(4), DATA, step_sizes=[1e-3], bias_tolerance=0.0)
     with pytest.raises(TypeError, match="schedules"):
         sj.calibrate(loss, jnp.zeros(4), DATA, step_sizes=[1e-3, lambda t: 1e-3 + 0 * t])
+    before = sharding.num_compiled()
+    for name in ("step_sizes", "localizations", "nbetas"):  # a repeated setting
+        axes = dict(step_sizes=[1e-3], localizations=[1.0], nbetas=[None])
+        axes[name] = [axes[name][0], 2.0, axes[name][0]]
+        with pytest.raises(ValueError, match=f"`{name}` repeats a value"):
+            sj.calibrate(loss, jnp.zeros(4), DATA, **axes)
+    with pytest.raises(TypeError, match="step_sizes"):
+        sj.calibrate(loss, jnp.zeros(4), DATA, step_sizes=1e-3)
+    with pytest.raises(TypeError, match="bias_tolerance"):
+        sj.calibrate(loss, jnp.zeros(4), DATA, step_sizes=[1e-3], bias_tolerance="x")
+    assert sharding.num_compiled() == before
+
+
+def test_cells_are_found_by_exact_setting_including_zero_localization():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sj.LLCDiagnosticWarning)
+        cal = sj.calibrate(
+            quadratic_loss(H),
+            jnp.zeros(4),
+            DATA,
+            step_sizes=[1e-3, 2e-3],
+            localizations=[0.0, 10.0],
+            num_chains=2,
+            num_steps=100,
+            batch_size=N,
+        )
+    for i, (eps, gamma) in enumerate([(1e-3, 0.0), (1e-3, 10.0), (2e-3, 0.0), (2e-3, 10.0)]):
+        assert cal.cell(eps, gamma, NBETA) == i
+        config = cal.result(eps, gamma, NBETA).config
+        assert (config.step_size, config.localization) == (eps, gamma)
+    with pytest.raises(ValueError, match="localization=1.0 is not on the grid"):
+        cal.cell(1e-3, 1.0, NBETA)
 
 
 @pytest.mark.slow
