@@ -74,9 +74,17 @@ def llc_function(
     batch_size = _validation.check_count("batch_size", batch_size, minimum=1)
 
     def llc(key: jax.Array, params: PyTree, data: PyTree) -> LLCEstimate:
+        if not (
+            isinstance(key, jax.Array)
+            and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+            and key.shape == ()
+        ):
+            raise TypeError(f"`key` must be one typed JAX key (jax.random.key(seed)), got {key!r}.")
         config = _validation.resolve_config(
             **options, batch_size=batch_size, num_examples=_data.num_examples(data)
         )
+        # at trace time, on abstract values: a clear error instead of a raw one mid-trace
+        _validation.check_loss_fn(loss_fn, params, _validation.batch_like(data, batch_size))
         keys = jax.random.split(key, config.num_chains)
         trace, init_loss = _run_chains(
             loss_fn, chain_config(config), keys, params, data, sampler_settings(config)
