@@ -136,6 +136,31 @@ def check_loss_fn(loss_fn, params: PyTree, batch: PyTree) -> None:
         raise TypeError(f"loss_fn must return a floating-point scalar, got dtype {out.dtype}.")
 
 
+def check_remainder(loss_fn, params: PyTree, data: PyTree, batch_size: int, what: str) -> None:
+    """Trace ``loss_fn`` on the last, short chunk of a full-data loss, if there is one.
+
+    A full-data loss (``L_n(w*)``, an observable's loss) is evaluated in chunks of
+    ``batch_size`` rows plus one final chunk of ``n mod batch_size`` rows, so ``loss_fn``
+    must accept that batch size too; this says so before anything is compiled.
+    """
+    from slt_jax._data import num_examples
+
+    n = num_examples(data)
+    remainder = n % min(batch_size, n)
+    if not remainder:
+        return
+    try:
+        check_loss_fn(loss_fn, params, batch_like(data, remainder))
+    except ValueError as error:
+        raise ValueError(
+            f"loss_fn failed on a batch of {remainder} rows. {what} is evaluated over all "
+            f"n = {n} examples in chunks of batch_size = {batch_size} rows plus one final "
+            f"chunk of n mod batch_size = {remainder} rows, so loss_fn must accept any "
+            "batch size; make it independent of the batch size, or choose a batch_size "
+            f"that divides {n}. ({error})"
+        ) from error
+
+
 def resolve_config(
     *,
     num_chains,
@@ -244,4 +269,5 @@ def check_run(loss_fn, params: PyTree, data: PyTree, *, seed, **options):
     config = resolve_config(**options, seed=seed, num_examples=num_examples(data))
     check_data(data)
     check_loss_fn(loss_fn, params, batch_like(data, config.batch_size))
+    check_remainder(loss_fn, params, data, config.batch_size, "The loss at w*, L_n(w*),")
     return config, resolve_key(seed)

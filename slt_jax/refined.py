@@ -134,6 +134,9 @@ def _check_observed(loss_fn, params, data, observables, probe, batch_size):
         _validation.check_data(obs)
         rows = min(batch_size, _data.num_examples(obs))
         _validation.check_loss_fn(loss_fn, params, _validation.batch_like(obs, rows))
+        _validation.check_remainder(
+            loss_fn, params, obs, batch_size, f"The loss on observable {name!r}"
+        )
     if probe is not None:
         if jax.tree.structure(probe) != structure:
             raise ValueError("`probe` does not have the pytree structure of `data`.")

@@ -1,0 +1,57 @@
+"""Input problems found up front: before the chain program is compiled, or named clearly."""
+
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import slt_jax as sj
+import slt_jax.sharding
+
+KW = dict(num_chains=2, num_steps=20, step_size=1e-3, localization=10.0, batch_size=16)
+W = {"w": jnp.array([1.0, -1.0, 0.5], jnp.float32)}
+
+
+def make_data(n):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    return x, (x @ np.array([1.0, -1.0, 0.5], np.float32)).astype(np.float32)
+
+
+def loss(p, b):
+    return 0.5 * jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+
+
+def fixed_shape_loss(p, b):  # only works on batches of exactly 16 rows
+    return 0.5 * jnp.mean((b[0].reshape(16, 3) @ p["w"] - b[1].reshape(16)) ** 2)
+
+
+@pytest.fixture
+def no_chain_program(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the chain program must not run")
+
+    monkeypatch.setattr(slt_jax.sharding, "run_items", fail)
+
+
+def test_remainder_chunk_of_the_full_data_loss_is_checked_up_front(no_chain_program):
+    # n = 70, b = 16: L_n(w*) needs loss_fn on a final chunk of 70 mod 16 = 6 rows.
+    with pytest.raises(ValueError, match=r"loss_fn failed on a batch of 6 rows.*divides 70"):
+        sj.estimate_llc(fixed_shape_loss, W, make_data(70), **KW)
+    with pytest.raises(ValueError, match=r"batch of 6 rows"):
+        sj.estimate_llc_checkpoints(fixed_shape_loss, [W, W], make_data(70), progress=False, **KW)
+
+
+def test_remainder_chunk_of_an_observable_is_checked(no_chain_program):
+    with pytest.raises(ValueError, match=r"observable 'held_out'.*6 rows"):
+        sj.estimate_refined_llc(
+            fixed_shape_loss, W, make_data(64), observables={"held_out": make_data(70)}, **KW
+        )
+
+
+@pytest.mark.filterwarnings("ignore::slt_jax.diagnostics.LLCDiagnosticWarning")
+def test_fixed_shape_loss_works_when_batch_size_divides_n():
+    res = sj.estimate_llc(fixed_shape_loss, W, make_data(64), **KW)
+    assert np.isfinite(res.llc_mean)
+
