@@ -347,6 +347,10 @@ def _finish(treedef, names, arrays, steps, labels, where: Callable[[int], str]) 
         raise ValueError(f"`steps` has shape {steps.shape} for {len(labels)} checkpoints.")
     if not np.issubdtype(steps.dtype, np.integer):
         raise ValueError(f"`steps` must be integers, got dtype {steps.dtype}.")
+    outside = (steps < 0) | (steps >= 2**32)  # a step seeds its chains' keys (32 bits)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise ValueError(f"`steps` must be in [0, 2**32); {where(i)} has step {steps[i]}.")
     values, counts = np.unique(steps, return_counts=True)
     if np.any(counts > 1):
         i, j = np.flatnonzero(steps == values[counts > 1][0])[:2]

@@ -309,5 +309,11 @@ run_chains = jax.jit(_run_chains, static_argnames=("loss_fn", "config"))
 def checkpoint_keys(key: jax.Array, steps, num_chains: int) -> jax.Array:
     """``(checkpoints, chains)`` keys: the checkpoint at training step ``s`` owns
     ``split(fold_in(key, s), chains)``, whatever else is in the set or how it is chunked."""
-    steps = jnp.asarray((np.asarray(steps, np.int64) % 2**32).astype(np.uint32))
+    steps = np.asarray(steps, np.int64)
+    if steps.size and (steps.min() < 0 or steps.max() >= 2**32):
+        raise ValueError(
+            f"checkpoint steps must be in [0, 2**32) (each step seeds its chains' keys); got "
+            f"{steps.min()} ... {steps.max()}."
+        )
+    steps = jnp.asarray(steps.astype(np.uint32))
     return jax.vmap(lambda s: jax.random.split(jax.random.fold_in(key, s), num_chains))(steps)

@@ -247,6 +247,11 @@ def test_stack_checks_steps_sources_and_dtypes():
         stack_checkpoints(snaps, steps=[1, 2])
     with pytest.raises(ValueError, match="`steps` must be integers"):
         stack_checkpoints(snaps, steps=[1.0, 2.0, 3.0])
+    # a step seeds its chains' keys with 32 bits: 5 and 2**32 + 5 would share them
+    with pytest.raises(ValueError, match=r"in \[0, 2\*\*32\); snapshot 1 .* has step 4294967301"):
+        stack_checkpoints(snaps, steps=[5, 2**32 + 5, 6])
+    with pytest.raises(ValueError, match="has step -1"):
+        stack_checkpoints(snaps, steps=[0, -1, 6])
     with pytest.raises(ValueError, match="`sources` has 1 labels"):
         stack_checkpoints(snaps, sources=["a"])
     ints = [{"w": np.ones(2, np.float32), "count": np.int32(s)} for s in range(2)]
