@@ -54,6 +54,7 @@ def run_grid(
     ]
     if any(callable(cell["step_size"]) for cell in settings):
         raise TypeError("a grid takes numeric step sizes, not schedules.")
+    init_loss = sharding.center_loss(loss_fn, params, data, first.batch_size)
     num_cells, num_chains = len(configs), first.num_chains
     if common_keys:
         keys = jax.random.split(key, num_chains)
@@ -80,8 +81,6 @@ def run_grid(
         per_item,
         sharding.resolve_mesh(mesh, devices),
     )
-    one = jax.tree.map(lambda x: np.asarray(x)[None], params)
-    init_loss = sharding.center_losses(loss_fn, one, data, first.batch_size)[0]
     results = []
     for g, config in enumerate(configs):
         rows = slice(g * num_chains, (g + 1) * num_chains)

@@ -123,6 +123,7 @@ def estimate_llc(
         diagnostic_every=diagnostic_every,
     )
 
+    init_loss = sharding.center_loss(loss_fn, params, data, config.batch_size)
     centers = jax.tree.map(
         lambda x: np.broadcast_to(np.asarray(x), (config.num_chains, *np.shape(x))), params
     )
@@ -135,14 +136,7 @@ def estimate_llc(
         sampler_settings(config),
         sharding.resolve_mesh(mesh, devices),
     )
-    one = jax.tree.map(lambda x: np.asarray(x)[None], params)
-    init_loss = sharding.center_losses(loss_fn, one, data, config.batch_size)[0]
     result = summarize(trace, init_loss, config)
-    if not np.isfinite(result.init_loss):
-        raise FloatingPointError(
-            f"the loss at w* over the data is {result.init_loss} (not finite): the LLC is "
-            "undefined there; check loss_fn at these parameters (e.g. a log of 0)."
-        )
     if result.diverged.all():
         raise FloatingPointError(
             f"all {config.num_chains} chains diverged (the loss or the parameters became "

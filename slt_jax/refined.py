@@ -265,6 +265,7 @@ def estimate_refined_llc(
         probe_trace=bool(probe_trace),
     )
 
+    init_loss = sharding.center_loss(loss_fn, params, data, config.batch_size)
     num_refinements, chains = len(masks), config.num_chains
     num_items = num_refinements * chains
     chain_keys = np.asarray(jax.random.key_data(jax.random.split(key, chains)))
@@ -284,13 +285,6 @@ def estimate_refined_llc(
         masks=stacked,
         observed=observed,
     )
-    one = jax.tree.map(lambda x: np.asarray(x)[None], params)
-    init_loss = float(sharding.center_losses(loss_fn, one, data, config.batch_size)[0])
-    if not np.isfinite(init_loss):
-        raise FloatingPointError(
-            f"the loss at w* over the data is {init_loss} (not finite): the LLC is undefined "
-            "there; check loss_fn at these parameters."
-        )
 
     results, observable_llcs, probes = {}, {}, {}
     for r, name in enumerate(masks):

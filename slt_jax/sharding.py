@@ -61,6 +61,23 @@ def center_losses(loss_fn: LossFn, centers: PyTree, data: PyTree, batch_size: in
     return np.asarray(_center_losses(loss_fn, centers, data, batch_size))
 
 
+def center_loss(loss_fn: LossFn, params: PyTree, data: PyTree, batch_size: int) -> float:
+    """``L_n(w*)`` of one centre, computed before any chain runs (a small program).
+
+    Raises:
+      FloatingPointError: if it is not finite (the LLC is undefined there), so that the
+        chain program is neither compiled nor run.
+    """
+    one = jax.tree.map(lambda x: np.asarray(x)[None], params)
+    init_loss = float(center_losses(loss_fn, one, data, batch_size)[0])
+    if not np.isfinite(init_loss):
+        raise FloatingPointError(
+            f"the loss at w* over the data is {init_loss} (not finite): the LLC is undefined "
+            "there; check loss_fn at these parameters (e.g. a log of 0)."
+        )
+    return init_loss
+
+
 _PROGRAMS: dict = {}
 
 

@@ -197,12 +197,12 @@ def estimate_llc_checkpoints(
     def run_chunk(indices) -> LLCResult:
         # Pad to the chunk size so that every chunk has the same shape (one compilation).
         padded = np.concatenate([indices, np.full(chunk_size - len(indices), indices[-1])])
+        centers = jax.tree.map(lambda x: x[padded], checkpoint_set.params)
+        init_losses = sharding.center_losses(loss_fn, centers, data, config.batch_size)
         traces = sharding.run_items(loss_fn, static, *items(padded), mesh)
         by_checkpoint = jax.tree.map(
             lambda x: x.reshape(chunk_size, config.num_chains, *x.shape[1:]), traces
         )
-        centers = jax.tree.map(lambda x: x[padded], checkpoint_set.params)
-        init_losses = sharding.center_losses(loss_fn, centers, data, config.batch_size)
         per_checkpoint = [
             summarize(jax.tree.map(lambda x, j=j: x[j], by_checkpoint), init_losses[j], config)
             for j in range(len(indices))

@@ -55,3 +55,14 @@ def test_fixed_shape_loss_works_when_batch_size_divides_n():
     res = sj.estimate_llc(fixed_shape_loss, W, make_data(64), **KW)
     assert np.isfinite(res.llc_mean)
 
+
+def test_non_finite_loss_at_w_star_is_found_before_the_chains(no_chain_program):
+    def bad(p, b):
+        return loss(p, b) + jnp.log(0 * p["w"][0])
+
+    with pytest.raises(FloatingPointError, match=r"loss at w\* over the data is -inf"):
+        sj.estimate_llc(bad, W, make_data(64), **KW)
+    with pytest.raises(FloatingPointError, match=r"loss at w\* over the data"):
+        sj.estimate_refined_llc(bad, W, make_data(64), **KW)
+    with pytest.raises(FloatingPointError, match=r"loss at w\* over the data"):
+        sj.estimate_llc_two_temperature(bad, W, make_data(64), nbetas=(5.0, 10.0), **KW)
