@@ -7,6 +7,7 @@ arithmetic (:class:`fractions.Fraction`) and returned as ``float``; the multipli
 
 from __future__ import annotations
 
+import numbers
 import operator
 from collections.abc import Sequence
 from fractions import Fraction
@@ -100,6 +101,10 @@ def _oracle_rates(
     h = np.asarray(curvatures, dtype=np.float64)
     if h.size == 0 or not np.all(np.isfinite(h)):
         raise ValueError("curvatures must be a non-empty array of finite numbers")
+    for name, value in (("nbeta", nbeta), ("localization", localization), ("step_size", step_size)):
+        real = np.ndim(value) == 0 and np.asarray(value).dtype.kind in "fiu"  # jax scalars too
+        if isinstance(value, bool) or not (isinstance(value, numbers.Real) or real):
+            raise TypeError(f"{name} must be a real number, got {value!r}")
     if not (np.isfinite(nbeta) and nbeta > 0):
         raise ValueError(f"nbeta must be positive, got {nbeta}")
     if not (np.isfinite(localization) and localization >= 0):

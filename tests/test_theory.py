@@ -369,3 +369,11 @@ def test_dln_properties_over_grid():
 def test_dln_bad_input(widths, r):
     with pytest.raises(ValueError):
         dln_learning_coefficient(widths, r)
+
+
+@pytest.mark.parametrize("bad", [None, "100", True])
+def test_oracle_rejects_settings_that_are_not_numbers(bad):
+    for name in ("nbeta", "localization", "step_size"):
+        kw = dict(nbeta=100.0, localization=1.0, step_size=0.0) | {name: bad}
+        with pytest.raises(TypeError, match=f"{name} must be a real number"):
+            theory.quadratic_oracle_llc([1.0], **kw)
