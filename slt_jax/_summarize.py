@@ -21,7 +21,8 @@ def summarize(trace: ChainTrace, init_loss: float, config: LLCConfig) -> LLCResu
         loss=np.asarray(trace.loss, np.float64),
         reference_loss=np.asarray(trace.reference_loss, np.float64),
     )
-    llc_trace = estimators.llc_trace(trace, float(init_loss), config.nbeta, config.estimator)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite draws: flagged below
+        llc_trace = estimators.llc_trace(trace, float(init_loss), config.nbeta, config.estimator)
     diverged = np.asarray(trace.diverged) | ~np.all(np.isfinite(llc_trace), axis=1)
     llc_per_chain = llc_trace.mean(axis=1)
     healthy = llc_per_chain[~diverged]
@@ -61,7 +62,12 @@ def warn_over_checkpoints(result: LLCResult) -> None:
     for k, step in enumerate(result.steps):
         one = result.checkpoint(k)
         problems = one.health()
-        if one.diverged.all():
+        if not np.isfinite(one.init_loss):
+            problems = {
+                "init_loss": "the loss at w* over the data, L_n(w*), is not finite, so the LLC "
+                "is undefined there and the estimate is NaN; check loss_fn at these parameters"
+            }
+        elif one.diverged.all():
             problems = {
                 "all diverged": "every chain diverged, the estimate is NaN; try a smaller step_size"
             }

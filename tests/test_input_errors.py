@@ -66,3 +66,20 @@ def test_non_finite_loss_at_w_star_is_found_before_the_chains(no_chain_program):
         sj.estimate_refined_llc(bad, W, make_data(64), **KW)
     with pytest.raises(FloatingPointError, match=r"loss at w\* over the data"):
         sj.estimate_llc_two_temperature(bad, W, make_data(64), nbetas=(5.0, 10.0), **KW)
+
+
+def test_checkpoint_with_non_finite_loss_at_w_star_is_named():
+    def inf_beyond(p, b):  # L_n(w*) = inf at the checkpoint of step 7
+        return jnp.where(p["w"][0] > 1.5, jnp.inf, loss(p, b))
+
+    checkpoints = [W, {"w": W["w"] + 1.0}]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = sj.estimate_llc_checkpoints(
+            inf_beyond, checkpoints, make_data(64), steps=[3, 7], progress=False, **KW
+        )
+    assert np.isinf(res.init_loss[1]) and np.isnan(res.llc_mean[1])
+    messages = [str(w.message) for w in caught]
+    assert any("(steps 7)" in m and "L_n(w*), is not finite" in m for m in messages), messages
+    assert not any("every chain diverged" in m for m in messages), messages
+    assert not any(issubclass(w.category, RuntimeWarning) for w in caught), messages
