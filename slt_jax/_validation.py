@@ -40,7 +40,15 @@ def check_params(params: PyTree) -> None:
             )
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_TINY = float(np.finfo(np.float32).smallest_normal)
+
+
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    """A real number (not a bool or a string), finite, > 0 (or >= 0), that the sampler's
+    float32 arithmetic represents: neither flushed to 0 nor overflowing to inf."""
+    if isinstance(value, bool | np.bool_ | str | bytes):
+        raise TypeError(f"`{name}` must be a number, got {type(value).__name__} {value!r}.")
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -48,6 +56,16 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> floa
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"`{name}` must be finite and {bound}, got {value}.")
+    if value > _FLOAT32_MAX:
+        raise ValueError(
+            f"`{name}` = {value:g} overflows float32 (largest {_FLOAT32_MAX:.4g}): the "
+            "sampler would see inf."
+        )
+    if 0 < value < _FLOAT32_TINY:
+        raise ValueError(
+            f"`{name}` = {value:g} underflows float32 (smallest normal "
+            f"{_FLOAT32_TINY:.4g}): the sampler would see 0."
+        )
     return value
 
 

@@ -83,3 +83,28 @@ def test_checkpoint_with_non_finite_loss_at_w_star_is_named():
     assert any("(steps 7)" in m and "L_n(w*), is not finite" in m for m in messages), messages
     assert not any("every chain diverged" in m for m in messages), messages
     assert not any(issubclass(w.category, RuntimeWarning) for w in caught), messages
+
+
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        (dict(step_size=True), TypeError, r"`step_size` must be a number, got bool"),
+        (dict(step_size="1e-3"), TypeError, r"`step_size` must be a number, got str"),
+        (dict(localization=np.bool_(True)), TypeError, r"`localization` must be a number"),
+        (dict(nbeta="10"), TypeError, r"`nbeta` must be a number, got str"),
+        (dict(step_size=1e-50), ValueError, r"`step_size` = 1e-50 underflows float32"),
+        (dict(localization=1e-45), ValueError, r"`localization` = 1e-45 underflows float32"),
+        (dict(nbeta=1e40), ValueError, r"`nbeta` = 1e\+40 overflows float32"),
+        (dict(sampler=sj.samplers.SGHMC(friction=1e39)), ValueError, r"friction` = .* overflows"),
+    ],
+)
+def test_float_options_are_real_float32_numbers(no_chain_program, options, error, message):
+    with pytest.raises(error, match=message):
+        sj.estimate_llc(loss, W, make_data(64), **{**KW, **options})
+
+
+def test_float_options_accept_numpy_and_jax_scalars(no_chain_program):
+    with pytest.raises(AssertionError, match="must not run"):  # validation passed
+        sj.estimate_llc(
+            loss, W, make_data(64), **{**KW, "step_size": np.float32(1e-3), "nbeta": jnp.array(5.0)}
+        )
