@@ -133,20 +133,17 @@ def run_loop(loss_fn, params, data, cells_axes, common, seed):
     for eps, gamma, nbeta in cells:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            try:
-                res = sj.estimate_llc(
-                    loss_fn,
-                    params,
-                    data,
-                    step_size=eps,
-                    localization=gamma,
-                    nbeta=nbeta,
-                    seed=seed,
-                    **common,
-                )
-                estimates.append(res)
-            except FloatingPointError:  # every chain diverged: calibrate flags it instead
-                estimates.append(None)
+            res = sj.estimate_llc(
+                loss_fn,
+                params,
+                data,
+                step_size=eps,
+                localization=gamma,
+                nbeta=nbeta,
+                seed=seed,
+                **common,
+            )
+            estimates.append(res)
     return estimates_of(estimates)
 
 

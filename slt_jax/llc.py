@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,6 +12,7 @@ from jax.sharding import Mesh
 
 from slt_jax import _validation, sharding
 from slt_jax._summarize import summarize, warn_if_unhealthy
+from slt_jax.diagnostics import LLCDiagnosticWarning
 from slt_jax.engine import chain_config, sampler_settings
 from slt_jax.posterior import LossFn
 from slt_jax.result import LLCResult
@@ -90,11 +92,14 @@ def estimate_llc(
 
     Returns:
       An :class:`~slt_jax.LLCResult`. Diverged chains (non-finite loss or parameters) are
-      flagged in ``diverged`` and left out of the estimate, with a warning.
+      flagged in ``diverged`` and left out of the estimate, with a warning; if every chain
+      diverged, ``llc_mean`` is NaN (the traces are kept) and the warning suggests a
+      smaller step size.
 
     Raises:
       ValueError, TypeError: on bad input, before anything is compiled.
-      FloatingPointError: if every chain diverged.
+      FloatingPointError: if the loss at ``w*`` over the data is not finite (checked before
+        sampling: the LLC is undefined there).
 
     Example:
       >>> import jax.numpy as jnp, slt_jax as sj
@@ -138,10 +143,14 @@ def estimate_llc(
     )
     result = summarize(trace, init_loss, config)
     if result.diverged.all():
-        raise FloatingPointError(
+        # flagged, not raised: the traces stay available to see where the chains went
+        warnings.warn(
             f"all {config.num_chains} chains diverged (the loss or the parameters became "
-            f"non-finite) at step_size={config.step_size:g}; try a smaller step_size or a "
-            "larger localization."
+            f"non-finite) at step_size={config.step_size:g}, so the estimate is NaN; try a "
+            "smaller step_size or a larger localization.",
+            LLCDiagnosticWarning,
+            stacklevel=2,
         )
-    warn_if_unhealthy(result)
+    else:
+        warn_if_unhealthy(result)
     return result

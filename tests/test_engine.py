@@ -133,9 +133,10 @@ def test_diverged_chains_are_flagged_and_excluded():
     np.testing.assert_allclose(res.llc_mean, res.llc_per_chain[~res.diverged].mean())
 
 
-def test_all_chains_diverging_is_a_clear_error():
-    with pytest.raises(FloatingPointError, match="smaller step_size"):
-        sj.estimate_llc(
+def test_all_chains_diverging_is_flagged_with_a_clear_warning_not_raised():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = sj.estimate_llc(
             _cliff_loss,
             jnp.zeros(1),
             jnp.zeros((100, 1)),
@@ -145,6 +146,13 @@ def test_all_chains_diverging_is_a_clear_error():
             step_size=1.0,
             localization=0.0,
         )
+    assert res.diverged.all() and res.num_diverged == 4
+    assert np.isnan(res.llc_mean) and np.isnan(res.llc_stderr)
+    assert res.loss_trace.shape == (4, 150)  # the traces are kept for inspection
+    messages = [str(w.message) for w in caught if w.category is sj.LLCDiagnosticWarning]
+    assert len(messages) == 1 and "all 4 chains diverged" in messages[0]
+    assert "smaller step_size" in messages[0]
+    assert "diverged" in res.summary()
 
 
 def test_parameters_going_non_finite_are_caught():
