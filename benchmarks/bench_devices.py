@@ -35,10 +35,20 @@ def child(args) -> None:
     def loss_fn(p, batch):
         return 0.5 * jnp.mean(jnp.sum((batch[0] @ p[0] @ p[1] - batch[1]) ** 2, -1))
 
-    stacked = [rng.normal(size=(args.checkpoints, 5, 4)).astype(np.float32) * 0.3,
-               rng.normal(size=(args.checkpoints, 4, 5)).astype(np.float32) * 0.3]
-    kw = dict(num_chains=args.chains, num_steps=args.steps, step_size=1e-4, localization=100.0,
-              batch_size=64, chunk_size=args.checkpoints, progress=False, devices=devices)
+    stacked = [
+        rng.normal(size=(args.checkpoints, 5, 4)).astype(np.float32) * 0.3,
+        rng.normal(size=(args.checkpoints, 4, 5)).astype(np.float32) * 0.3,
+    ]
+    kw = dict(
+        num_chains=args.chains,
+        num_steps=args.steps,
+        step_size=1e-4,
+        localization=100.0,
+        batch_size=64,
+        chunk_size=args.checkpoints,
+        progress=False,
+        devices=devices,
+    )
     checkpoints = sj.CheckpointSet.from_stacked(stacked)
     start = time.perf_counter()
     sj.estimate_llc_checkpoints(loss_fn, checkpoints, (x, y), **kw)
@@ -48,8 +58,16 @@ def child(args) -> None:
         start = time.perf_counter()
         sj.estimate_llc_checkpoints(loss_fn, checkpoints, (x, y), seed=seed, **kw)
         runs.append(time.perf_counter() - start)
-    print(json.dumps({"devices": len(devices), "platform": devices[0].platform, "cold": cold,
-                      "warm": sorted(runs)[1]}))
+    print(
+        json.dumps(
+            {
+                "devices": len(devices),
+                "platform": devices[0].platform,
+                "cold": cold,
+                "warm": sorted(runs)[1],
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -67,8 +85,18 @@ def main() -> None:
         env = dict(os.environ)
         if not args.real:
             env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={count}"
-        cmd = [sys.executable, __file__, "--child", str(count), "--checkpoints",
-               str(args.checkpoints), "--chains", str(args.chains), "--steps", str(args.steps)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(count),
+            "--checkpoints",
+            str(args.checkpoints),
+            "--chains",
+            str(args.chains),
+            "--steps",
+            str(args.steps),
+        ]
         run = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if run.returncode:
             print(run.stderr[-2000:])
@@ -77,13 +105,19 @@ def main() -> None:
         if rows[-1]["devices"] < count:  # fewer real devices than asked
             break
     items = args.checkpoints * args.chains * args.steps
-    print(f"DLN 5-4-5, {args.checkpoints} checkpoints x {args.chains} chains x {args.steps} "
-          f"steps, batch 64; cold = first call incl. compile, warm = median of 3")
-    print(f"{'devices':>8}{'platform':>10}{'cold s':>9}{'warm s':>9}{'chain-steps/s':>15}"
-          f"{'speed-up':>10}")
+    print(
+        f"DLN 5-4-5, {args.checkpoints} checkpoints x {args.chains} chains x {args.steps} "
+        f"steps, batch 64; cold = first call incl. compile, warm = median of 3"
+    )
+    print(
+        f"{'devices':>8}{'platform':>10}{'cold s':>9}{'warm s':>9}{'chain-steps/s':>15}"
+        f"{'speed-up':>10}"
+    )
     for row in rows:
-        print(f"{row['devices']:>8}{row['platform']:>10}{row['cold']:>9.2f}{row['warm']:>9.3f}"
-              f"{items / row['warm']:>15,.0f}{rows[0]['warm'] / row['warm']:>9.2f}x")
+        print(
+            f"{row['devices']:>8}{row['platform']:>10}{row['cold']:>9.2f}{row['warm']:>9.3f}"
+            f"{items / row['warm']:>15,.0f}{rows[0]['warm'] / row['warm']:>9.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,25 @@ import pathlib
 import sys
 import time
 
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
+
+
+def parse_bytes(text: str) -> int:
+    """``2000000000``, ``2e9``, ``2GB``, ``1.5GiB`` → a whole number of bytes."""
+    stripped = text.strip()
+    number = stripped.rstrip("KMGTBikmgtb ")
+    unit = stripped[len(number) :].strip().upper()
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(
+            f"not a byte count: {text!r} (write e.g. 2000000000, 2e9, 2GB or 1.5GiB)"
+        ) from None
+    if not value >= 1 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"the memory budget must be >= 1 byte, got {text!r}")
+    return int(value)
+
 
 def load_factory(spec: str):
     """``MODULE:NAME`` or ``path/to/file.py:NAME`` → the object ``NAME``."""
@@ -69,7 +88,12 @@ def _add_sampler_options(p: argparse.ArgumentParser, *, chains=8, steps=1000) ->
         default=None,
         help="checkpoints per compiled call (default: fit the memory budget)",
     )
-    g.add_argument("--memory-budget", type=int, default=None, help="bytes (default: free)")
+    g.add_argument(
+        "--memory-budget",
+        type=parse_bytes,
+        default=None,
+        help="bytes, e.g. 2000000000, 2e9, 2GB or 1.5GiB (default: the free memory)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     d = p.add_argument_group("many hosts (see the README: Cloud TPU, multi-GPU)")
     d.add_argument(

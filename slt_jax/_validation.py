@@ -77,6 +77,17 @@ def check_count(name: str, value: int, *, minimum: int) -> int:
     return int(value)
 
 
+def check_bytes(name: str, value: int | float) -> int:
+    """A positive byte count; integral floats (``2e9``, as budgets are often written) pass."""
+    if isinstance(value, float | np.floating) and np.isfinite(value) and float(value).is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"`{name}` must be a whole number of bytes, got {value!r}.")
+    if value < 1:
+        raise ValueError(f"`{name}` must be >= 1 byte, got {value}.")
+    return int(value)
+
+
 def check_steps(num_steps: int, num_burnin: int) -> None:
     check_count("num_steps", num_steps, minimum=1)
     check_count("num_burnin", num_burnin, minimum=0)

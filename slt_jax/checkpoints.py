@@ -11,7 +11,7 @@ import os
 import pathlib
 import re
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, ValuesView
 from typing import Any
 
 import jax
@@ -169,10 +169,11 @@ def as_checkpoint_set(
 
     By the type of ``checkpoints``: a ``CheckpointSet`` is returned as is; a ``str`` or
     ``os.PathLike`` is a directory for :func:`load_checkpoint_set`; a plain ``list`` or
-    ``tuple`` holds snapshots for :func:`stack_checkpoints`; anything else (a dict, an
-    ``nnx.State``, a namedtuple) is an already-stacked pytree for
-    :meth:`CheckpointSet.from_stacked`. A stacked pytree that is itself a list or tuple is
-    ambiguous: pass it to ``CheckpointSet.from_stacked`` yourself.
+    ``tuple`` holds snapshots for :func:`stack_checkpoints`, and so does an iterator (a
+    generator, a ``map``) or ``dict.values()``; anything else (a dict, an ``nnx.State``, a
+    namedtuple) is an already-stacked pytree for :meth:`CheckpointSet.from_stacked`. A
+    stacked pytree that is itself a list or tuple is ambiguous: pass it to
+    ``CheckpointSet.from_stacked`` yourself.
 
     ``steps`` are those of snapshots or a stacked pytree (a directory or a ``CheckpointSet``
     carries its own, which ``steps`` must then equal). ``like`` is an optional template, as
@@ -191,7 +192,8 @@ def as_checkpoint_set(
             )
     elif isinstance(checkpoints, str | os.PathLike):
         cs = load_checkpoint_set(checkpoints, like=like)
-    elif type(checkpoints) in (list, tuple):
+    elif type(checkpoints) in (list, tuple) or _is_snapshot_iterable(checkpoints):
+        checkpoints = list(checkpoints)
         if like is not None:
             checkpoints = [_conform(s, like, f"snapshot {i}") for i, s in enumerate(checkpoints)]
         return stack_checkpoints(checkpoints, steps=steps)
@@ -202,6 +204,11 @@ def as_checkpoint_set(
     if steps is not None and not np.array_equal(np.asarray(steps), cs.steps):
         raise ValueError(f"`steps` {list(steps)} differ from the checkpoints' {cs.steps.tolist()}.")
     return cs
+
+
+def _is_snapshot_iterable(x: Any) -> bool:
+    """An iterable that is no pytree node (a generator, a ``map``, a dict view): its items."""
+    return isinstance(x, Iterator | ValuesView)
 
 
 def load_checkpoint_set(

@@ -72,7 +72,10 @@ def stationarity(trace: np.ndarray) -> Stationarity:
     first, second = trace[:, :half], trace[:, half : 2 * half]
     se = np.hypot(chain_diagnostics(first).stderr, chain_diagnostics(second).stderr)
     diff = second.mean() - first.mean()
-    z = diff / se if se > 0 else (0.0 if diff == 0 else np.inf * np.sign(diff))
+    if not np.isfinite(se):  # an ESS too unstable to use (tiny halves): drift is undecidable
+        z = np.nan
+    else:
+        z = diff / se if se > 0 else (0.0 if diff == 0 else np.inf * np.sign(diff))
     return Stationarity(float(first.mean()), float(second.mean()), float(z))
 
 

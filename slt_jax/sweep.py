@@ -119,7 +119,8 @@ def estimate_llc_checkpoints(
         snapshots loaded from disk are put into.
       chunk_size: checkpoints per compiled call. ``None`` picks the largest that fits in
         ``memory_budget`` by XLA's memory analysis of the compiled program.
-      memory_budget: bytes; default :func:`default_memory_budget`.
+      memory_budget: bytes (an int, or an integral float such as ``2e9``); default
+        :func:`default_memory_budget`.
       out: a results directory. Each chunk is written (netCDF via xarray, atomically) as
         soon as it finishes; re-running with the same configuration resumes, skipping
         finished chunks; a different configuration is an error. Read it back with
@@ -165,7 +166,7 @@ def estimate_llc_checkpoints(
     if chunk_size is not None:
         chunk_size = _validation.check_count("chunk_size", chunk_size, minimum=1)
     if memory_budget is not None:
-        memory_budget = _validation.check_count("memory_budget", memory_budget, minimum=1)
+        memory_budget = _validation.check_bytes("memory_budget", memory_budget)
 
     mesh = sharding.resolve_mesh(mesh, devices)
     num_checkpoints = len(checkpoint_set)

@@ -371,6 +371,11 @@ def test_as_checkpoint_set_dispatch(tmp_path):
     as_list = as_checkpoint_set([snapshots[3], snapshots[1]], steps=[3, 1])
     _assert_holds(as_list, snapshots)
     _assert_holds(as_checkpoint_set((snapshots[1],)), {0: snapshots[1]})
+    # Iterables JAX would take as one leaf hold snapshots too: a generator, a dict view.
+    _assert_holds(as_checkpoint_set((p for p in snapshots.values()), steps=[3, 1]), snapshots)
+    _assert_holds(as_checkpoint_set(snapshots.values(), steps=list(snapshots)), snapshots)
+    with pytest.raises(ValueError, match="empty"):
+        as_checkpoint_set(iter([]))
     stacked = as_checkpoint_set(_stacked(3), steps=[7, 8, 9])
     assert stacked.steps.tolist() == [7, 8, 9] and stacked.params["a"].shape == (3, 3)
 

@@ -258,6 +258,8 @@ def test_cli_llc_then_plot(tmp_path, capsys):
             "1e-3",
             "--localization",
             "10",
+            "--memory-budget",
+            "1.5GiB",
             "--no-progress",
         ]
     )
@@ -267,6 +269,16 @@ def test_cli_llc_then_plot(tmp_path, capsys):
     assert (tmp_path / "res.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit, match="MODULE:FACTORY"):
         main(["llc", str(tmp_path / "ckpts"), "--model", "nocolon", "--out", str(tmp_path)])
+
+
+def test_cli_byte_counts():
+    from slt_jax.__main__ import parse_bytes
+
+    assert parse_bytes("2e9") == parse_bytes("2GB") == parse_bytes("2000000000") == 2 * 10**9
+    assert parse_bytes("1.5GiB") == 3 * 2**29 and parse_bytes("512 MiB") == 2**29
+    for bad in ("abc", "2XB", "0", "-5", "nan", "inf"):
+        with pytest.raises(Exception, match="byte"):
+            parse_bytes(bad)
 
 
 def test_a_checkpoint_whose_chains_all_diverge_is_nan_and_the_sweep_goes_on():
@@ -314,6 +326,32 @@ def test_automatic_chunk_follows_xla_memory_analysis():
         sweep_factory.loss_fn, snapshots, data, steps=steps, memory_budget=two, **KW
     )
     assert res.llc_mean.shape == (6,)
+
+
+@pytest.mark.parametrize(
+    "budget, error, message",
+    [
+        (2.5e6 + 0.5, TypeError, "whole number of bytes"),
+        ("1GB", TypeError, "whole number of bytes"),
+        (True, TypeError, "whole number of bytes"),
+        (0, ValueError, ">= 1 byte"),
+        (-1e6, ValueError, ">= 1 byte"),
+        (float("inf"), TypeError, "whole number of bytes"),
+    ],
+)
+def test_memory_budget_checked(budget, error, message):
+    snapshots, steps = sweep_factory.checkpoints(2)
+    with pytest.raises(error, match=message):
+        sj.estimate_llc_checkpoints(
+            sweep_factory.loss_fn, snapshots, sweep_factory.data(), memory_budget=budget, **KW
+        )
+
+
+def test_memory_budget_as_an_integral_float():
+    from slt_jax import _validation
+
+    assert _validation.check_bytes("memory_budget", 2e9) == 2_000_000_000
+    assert _validation.check_bytes("memory_budget", np.int64(7)) == 7
 
 
 def _program_bytes(chunk, data, chains=3):
