@@ -29,7 +29,9 @@ def minibatch_train(
 ) -> dict[str, np.ndarray]:
     """Train ``model`` in place; return its history on the full data at log-spaced steps.
 
-    Step ``s`` draws ``batch_size`` indices with replacement from ``fold_in(key, s)`` and
+    Step ``s`` draws ``batch_size`` indices with replacement from ``fold_in(branch, s)``, where
+    ``branch = fold_in(fold_in(key, 2**31 - 1), 0)`` is kept apart from the keys
+    ``fold_in(key, i)`` that ``nnx.Rngs`` gives the initialisers, and
     takes one ``optimizer`` (``"sgd"`` or ``"adam"``) step on the mean loss. At each ``s`` in
     ``log_spaced_steps(num_steps, num_checkpoints)`` the parameters before step ``s`` are
     recorded (``history["step"]``, ``history["loss"]`` on all of ``data``) and, with
@@ -38,6 +40,9 @@ def minibatch_train(
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     x, y = data
+    # nnx.Rngs(seed) draws initialisers from fold_in(key(seed), count): the minibatch keys
+    # live on their own branch so that no step reuses an initialiser's key.
+    key = jax.random.fold_in(jax.random.fold_in(key, 2**31 - 1), 0)
     loss_fn, params = nnx_loss(model, per_example_loss)
     opt = getattr(optax, optimizer)(learning_rate)
 
