@@ -253,11 +253,17 @@ def check_sampler(sampler):
     spec = resolve_sampler(sampler)
     for field in dataclasses.fields(spec):
         value = getattr(spec, field.name)
+        if spec.name == "rmsprop_sgld" and field.name == "alpha":
+            continue  # a decay in [0, 1): 0 keeps only the current g² (checked below)
         if isinstance(field.default, float):
             check_positive(f"{spec.name}.{field.name}", value)
         elif isinstance(field.default, int):
             check_count(f"{spec.name}.{field.name}", value, minimum=1)
-    if spec.name == "rmsprop_sgld" and not 0 <= spec.alpha < 1:
+    if spec.name == "rmsprop_sgld" and (
+        isinstance(spec.alpha, bool | str)
+        or not isinstance(spec.alpha, int | float | np.integer | np.floating)
+        or not 0 <= spec.alpha < 1
+    ):
         raise ValueError(f"rmsprop_sgld.alpha must be in [0, 1), got {spec.alpha}.")
     return spec
 

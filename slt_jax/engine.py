@@ -217,9 +217,9 @@ def run_chain(
                 position=refine.restrict(mask, new_state.position, center)
             )
         finite = jnp.isfinite(info.loss) & tree_all_finite(new_state.position)
-        out = info.loss
+        out = _wide(info.loss)  # a bf16/f16 loss is recorded in float32 (see _data.wide)
         if record:
-            out = (info.loss, loss_fn(center, batch)) if paired else info.loss
+            out = (out, _wide(loss_fn(center, batch))) if paired else out
             draw = t - config.num_burnin
             if num_diag:
 
@@ -292,6 +292,10 @@ def run_chain(
         moments=moments,
         probe_trace=probe_trace,
     )
+
+
+def _wide(x: jax.Array) -> jax.Array:
+    return _data.wide(jnp.asarray(x))
 
 
 def _run_chains(loss_fn, config, keys, center, data, settings):

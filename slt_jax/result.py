@@ -78,7 +78,9 @@ class LLCResult:
       llc_mean: ``λ̂``, the mean over non-diverged chains of ``llc_per_chain``.
       llc_std: standard deviation of ``llc_per_chain`` across non-diverged chains.
       llc_stderr: Monte-Carlo standard error of ``llc_mean`` from the effective sample size.
-      llc_per_chain: ``(chains,)`` per-chain estimates (NaN or inf for diverged chains).
+      llc_per_chain: ``(chains,)`` per-chain estimates; those of diverged chains (see
+        ``diverged``) are usually NaN or inf but may be finite (a chain that failed on its
+        last move) and are left out of every estimate.
       loss_trace: ``(chains, draws)`` minibatch losses ``L_B(w_t)`` after burn-in.
       llc_trace: ``(chains, draws)`` per-draw LLC values; ``llc_per_chain`` is their mean.
       burnin_loss_trace: ``(chains, burnin)`` minibatch losses during burn-in.

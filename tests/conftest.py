@@ -47,3 +47,14 @@ def linear_regression():
 @pytest.fixture(autouse=True)
 def _no_x64():
     assert not jax.config.jax_enable_x64
+
+
+def assert_mc_close(value, stderr, target, *, extra=0.0, max_rel_stderr=0.1):
+    """``|value − target| < 4·stderr + extra``, with the Monte-Carlo error itself bounded:
+    a run whose standard error is a large fraction of the target (a chain that never
+    equilibrated) would otherwise pass any comparison."""
+    assert np.isfinite(stderr) and stderr < max_rel_stderr * abs(target), (
+        f"standard error {stderr} is not below {max_rel_stderr} × |{target}|: the test "
+        "cannot tell a right value from a wrong one"
+    )
+    assert abs(value - target) < 4 * stderr + extra, (value, target, stderr, extra)

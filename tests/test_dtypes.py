@@ -77,3 +77,45 @@ for dt in (jnp.float32, jnp.float64):
         x, nbeta=2000 / np.log(2000), gamma=1.0, eps=5e-4, b=500, stderr=s64
     )
     assert low < m64 < high  # d/2 = 2 up to localization, step and minibatch bias
+
+
+def test_dataset_mean_accumulates_low_precision_losses_in_float32():
+    """Chunk means that bf16 represents exactly (0.5 and 0.5 + 2⁻⁸) whose mean it cannot
+    (spacing 2⁻⁸ near 0.5): the mean must come out exact, not rounded to bf16; and an f16
+    loss of 2 over 40,000 examples must not overflow (2 × 40,000 > 65504) on the way."""
+    import jax
+
+    from slt_jax import _data
+
+    values = jnp.tile(jnp.array([0.5, 0.5 + 2**-8]), 20)  # 40 chunks of 10
+    data = jnp.repeat(values, 10)[:, None]
+    mean = _data.dataset_mean(lambda b: jnp.mean(b).astype(jnp.bfloat16), data, 10)
+    assert mean.dtype == jnp.float32
+    assert float(mean) == 0.5 + 2**-9
+
+    ones = jnp.ones((40_000, 1), jnp.float16)
+    with jax.disable_jit():  # op by op, as an accelerator without f32 fusion would
+        total = _data.dataset_mean(lambda b: 2 * jnp.mean(b), ones, 40_000 // 8)
+    assert float(total) == 2.0
+
+
+def test_bf16_init_loss_is_not_rounded_to_bf16():
+    """A bf16 model and data: L_n(w*) is the mean of per-chunk bf16 losses taken in float32
+    (each chunk rounded to 3 digits, the mean of 20 chunks closer), not one bf16 number."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 4))
+    y = x @ np.ones(4) + rng.normal(size=2000)
+    data = (jnp.asarray(x, jnp.bfloat16), jnp.asarray(y, jnp.bfloat16))
+    w = jnp.ones(4, jnp.bfloat16)
+
+    def loss(p, b):
+        return 0.5 * jnp.mean((b[0] @ p - b[1]) ** 2)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sj.LLCDiagnosticWarning)
+        res = sj.estimate_llc(loss, w, data, num_chains=2, num_steps=50, batch_size=100)
+    xq, yq = (np.asarray(a, np.float64) for a in data)
+    exact = 0.5 * np.mean((xq @ np.ones(4) - yq) ** 2)
+    # Each chunk's bf16 loss is within 2⁻⁹ relative; their mean errs by less than that.
+    assert abs(res.init_loss - exact) < 2**-9 * exact
+    assert res.loss_trace.dtype in (np.float32, np.float64)

@@ -83,7 +83,7 @@ class RMSPropSGLDState(NamedTuple):
 
 
 def rmsprop_sgld(
-    logdensity_grad: LogDensityGrad, *, alpha: float = 0.99, eps: float = 1e-5
+    logdensity_grad: LogDensityGrad, *, alpha: float = 0.9999, eps: float = 0.1
 ) -> Kernel:
     """Build an RMSProp-preconditioned SGLD kernel (pSGLD, Li et al. 2016).
 
