@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_mc_close
 from test_known_answers import monomial_target
 
 import slt_jax as sj
@@ -156,7 +157,7 @@ def test_masked_model_equals_the_smaller_model(sampler, step_size):
         target = theory.quadratic_oracle_llc(
             h_small, nbeta=nbeta, localization=gamma, step_size=eps
         )
-        assert abs(refined.llc_mean - target) < 4 * refined.llc_stderr, (refined.llc_mean, target)
+        assert_mc_close(refined.llc_mean, refined.llc_stderr, target)
     # Diagnostics are those of the selected coordinates: ‖w − w*‖² ≈ Σ_selected variances.
     if sampler == "sgld":
         var = theory.quadratic_oracle_stationary_variance(
@@ -320,11 +321,8 @@ def test_data_refined_llc_of_observables(observed_run):
     for name, design in (("data", x), ("other", xo)):
         k = obs.names.index(name)
         target = 0.5 * nbeta * np.trace(design.T @ design / len(design) @ sigma)
-        assert abs(obs.llc_mean[k] - target) < 4 * obs.llc_stderr[k], (
-            name,
-            obs.llc_mean[k],
-            target,
-        )
+        # One observation every 5 draws: se ≈ 10% of the target, so a ±40% band.
+        assert_mc_close(obs.llc_mean[k], obs.llc_stderr[k], target, max_rel_stderr=0.15)
     # The observable "data" is the sampling loss on the whole data: the same λ̂ as the estimate.
     assert abs(obs.llc_mean[0] - result.llc_mean) < 4 * np.hypot(
         obs.llc_stderr[0], result.llc_stderr
