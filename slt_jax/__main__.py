@@ -9,6 +9,9 @@ import pathlib
 import sys
 import time
 
+# What bad input raises (a missing directory, a bad option, a config mismatch, a module
+# that cannot be imported); any other exception is a bug and keeps its traceback.
+_USER_ERRORS = (ValueError, TypeError, FloatingPointError, ImportError, OSError)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
 
@@ -33,11 +36,11 @@ def load_factory(spec: str):
     """``MODULE:NAME`` or ``path/to/file.py:NAME`` → the object ``NAME``."""
     module_name, sep, name = spec.rpartition(":")
     if not sep or not module_name or not name:
-        raise SystemExit(f"--model must look like MODULE:FACTORY or FILE.py:FACTORY, got {spec!r}")
+        raise ValueError(f"--model must look like MODULE:FACTORY or FILE.py:FACTORY, got {spec!r}")
     if module_name.endswith(".py"):
         path = pathlib.Path(module_name).resolve()
         if not path.exists():
-            raise SystemExit(f"--model: no file {path}")
+            raise ValueError(f"--model: no file {path}")
         loaded = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(loaded)
         sys.modules[path.stem] = module
@@ -47,7 +50,7 @@ def load_factory(spec: str):
     try:
         return getattr(module, name)
     except AttributeError:
-        raise SystemExit(f"--model: {module_name} has no attribute {name!r}") from None
+        raise ValueError(f"--model: {module_name} has no attribute {name!r}") from None
 
 
 def _model_from_factory(spec: str):
@@ -56,7 +59,7 @@ def _model_from_factory(spec: str):
         return made["loss_fn"], made["data"], made.get("like")
     if isinstance(made, tuple) and len(made) in (2, 3):
         return (*made, None) if len(made) == 2 else made
-    raise SystemExit("the --model factory must return (loss_fn, data) or (loss_fn, data, like)")
+    raise ValueError("the --model factory must return (loss_fn, data) or (loss_fn, data, like)")
 
 
 def _add_sampler_options(p: argparse.ArgumentParser, *, chains=8, steps=1000) -> None:
@@ -153,7 +156,13 @@ def llc(args: argparse.Namespace) -> None:
     loss_fn, data, like = _model_from_factory(args.model)
     start = time.perf_counter()
     result = sj.estimate_llc_checkpoints(
-        loss_fn, args.checkpoints, data, like=like, out=args.out, **_sampler_kwargs(args)
+        loss_fn,
+        args.checkpoints,
+        data,
+        like=like,
+        format=getattr(args, "format", None),
+        out=args.out,
+        **_sampler_kwargs(args),
     )
     if jax.process_index() == 0:
         print(result.summary())
@@ -167,7 +176,11 @@ def plot(args: argparse.Namespace) -> None:
     """Write a PNG of the LLC against training step."""
     import slt_jax as sj
 
-    output = args.output or str(pathlib.Path(args.results).with_suffix(".png"))
+    if args.output is None:  # next to the results directory: run.v2 → run.v2.png
+        results = pathlib.Path(args.results).resolve()
+        output = str(results.parent / (results.name + ".png"))
+    else:
+        output = args.output
     sj.plot_llc(sj.load_results(args.results), output)
     print(f"wrote {output}")
 
@@ -239,6 +252,12 @@ def main(argv: list[str] | None = None) -> None:
         help="MODULE:FACTORY or FILE.py:FACTORY returning (loss_fn, data[, like])",
     )
     p.add_argument("--out", required=True, help="results directory (resumable)")
+    p.add_argument(
+        "--format",
+        choices=("safetensors", "msgpack", "orbax"),
+        default=None,
+        help="read only checkpoints of this format (default: the one in the directory)",
+    )
     _add_sampler_options(p)
     p.set_defaults(func=llc)
 
@@ -248,7 +267,11 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=plot)
 
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except _USER_ERRORS as error:  # bad input, not a bug: a message, not a traceback
+        print(f"slt-jax: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

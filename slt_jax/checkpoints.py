@@ -163,7 +163,11 @@ def stack_checkpoints(
 
 
 def as_checkpoint_set(
-    checkpoints: Any, *, steps: Sequence[int] | None = None, like: PyTree = None
+    checkpoints: Any,
+    *,
+    steps: Sequence[int] | None = None,
+    like: PyTree = None,
+    format: str | None = None,
 ) -> CheckpointSet:
     """Whatever describes K checkpoints, as a :class:`CheckpointSet`.
 
@@ -177,13 +181,19 @@ def as_checkpoint_set(
 
     ``steps`` are those of snapshots or a stacked pytree (a directory or a ``CheckpointSet``
     carries its own, which ``steps`` must then equal). ``like`` is an optional template, as
-    in :func:`load_checkpoint_set`, whose structure the params take.
+    in :func:`load_checkpoint_set`, whose structure the params take. ``format`` picks the
+    snapshots of a directory, as in :func:`load_checkpoint_set` (for a directory only).
 
     Example:
       >>> import numpy as np
       >>> as_checkpoint_set({"w": np.zeros((2, 3))}, steps=[9, 5]).steps.tolist()
       [5, 9]
     """
+    if format is not None and not isinstance(checkpoints, str | os.PathLike):
+        raise ValueError(
+            f"format={format!r} applies to a checkpoint directory; got "
+            f"{type(checkpoints).__name__} checkpoints."
+        )
     if isinstance(checkpoints, CheckpointSet):
         cs = checkpoints
         if like is not None:
@@ -191,7 +201,7 @@ def as_checkpoint_set(
                 cs, params=_conform(cs.params, like, "the checkpoint set", stacked=True)
             )
     elif isinstance(checkpoints, str | os.PathLike):
-        cs = load_checkpoint_set(checkpoints, like=like)
+        cs = load_checkpoint_set(checkpoints, like=like, format=format)
     elif type(checkpoints) in (list, tuple) or _is_snapshot_iterable(checkpoints):
         checkpoints = list(checkpoints)
         if like is not None:
@@ -220,9 +230,13 @@ def load_checkpoint_set(
     ``100/default/`` or ``checkpoint_100/<item>/`` with item ``default`` or ``params`` if
     several, or a plain ``StandardCheckpointer`` save ``100/``; restored without a target;
     ``*.orbax-checkpoint-tmp*`` skipped), ``"safetensors"`` (``*.safetensors``, keys joined by
-    ``.`` or ``/``), ``"msgpack"`` (``*.msgpack`` from ``flax.serialization``) or ``None``,
-    to detect the one present. The step is the last integer of each name
-    (``step_100.safetensors``, ``ckpt-000100``, ``checkpoint_100/``). Snapshots are nested
+    ``.`` or ``/``), ``"msgpack"`` (``*.msgpack`` from ``flax.serialization``, or files
+    without a suffix such as ``checkpoint_100`` from ``flax.training.checkpoints``) or
+    ``None``, to detect the one present. The step comes from each name, its suffixes
+    dropped: the integer after ``step``, ``checkpoint`` or ``ckpt`` (``step_100.safetensors``,
+    ``ckpt-000100``, ``checkpoint_100/``), else a name that is an integer (``100/``), else
+    the name's one integer apart from dtype tokens (``epoch5_bf16.msgpack``); a name with
+    several candidates is an error. Snapshots are nested
     dicts with string keys (list indices as ``"0"``, ``"1"``, …), unless ``like`` is given: a
     template (dict of arrays, Linen params, ``nnx.State`` from ``nnx.split(model, nnx.Param,
     ...)`` or :func:`slt_jax.nnx_loss`) matched by key path as strings (``layers.0.kernel``
@@ -251,12 +265,17 @@ def load_checkpoint_set(
             continue
         if entry.is_file() and entry.suffix in _SUFFIXES:
             found[_SUFFIXES[entry.suffix]].append(entry)
+        elif entry.is_file() and not entry.suffix and _is_flax_msgpack(entry):
+            found["msgpack"].append(entry)  # flax.training.checkpoints: checkpoint_100
         elif entry.is_dir() and ((entry / "_CHECKPOINT_METADATA").is_file() or _items(entry)):
             found["orbax"].append(entry)
     kinds = [f for f in FORMATS if found[f]] if format is None else [format]
     if len(kinds) > 1:
         mix = "; ".join(f"{f}: {_preview([p.name for p in found[f]])}" for f in kinds)
-        raise ValueError(f"{root} mixes checkpoint formats ({mix}); pass format= to pick one.")
+        raise ValueError(
+            f"{root} mixes checkpoint formats ({mix}); pass format= (--format on the command "
+            "line) to pick one."
+        )
     if not kinds or not found[kinds[0]]:
         expected = kinds[0] if kinds else "safetensors, msgpack or orbax"
         raise ValueError(f"no {expected} checkpoints in {root}; it holds {_preview(seen)}.")
@@ -431,14 +450,43 @@ def _conform(tree: PyTree, like: PyTree, label: str, *, stacked: bool = False) -
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
 
 
+# A name's step: the integer after one of these words (``step_100``, ``ckpt-7``) ...
+_STEP_WORD = re.compile(r"(?<![a-z])(?:step|checkpoint|ckpt)[_-]?(\d+)", re.IGNORECASE)
+# ... or else its one integer, apart from those of dtype tokens (``bf16``, ``float32``).
+_DTYPE = re.compile(
+    r"(?<![a-z0-9])(?:b?float|bf|fp|f|u?int)(?:4|8|16|32|64)(?![a-z0-9])", re.IGNORECASE
+)
+# Suffixes dropped before looking: extensions and dtype tags (``.safetensors``, ``.fp16``).
+_SUFFIX = re.compile(rf"(\.(?:[a-z]+|{_DTYPE.pattern}))+$", re.IGNORECASE)
+
+
 def _step_from_name(path: pathlib.Path) -> int:
-    numbers = re.findall(r"\d+", path.name if path.is_dir() else path.stem)
-    if not numbers:
-        raise ValueError(
-            f"no training step in the name {str(path)!r}: the step is the last integer of a "
-            "checkpoint's name (step_100.safetensors, checkpoint_100/)."
-        )
-    return int(numbers[-1])
+    """The training step in a checkpoint's name (see :func:`load_checkpoint_set`)."""
+    name = _SUFFIX.sub("", path.name) or path.name
+    if name.isdigit():
+        return int(name)
+    found = {int(n) for n in _STEP_WORD.findall(name)}
+    if not found:
+        found = {int(n) for n in re.findall(r"\d+", _DTYPE.sub(" ", name))}
+    if len(found) == 1:
+        return found.pop()
+    what = f"candidates {', '.join(map(str, sorted(found)))}" if found else "no integer in it"
+    raise ValueError(
+        f"cannot tell the training step from the name {str(path)!r} ({what}); name each "
+        "checkpoint by its step: step_100.safetensors, ckpt-100.fp16.safetensors, 100.msgpack, "
+        "checkpoint_100/."
+    )
+
+
+def _is_flax_msgpack(path: pathlib.Path) -> bool:
+    """A file that starts as flax msgpack does (a map) and whose name gives a step."""
+    try:
+        _step_from_name(path)
+        with open(path, "rb") as f:
+            head = f.read(1)
+    except (ValueError, OSError):
+        return False
+    return len(head) == 1 and (0x80 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF))
 
 
 def _items(step_dir: pathlib.Path) -> list[pathlib.Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ from slt_jax.engine import chain_config, checkpoint_keys, sampler_settings
 from slt_jax.posterior import LossFn
 from slt_jax.result import LLCResult, concat_results, stack_results
 from slt_jax.samplers import Sampler
-from slt_jax.store import ResultStore, stored_chunk_size
+from slt_jax.store import ResultStore, check_out, stored_chunk_size
 
 PyTree = Any
 
@@ -89,6 +90,7 @@ def estimate_llc_checkpoints(
     seed: int | jax.Array = 0,
     steps: Any = None,
     like: PyTree = None,
+    format: str | None = None,
     chunk_size: int | None = None,
     memory_budget: int | None = None,
     out: str | os.PathLike | None = None,
@@ -117,14 +119,19 @@ def estimate_llc_checkpoints(
       steps: training steps of in-memory checkpoints (default ``0 … K-1``).
       like: a template pytree (e.g. the ``params`` from :func:`~slt_jax.nnx_loss`) that
         snapshots loaded from disk are put into.
+      format: for a directory, ``"safetensors"``, ``"msgpack"`` or ``"orbax"`` picks the
+        snapshots of that format (default: the one present; see
+        :func:`~slt_jax.load_checkpoint_set`).
       chunk_size: checkpoints per compiled call. ``None`` picks the largest that fits in
         ``memory_budget`` by XLA's memory analysis of the compiled program.
       memory_budget: bytes (an int, or an integral float such as ``2e9``); default
         :func:`default_memory_budget`.
       out: a results directory. Each chunk is written (netCDF via xarray, atomically) as
         soon as it finishes; re-running with the same configuration resumes, skipping
-        finished chunks; a different configuration is an error. Read it back with
-        :func:`~slt_jax.load_results`.
+        finished chunks; a different configuration (sampler settings, seed, chunking,
+        checkpoints, data, or the loss function's traced program) is an error. It must be a
+        new or empty directory or one written by this function; it is checked, and locked,
+        before anything is compiled. Read it back with :func:`~slt_jax.load_results`.
       progress: show a progress bar (checkpoints done, time left).
       mesh, devices: as in :func:`~slt_jax.estimate_llc`: the (checkpoint × chain) items of
         each chunk are sharded over them.
@@ -145,7 +152,7 @@ def estimate_llc_checkpoints(
       >>> res.llc_mean.shape, res.steps.tolist()
       ((3,), [10, 100, 1000])
     """
-    checkpoint_set = as_checkpoint_set(checkpoints, steps=steps, like=like)
+    checkpoint_set = as_checkpoint_set(checkpoints, steps=steps, like=like, format=format)
     first = jax.tree.map(lambda x: x[0], checkpoint_set.params)
     config, key = _validation.check_run(
         loss_fn,
@@ -179,21 +186,9 @@ def estimate_llc_checkpoints(
         centers = jax.tree.map(lambda x: x[owners], checkpoint_set.params)
         return keys.reshape(-1), centers, data, settings
 
-    if chunk_size is None and out is not None:
-        chunk_size = stored_chunk_size(out)
-    if chunk_size is None:
-
-        def measure(chunk):
-            lowered = sharding.lower_items(loss_fn, static, *items(np.zeros(chunk, int)), mesh)
-            return program_bytes(lowered.compile())
-
-        budget = memory_budget or default_memory_budget()
-        chunk_size = auto_chunk_size(measure, num_checkpoints, budget)
-        if jax.process_count() > 1:  # every process must run the same programs
-            from jax.experimental import multihost_utils
-
-            chunk_size = int(np.min(multihost_utils.process_allgather(np.int32(chunk_size))))
-    chunk_size = min(chunk_size, num_checkpoints)
+    def measure(chunk):
+        lowered = sharding.lower_items(loss_fn, static, *items(np.zeros(chunk, int)), mesh)
+        return program_bytes(lowered.compile())
 
     def run_chunk(indices) -> LLCResult:
         # Pad to the chunk size so that every chunk has the same shape (one compilation).
@@ -210,10 +205,19 @@ def estimate_llc_checkpoints(
         ]
         return stack_results(per_checkpoint, checkpoint_set.steps[indices])
 
-    store = None
-    if out is not None:
-        store = _open_store(out, _manifest(config, checkpoint_set, data, key, chunk_size))
+    # The output directory is checked and locked (and a stored manifest read, which fixes
+    # the chunking) before anything is compiled; the manifest is compared or written after.
+    store = _lock_store(out) if out is not None else None
     try:
+        if chunk_size is None and out is not None:
+            chunk_size = stored_chunk_size(out) if store is None else store.stored_chunk_size
+        if chunk_size is None:
+            chunk_size = _auto_chunk_size(measure, num_checkpoints, memory_budget)
+        chunk_size = min(chunk_size, num_checkpoints)
+        if out is not None:
+            loss = loss_fingerprint(loss_fn, first, data, config.batch_size)
+            manifest = _manifest(config, checkpoint_set, data, key, chunk_size, loss)
+            store = _start_store(store, out, manifest)
         results = _run_chunks(run_chunk, checkpoint_set.steps, chunk_size, store, progress)
     finally:
         if store is not None:
@@ -223,14 +227,35 @@ def estimate_llc_checkpoints(
     return result
 
 
-def _open_store(out, manifest) -> ResultStore:
-    """Process 0 writes (and locks) the results; with several processes the others wait
+def _auto_chunk_size(measure, num_checkpoints: int, memory_budget: int | None) -> int:
+    """:func:`auto_chunk_size` in the budget; with several processes, the smallest."""
+    budget = memory_budget or default_memory_budget()
+    chunk_size = auto_chunk_size(measure, num_checkpoints, budget)
+    if jax.process_count() > 1:  # every process must run the same programs
+        from jax.experimental import multihost_utils
+
+        chunk_size = int(np.min(multihost_utils.process_allgather(np.int32(chunk_size))))
+    return chunk_size
+
+
+def _lock_store(out) -> ResultStore | None:
+    """Process 0 writes the results: it opens (checks and locks) the directory at once; the
+    other processes only check the path."""
+    if jax.process_index() == 0:
+        return ResultStore(out)
+    check_out(out)
+    return None
+
+
+def _start_store(store: ResultStore | None, out, manifest) -> ResultStore:
+    """Process 0 compares or writes the manifest; with several processes the others wait
     for it, then read the same directory (which must be on a file system they all see)."""
+    if store is not None:
+        store.start(manifest)
     if jax.process_count() == 1:
-        return ResultStore(out, manifest)
+        return store
     from jax.experimental import multihost_utils
 
-    store = ResultStore(out, manifest) if jax.process_index() == 0 else None
     multihost_utils.sync_global_devices("slt_jax: results directory open")
     return store or ResultStore(out, manifest, writer=False)
 
@@ -281,7 +306,25 @@ def _digest(leaves) -> str:
     return h.hexdigest()[:24]
 
 
-def _manifest(config, checkpoint_set, data, key, chunk_size) -> dict:
+def loss_fingerprint(loss_fn: LossFn, params: PyTree, data: PyTree, batch_size: int) -> dict:
+    """What identifies the computation of ``loss_fn``: a hash of the text of its jaxpr (traced,
+    never compiled, on ``params`` and a minibatch's shapes) and one of the jaxpr's constants
+    (the arrays it closes over). The text depends on the JAX version (and precision)."""
+    closed = jax.make_jaxpr(loss_fn)(params, _validation.batch_like(data, batch_size))
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", str(closed.jaxpr))  # no object addresses
+    constants = []
+    for constant in closed.consts:
+        dtype = getattr(constant, "dtype", None)
+        if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            constant = jax.random.key_data(constant)
+        constants.append(np.asarray(constant))
+    return {
+        "jaxpr_sha256": hashlib.sha256(text.encode()).hexdigest()[:24],
+        "constants_sha256": _digest(constants),
+    }
+
+
+def _manifest(config, checkpoint_set, data, key, chunk_size, loss) -> dict:
     """Everything that determines the results (compared on resume), and the platform."""
     from slt_jax import __version__
 
@@ -296,6 +339,7 @@ def _manifest(config, checkpoint_set, data, key, chunk_size) -> dict:
         "checkpoint_hashes": [_digest([x[k] for x in leaves]) for k in range(len(checkpoint_set))],
         "data": _shapes(data),
         "data_hash": _digest(np.asarray(x) for x in jax.tree.leaves(data)),
+        "loss_fn": loss,
         "slt_jax_version": __version__,
         "platform": {
             "jax": jax.__version__,

@@ -3,6 +3,7 @@ the offending file and leaf."""
 
 import dataclasses
 import doctest
+import pathlib
 import re
 
 import jax
@@ -186,6 +187,64 @@ def test_save_overwrites_and_checks_arguments(tmp_path):
         save_checkpoint(tmp_path, 1, {"w": np.ones(2)}, format="npz")
     with pytest.raises(ValueError, match=re.escape("['a.b']")):
         save_checkpoint(tmp_path, 1, {"a.b": np.ones(2)})
+
+
+@pytest.mark.parametrize(
+    "name, step",
+    [
+        ("step0_bf16.safetensors", 0),
+        ("step10_bf16.safetensors", 10),
+        ("ckpt-10.fp16.safetensors", 10),
+        ("10.fp16.safetensors", 10),
+        ("Step_7.bf16.msgpack", 7),
+        ("lr0.01_step100.safetensors", 100),
+        ("run2_step_50.safetensors", 50),
+        ("model_float32_3.msgpack", 3),
+        ("epoch5.msgpack", 5),
+        ("ckpt-000100.safetensors", 100),
+        ("000042.safetensors", 42),
+        ("checkpoint_100", 100),
+    ],
+)
+def test_step_from_the_name(name, step):
+    assert slt_jax.checkpoints._step_from_name(pathlib.Path(name)) == step
+
+
+@pytest.mark.parametrize(
+    "name, what",
+    [("run2_50.safetensors", "candidates 2, 50"), ("final.safetensors", "no integer in it")],
+)
+def test_a_name_without_one_step_is_an_error(tmp_path, name, what):
+    save_file(_named(_dict_params(0)), tmp_path / name)
+    message = f"cannot tell the training step from the name '{tmp_path / name}' ({what})"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_checkpoint_set(tmp_path)
+
+
+def test_dtype_tags_in_names_are_not_steps(tmp_path):
+    a, b = _dict_params(1), _dict_params(2)
+    save_file(_named(a), tmp_path / "step0_bf16.safetensors")
+    save_file(_named(b), tmp_path / "step10_bf16.safetensors")
+    _assert_holds(load_checkpoint_set(tmp_path), {0: a, 10: b})
+    save_file(_named(a), tmp_path / "ckpt-20.fp16.safetensors")
+    assert load_checkpoint_set(tmp_path).steps.tolist() == [0, 10, 20]
+
+
+def test_flax_training_checkpoints_without_a_suffix(tmp_path):
+    """``flax.training.checkpoints.save_checkpoint`` writes msgpack to ``checkpoint_<step>``."""
+    snapshots = {10: _dict_params(10), 0: _dict_params(0)}
+    for step, params in snapshots.items():
+        (tmp_path / f"checkpoint_{step}").write_bytes(serialization.to_bytes(params))
+    (tmp_path / "checkpoint").write_text("model_checkpoint_path: 'x'\n")  # no step: skipped
+    (tmp_path / "notes_3").write_text("not msgpack")  # not msgpack: skipped
+    _assert_holds(load_checkpoint_set(tmp_path), snapshots)
+    _assert_holds(load_checkpoint_set(tmp_path, format="msgpack"), snapshots)
+    _assert_holds(load_checkpoint_set(tmp_path, like=_dict_params(0)), snapshots)
+    save_checkpoint(tmp_path, 5, _dict_params(5), format="msgpack")  # step_00000005.msgpack
+    assert load_checkpoint_set(tmp_path).steps.tolist() == [0, 5, 10]
+    save_checkpoint(tmp_path, 7, _dict_params(7))
+    with pytest.raises(ValueError, match="mixes.*msgpack: checkpoint_0, checkpoint_10"):
+        load_checkpoint_set(tmp_path)
 
 
 # --- mismatches --------------------------------------------------------------------------------
@@ -376,6 +435,11 @@ def test_as_checkpoint_set_dispatch(tmp_path):
     _assert_holds(as_checkpoint_set(snapshots.values(), steps=list(snapshots)), snapshots)
     with pytest.raises(ValueError, match="empty"):
         as_checkpoint_set(iter([]))
+    assert as_checkpoint_set(tmp_path, format="safetensors").steps.tolist() == [1, 3]
+    with pytest.raises(ValueError, match="no msgpack checkpoints"):
+        as_checkpoint_set(tmp_path, format="msgpack")
+    with pytest.raises(ValueError, match="format='msgpack' applies to a checkpoint directory"):
+        as_checkpoint_set([snapshots[1]], format="msgpack")
     stacked = as_checkpoint_set(_stacked(3), steps=[7, 8, 9])
     assert stacked.steps.tolist() == [7, 8, 9] and stacked.params["a"].shape == (3, 3)
 

@@ -1,5 +1,6 @@
 """Input problems found up front: before the chain program is compiled, or named clearly."""
 
+import re
 import warnings
 
 import jax.numpy as jnp
@@ -108,3 +109,23 @@ def test_float_options_accept_numpy_and_jax_scalars(no_chain_program):
         sj.estimate_llc(
             loss, W, make_data(64), **{**KW, "step_size": np.float32(1e-3), "nbeta": jnp.array(5.0)}
         )
+
+
+@pytest.mark.parametrize(
+    "spec, why",
+    [
+        ("sghmc(5.0)", "1 positional argument(s)"),
+        ("sghmc(friction=", "it does not parse"),
+        ("sghmc(friction=x)", "the value of 'friction' is not a literal"),
+        ("sghmc(friction=5.0) + sgld(", "it does not parse"),
+        ("sghmc(**{'friction': 5.0})", "'**' is not an option"),
+        ("sghmc(friction=1.0, friction=2.0)", "option 'friction' is given twice"),
+    ],
+)
+def test_a_bad_sampler_spec_string_is_named(no_chain_program, spec, why):
+    message = re.escape(f"bad sampler spec {spec!r}: {why}")
+    with pytest.raises(ValueError, match=message):
+        sj.samplers.resolve_sampler(spec)
+    with pytest.raises(ValueError, match=message):
+        sj.estimate_llc(loss, W, make_data(64), **{**KW, "sampler": spec})
+    assert sj.samplers.resolve_sampler("sghmc(friction=5.0)") == sj.samplers.SGHMC(friction=5.0)

@@ -1,7 +1,11 @@
 """estimate_llc_checkpoints: equals per-checkpoint runs, chunking, resume, kill, CLI."""
 
+import contextlib
+import fcntl
+import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -267,8 +271,9 @@ def test_cli_llc_then_plot(tmp_path, capsys):
     assert "flags" in out and "3 checkpoints in" in out
     main(["plot", str(tmp_path / "res")])
     assert (tmp_path / "res.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(SystemExit, match="MODULE:FACTORY"):
+    with pytest.raises(SystemExit) as exit:
         main(["llc", str(tmp_path / "ckpts"), "--model", "nocolon", "--out", str(tmp_path)])
+    assert exit.value.code == 2 and "MODULE:FACTORY" in capsys.readouterr().err
 
 
 def test_cli_byte_counts():
@@ -470,3 +475,222 @@ def test_a_different_platform_only_warns(tmp_path):
     now = {**manifest, "platform": {"jax": "9.9", "backend": "cpu"}}
     with pytest.warns(UserWarning, match="may differ at float precision"):
         sj.store.ResultStore(tmp_path, now).close()
+
+
+# --- the loss function and the output directory are checked ------------------------------------
+
+
+def _sweep(tmp_path, loss_fn=sweep_factory.loss_fn, **more):
+    snapshots, steps = sweep_factory.checkpoints(3)
+    kw = {**KW, "chunk_size": 2, **more}
+    return sj.estimate_llc_checkpoints(
+        loss_fn, snapshots, sweep_factory.data(), steps=steps, out=tmp_path, **kw
+    )
+
+
+def _scaled_loss(scale):
+    scale = jnp.asarray(scale, jnp.float32)  # an array the loss closes over: a constant
+
+    def loss_fn(params, batch):
+        x, y = batch
+        return 0.5 * jnp.mean((x @ (params["w"] * scale) + params["b"] - y) ** 2)
+
+    return loss_fn
+
+
+def test_a_changed_loss_function_on_the_same_output_is_an_error(tmp_path, monkeypatch):
+    out, other = tmp_path / "out", tmp_path / "scaled"
+    first = _sweep(out)
+    doubled = lambda p, b: 2 * sweep_factory.loss_fn(p, b)  # noqa: E731
+    monkeypatch.setattr(slt_jax.sharding, "lower_items", None)  # no compilation before
+    with pytest.raises(ValueError, match="different configuration") as error:
+        _sweep(out, doubled, chunk_size=None)
+    assert error.match(r"loss_fn\.jaxpr_sha256: '[0-9a-f]+' \(stored\) vs '[0-9a-f]+' \(now\)")
+    monkeypatch.undo()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["loss_fn"]) == {"jaxpr_sha256", "constants_sha256"}
+    # The same computation, another Python function: it resumes.
+    _assert_same(_sweep(out, lambda p, b: sweep_factory.loss_fn(p, b)), first, exact=True)
+
+    # Only the values of an array it closes over differ.
+    _sweep(other, _scaled_loss(np.ones(3)))
+    with pytest.raises(ValueError, match="different configuration") as error:
+        _sweep(other, _scaled_loss(np.full(3, 1.5)))
+    assert error.match(r"loss_fn\.constants_sha256") and "jaxpr" not in str(error.value)
+
+
+def test_the_loss_is_not_compared_across_jax_versions(tmp_path):
+    first = _sweep(tmp_path)
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["platform"]["jax"] = "0.0.1"
+    manifest["loss_fn"]["jaxpr_sha256"] = "written by another version"
+    path.write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="the loss function could not be checked") as caught:
+        resumed = _sweep(tmp_path)
+    assert any("JAX 0.0.1" in str(w.message) for w in caught)
+    _assert_same(resumed, first, exact=True)
+
+
+def test_out_must_be_new_empty_or_a_results_directory(tmp_path):
+    manifest = {"config": {}, "chunk_size": 1}
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for text in ('{"name": "another program"}', "not json {", "[1, 2]"):
+        (foreign / "manifest.json").write_text(text)
+        for attempt in (
+            lambda: sj.store.ResultStore(foreign, manifest),
+            lambda: sj.load_results(foreign),
+            lambda: sj.store.stored_chunk_size(foreign),
+        ):
+            with pytest.raises(ValueError, match="not a slt_jax results manifest") as error:
+                attempt()
+            assert str(foreign / "manifest.json") in str(error.value)
+    assert sorted(p.name for p in foreign.iterdir()) == ["manifest.json"]  # no lock left
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"is not empty \(notes.txt\) but has no manifest.json"):
+        sj.store.ResultStore(user, manifest)
+    assert [p.name for p in user.iterdir()] == ["notes.txt"]
+
+    for bad, error in (("", ValueError), ("  ", ValueError), (3, TypeError), (b"x", TypeError)):
+        with pytest.raises(error, match="`out`"):
+            sj.store.ResultStore(bad, manifest)
+
+    # Only a run's own leftovers (the lock, torn temporary files) may be there.
+    leftovers = tmp_path / "leftovers"
+    leftovers.mkdir()
+    (leftovers / ".lock").touch()
+    (leftovers / ".manifest.json.tmp-123").write_text("{")
+    sj.store.ResultStore(leftovers, manifest).close()
+    assert sorted(p.name for p in leftovers.iterdir()) == [".lock", "manifest.json"]
+
+
+def test_clean_up_removes_only_the_library_temporary_files(tmp_path):
+    manifest = {"config": {}, "chunk_size": 1}
+    sj.store.ResultStore(tmp_path, manifest).close()
+    ours = [".chunk-00003.nc.tmp-4242", ".manifest.json.tmp-17"]
+    theirs = [".vimrc.tmp-backup", ".notes.txt.tmp-1", ".chunk-1.nc.tmp-x", "chunk-00000 copy.nc"]
+    for name in ours + theirs:
+        (tmp_path / name).write_text("x")
+    with sj.store.ResultStore(tmp_path, manifest) as store:
+        assert store.finished_chunks() == set()  # "chunk-00000 copy.nc" is no chunk
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".lock", "manifest.json", *theirs])
+
+
+def test_a_stray_copy_of_a_chunk_is_ignored(tmp_path):
+    first = _sweep(tmp_path)
+    shutil.copy(tmp_path / "chunk-00000.nc", tmp_path / "chunk-00000 copy.nc")
+    shutil.copy(tmp_path / "chunk-00000.nc", tmp_path / "chunk-1.nc")
+    _assert_same(_sweep(tmp_path), first, exact=True)
+    _assert_same(sj.load_results(tmp_path), first, exact=True)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    with sj.store.ResultStore(tmp_path, manifest) as store:
+        assert store.finished_chunks() == {0, 1}
+
+
+OUT_PROBLEMS = {
+    "file": "is not a directory",
+    "locked": "being written by another run",
+    "foreign": "manifest.json' is not a slt_jax results manifest",
+    "empty string": "empty path",
+    "not empty": r"is not empty \(a.txt\)",
+}
+
+
+@pytest.mark.parametrize("case", OUT_PROBLEMS)
+def test_out_is_checked_before_the_chunk_size_is_measured(tmp_path, monkeypatch, case):
+    def fail(*args, **kwargs):
+        raise AssertionError("compiled before `out` was checked")
+
+    monkeypatch.setattr(slt_jax.sharding, "lower_items", fail)
+    monkeypatch.setattr(slt_jax.sharding, "run_items", fail)
+    out = "" if case == "empty string" else tmp_path / "out"
+    if case == "file":
+        out.write_text("x")
+    elif case != "empty string":
+        out.mkdir()
+    if case == "foreign":
+        (out / "manifest.json").write_text('{"experiment": 3}')
+    elif case == "not empty":
+        (out / "a.txt").write_text("x")
+    with contextlib.ExitStack() as stack:
+        if case == "locked":  # another run writes it and has not written its manifest yet
+            lock = stack.enter_context(open(out / ".lock", "w"))
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match=OUT_PROBLEMS[case]):
+            _sweep(out, chunk_size=None, memory_budget=10**9)
+
+
+def test_format_picks_the_snapshots_of_a_mixed_directory(tmp_path):
+    snapshots, steps = sweep_factory.checkpoints(3)
+    for snapshot, step in zip(snapshots, steps, strict=True):
+        sj.save_checkpoint(tmp_path, step, snapshot)
+    sj.save_checkpoint(tmp_path, 7, snapshots[0], format="msgpack")
+    data = sweep_factory.data()
+    with pytest.raises(ValueError, match="mixes checkpoint formats.*pass format="):
+        sj.estimate_llc_checkpoints(sweep_factory.loss_fn, tmp_path, data, **KW)
+    res = sj.estimate_llc_checkpoints(
+        sweep_factory.loss_fn, tmp_path, data, format="safetensors", **KW
+    )
+    _assert_same(
+        res,
+        sj.estimate_llc_checkpoints(sweep_factory.loss_fn, snapshots, data, steps=steps, **KW),
+        exact=True,
+    )
+    with pytest.raises(ValueError, match="no orbax checkpoints"):
+        sj.estimate_llc_checkpoints(sweep_factory.loss_fn, tmp_path, data, format="orbax", **KW)
+    with pytest.raises(ValueError, match="format='msgpack' applies to a checkpoint directory"):
+        sj.estimate_llc_checkpoints(sweep_factory.loss_fn, snapshots, data, format="msgpack", **KW)
+
+
+def test_cli_user_errors_are_messages_and_plot_names(tmp_path, capsys, monkeypatch):
+    from slt_jax.__main__ import main
+
+    snapshots, steps = sweep_factory.checkpoints(3)
+    ckpts = tmp_path / "ckpts"
+    for snapshot, step in zip(snapshots, steps, strict=True):
+        sj.save_checkpoint(ckpts, step, snapshot)
+    sj.save_checkpoint(ckpts, 7, snapshots[0], format="msgpack")
+    out = tmp_path / "run.v2"
+    model = ["--model", "sweep_factory:factory"]
+    options = ["--steps", "40", "--chains", "2", "--batch-size", "64", "--chunk-size", "2"]
+    options += ["--step-size", "1e-3", "--localization", "10", "--no-progress"]
+    llc = ["llc", str(ckpts), *model, "--out", str(out), *options]
+
+    def user_error(argv, message):
+        with pytest.raises(SystemExit) as exit:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit.value.code == 2, err
+        assert err.startswith("slt-jax: error: ") and message in err, err
+        assert "Traceback" not in err
+
+    user_error(llc, "mixes checkpoint formats")
+    main([*llc, "--format", "safetensors"])
+    assert "3 checkpoints in" in capsys.readouterr().out
+    user_error([*llc, "--format", "safetensors", "--seed", "1"], "different configuration")
+    user_error([*llc, "--format", "msgpack", "--chains", "0"], "`num_chains` must be >= 1")
+    user_error([*llc, "--format", "msgpack", "--sampler", "sghmc(5.0)"], "bad sampler spec")
+    user_error(["llc", str(tmp_path / "nope"), *model, "--out", str(tmp_path / "o")], "nope")
+    user_error(
+        ["llc", str(ckpts), "--model", "no_such_module_x:factory", "--out", str(tmp_path / "o")],
+        "no_such_module_x",
+    )
+    user_error(["llc", str(ckpts), "--model", "nocolon", "--out", str(tmp_path)], "MODULE:FACTORY")
+    user_error(["plot", str(tmp_path / "nothere")], "not a results directory")
+    buggy = tmp_path / "buggy.py"
+    buggy.write_text("def factory():\n    raise RuntimeError('a bug')\n")
+    with pytest.raises(RuntimeError, match="a bug"):  # a real bug keeps its traceback
+        main(["llc", str(ckpts), "--model", f"{buggy}:factory", "--out", str(tmp_path / "o")])
+
+    # The default PNG sits next to the results directory, its whole name kept.
+    main(["plot", str(out)])
+    png = tmp_path / "run.v2.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    png.unlink()
+    monkeypatch.chdir(out)
+    main(["plot", "."])
+    assert png.read_bytes()[:4] == b"\x89PNG"
