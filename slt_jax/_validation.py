@@ -251,6 +251,17 @@ def check_sampler(sampler):
     from slt_jax.samplers import resolve_sampler
 
     spec = resolve_sampler(sampler)
+    # Float options as floats (friction=50 is friction=50.0: one description, one program).
+    spec = dataclasses.replace(
+        spec,
+        **{
+            f.name: float(getattr(spec, f.name))
+            for f in dataclasses.fields(spec)
+            if isinstance(f.default, float)
+            and isinstance(getattr(spec, f.name), int | np.integer | np.floating)
+            and not isinstance(getattr(spec, f.name), bool)
+        },
+    )
     for field in dataclasses.fields(spec):
         value = getattr(spec, field.name)
         if spec.name == "rmsprop_sgld" and field.name == "alpha":

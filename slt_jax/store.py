@@ -164,6 +164,13 @@ def _compare(stored: dict, now: dict, path: pathlib.Path) -> None:
             f"make sure {what} is unchanged, or use another output directory.",
             stacklevel=5,
         )
+    if "key" in stored and stored.get("key") == now.get("key"):
+        # The chain keys are what the seed determines: seed=0 and seed=jax.random.key(0)
+        # (recorded as 0 and None) are the same run.
+        stored, now = (
+            {**m, "config": {k: v for k, v in m.get("config", {}).items() if k != "seed"}}
+            for m in (stored, now)
+        )
     differences = _differences(stored, now, skip=unchecked)
     if differences:
         raise ValueError(

@@ -519,6 +519,15 @@ def test_a_changed_loss_function_on_the_same_output_is_an_error(tmp_path, monkey
     assert error.match(r"loss_fn\.constants_sha256") and "jaxpr" not in str(error.value)
 
 
+def test_equivalent_settings_resume(tmp_path):
+    """seed=0 and seed=key(0) give the same chain keys; friction=50 is friction=50.0."""
+    first = _sweep(tmp_path, seed=0, sampler="sghmc(friction=50)", step_size=1e-3)
+    resumed = _sweep(tmp_path, seed=jax.random.key(0), sampler=sj.samplers.SGHMC(friction=50.0))
+    _assert_same(resumed, first, exact=True)
+    with pytest.raises(ValueError, match="different configuration"):
+        _sweep(tmp_path, seed=1, sampler="sghmc(friction=50)")
+
+
 def test_the_loss_is_not_compared_across_jax_versions(tmp_path):
     first = _sweep(tmp_path)
     path = tmp_path / "manifest.json"
