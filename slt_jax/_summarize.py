@@ -76,7 +76,9 @@ def warn_over_checkpoints(result: LLCResult) -> None:
     for hits in by_kind.values():
         steps = ", ".join(str(s) for s, _ in hits[:10]) + (" …" if len(hits) > 10 else "")
         warnings.warn(
-            f"{len(hits)} of {len(result.steps)} checkpoints (steps {steps}): {hits[0][1]}",
+            f"{len(hits)} of {len(result.steps)} checkpoints (steps {steps}); "
+            + (f"at step {hits[0][0]}: " if len(hits) > 1 else "")
+            + hits[0][1],
             diagnostics.LLCDiagnosticWarning,
             stacklevel=3,
         )

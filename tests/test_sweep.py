@@ -703,3 +703,16 @@ def test_cli_user_errors_are_messages_and_plot_names(tmp_path, capsys, monkeypat
     monkeypatch.chdir(out)
     main(["plot", "."])
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_grouped_warnings_name_the_step_whose_value_they_quote():
+    with pytest.warns(sj.LLCDiagnosticWarning) as caught:
+        sj.estimate_llc_checkpoints(
+            sweep_factory.loss_fn,
+            *sweep_factory.checkpoints(3)[:1],
+            sweep_factory.data(),
+            steps=[5, 6, 7],
+            **{**KW, "num_steps": 20},
+        )
+    grouped = [str(w.message) for w in caught if "3 of 3 checkpoints" in str(w.message)]
+    assert grouped and all("(steps 5, 6, 7); at step 5: " in m for m in grouped)
