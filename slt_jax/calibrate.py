@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from slt_jax import _data
 from slt_jax.diagnostics import ACCEPTANCE_BAND, chain_diagnostics
 from slt_jax.grid import run_grid
-from slt_jax.posterior import LossFn
+from slt_jax.posterior import LossFn, default_nbeta
 from slt_jax.result import LLCResult
 
 PyTree = Any
@@ -72,9 +73,12 @@ class Calibration:
         """Mean MALA acceptance per cell (NaN where the sampler has none)."""
         return self._grid([_nanmean(r.mala_acceptance[~r.diverged]) for r in self.results])
 
-    def cell(self, step_size: float, localization: float, nbeta: float) -> int:
+    def cell(self, step_size: float, localization: float, nbeta: float | None = None) -> int:
         """The flat index of the cell with this setting (each value must be on its axis, to
-        a relative 1e-6; a zero localization matches exactly)."""
+        a relative 1e-6; a zero localization matches exactly). ``nbeta=None`` is ``n/log n``,
+        as in the grid's ``nbetas``."""
+        if nbeta is None:
+            nbeta = default_nbeta(self.results[0].config.num_examples)
         index = []
         for name, axis, value in zip(
             ("step_size", "localization", "nbeta"),
@@ -88,7 +92,9 @@ class Calibration:
             index.append(i)
         return int(np.ravel_multi_index(index, self.shape))
 
-    def result(self, step_size: float, localization: float, nbeta: float) -> LLCResult:
+    def result(
+        self, step_size: float, localization: float, nbeta: float | None = None
+    ) -> LLCResult:
         """The :class:`~slt_jax.LLCResult` of one cell."""
         return self.results[self.cell(step_size, localization, nbeta)]
 
@@ -185,6 +191,8 @@ def calibrate(
     * ``acceptance``: mean MALA acceptance of the moves outside ``acceptance_band``;
     * ``negative``: ``λ̂ < 0``; ``below_init``: a chain settled below ``L_n(w*)``;
     * ``nonstationary``: the first and second halves of the draws disagree;
+    * ``wandering``: the chains are still moving away from ``w*`` (``‖w − w*‖`` grows);
+    * ``init_loss``: ``L_n(w*)`` is not finite, so the estimate is undefined;
     * ``step_bias``: the estimate still moves with ``ε``. Against the smallest step size
       ``ε₀`` that passed the other checks (same localization and ``nβ``), the bias at
       ``ε`` is estimated as ``(λ̂(ε) − λ̂(ε₀))·ε/(ε − ε₀)`` (SGLD's Euler scheme is biased at
@@ -227,7 +235,11 @@ def calibrate(
         axis = list(axis)
         if not axis:
             raise ValueError(f"`{name}` is empty.")
-        if _repeats(axis):
+        # None in nbetas is n/log n: compare it by that value.
+        resolved = (
+            axis if name != "nbetas" else [_default_nbeta(data) if v is None else v for v in axis]
+        )
+        if _repeats(resolved):
             raise ValueError(f"`{name}` repeats a value: {axis}; give each setting once.")
         axes.append(axis)
     low, high = acceptance_band
@@ -278,6 +290,13 @@ def calibrate(
         recommended=recommended,
         explanation=explanation,
     )
+
+
+def _default_nbeta(data) -> float | None:
+    try:
+        return default_nbeta(_data.num_examples(data))
+    except (ValueError, TypeError):
+        return None  # bad data: reported by the run's own checks
 
 
 def _repeats(axis: list) -> bool:

@@ -263,9 +263,9 @@ def run_chain(
     diagnostics = jnp.full((len(DIAGNOSTICS), num_diag), jnp.nan, jnp.float32)
     probing = num_obs > 0 and num_probe > 0
     observations = (
-        jnp.full((num_observables, num_obs), jnp.nan, jnp.float32),
+        jnp.full((num_observables, num_obs), jnp.nan, observe.float_dtype()),
         observe.init_moments(num_probe, num_observables, config.probe_kernel) if probing else None,
-        jnp.full((num_probe, num_obs), jnp.nan, jnp.float32)
+        jnp.full((num_probe, num_obs), jnp.nan, observe.float_dtype())
         if probing and config.probe_trace
         else None,
     )
@@ -279,7 +279,7 @@ def run_chain(
     if num_obs:
         observed_at_center, probe_at_center = observe_at(center)
     else:
-        observed_at_center = probe_at_center = jnp.zeros((0,), jnp.float32)
+        observed_at_center = probe_at_center = jnp.zeros((0,), observe.float_dtype())
     return ChainTrace(
         loss,
         reference,

@@ -45,6 +45,12 @@ class Moments(NamedTuple):
     kernel: jax.Array  # (P, P) Σ (ℓ − mean)(ℓ − mean)ᵀ, or (0, 0) when not requested
 
 
+def float_dtype():
+    """The dtype of observations and their moments: JAX's default float (float32, or
+    float64 under ``jax_enable_x64``), so observables keep the precision of the LLC."""
+    return jnp.result_type(float)
+
+
 def num_probe(observed: Observed) -> int:
     return 0 if observed.probe is None else _data.num_examples(observed.probe)
 
@@ -54,7 +60,7 @@ def init_moments(num_probe: int, num_observables: int, kernel: bool) -> Moments:
     z = jnp.zeros
     size = p if kernel else 0
     return Moments(
-        z((), jnp.float32),
+        z(()),
         z((p,)),
         z((k,)),
         z((p,)),
@@ -106,7 +112,7 @@ def per_example_losses(loss_fn, params: PyTree, data: PyTree, chunk_size: int) -
     parts = [jax.lax.map(chunk, head).reshape(-1)]
     if remainder:
         parts.append(chunk(jax.tree.map(lambda x: x[num_full * chunk_size :], data)))
-    return jnp.concatenate(parts).astype(jnp.float32)
+    return jnp.concatenate(parts).astype(float_dtype())
 
 
 def evaluate(loss_fn, params: PyTree, observed: Observed, chunk_size: int):
@@ -115,7 +121,7 @@ def evaluate(loss_fn, params: PyTree, observed: Observed, chunk_size: int):
         _data.dataset_mean(lambda b: loss_fn(params, b), data, chunk_size)
         for data in observed.observables
     ]
-    phi = jnp.stack(phis).astype(jnp.float32) if phis else jnp.zeros((0,), jnp.float32)
+    phi = jnp.stack(phis).astype(float_dtype()) if phis else jnp.zeros((0,), float_dtype())
     if observed.probe is None:
-        return phi, jnp.zeros((0,), jnp.float32)
+        return phi, jnp.zeros((0,), float_dtype())
     return phi, per_example_losses(loss_fn, params, observed.probe, chunk_size)

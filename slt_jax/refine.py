@@ -142,31 +142,47 @@ def head_masks(
 
     Args:
       weights: ``{pattern: axis}``; every leaf whose path matches ``pattern`` is split into
-        ``num_heads`` equal slices along ``axis`` (the head axis of a ``(d, H, d_head)``
-        weight, or a fused ``(d, H·d_head)`` axis), and head ``h`` selects slice ``h`` of
-        every such leaf.
+        ``num_heads`` equal contiguous slices along ``axis`` (the head axis of a
+        ``(d, H, d_head)`` weight, or a fused ``(d, H·d_head)`` axis whose heads are
+        contiguous), and head ``h`` selects slice ``h`` of every such leaf. Every pattern
+        must match some leaf. A GPT-2-style ``(d, 3·H·d_head)`` q/k/v weight is not of this
+        form (head ``h`` is three separate slices): reshape it to ``(d, 3, H, d_head)``
+        and use axis ``-2``, or build the masks yourself.
       num_heads: ``H``.
 
     Example: ``head_masks(params, {"layer0/attn/*": -2}, 4)`` for weights of shape
     ``(d_model, 4, d_head)``.
     """
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    chosen = []
+    chosen, matched = [], set()
     for p, leaf in flat:
         path = path_string(p)
-        axes = [ax for pat, ax in weights.items() if fnmatch.fnmatchcase(path, pat)]
+        hits = {pat: ax for pat, ax in weights.items() if fnmatch.fnmatchcase(path, pat)}
+        matched.update(hits)
+        axes = list(hits.values())
         if len(set(axes)) > 1:
             raise ValueError(f"leaf {path} matches patterns with different head axes {axes}.")
+        axis = None
         if axes:
-            axis = axes[0] % max(np.ndim(leaf), 1)
-            if np.ndim(leaf) == 0 or np.shape(leaf)[axis] % num_heads:
+            ndim = np.ndim(leaf)
+            if not (isinstance(axes[0], int | np.integer) and -ndim <= axes[0] < ndim):
+                raise ValueError(
+                    f"head axis {axes[0]!r} is not an axis of leaf {path} of shape "
+                    f"{np.shape(leaf)}."
+                )
+            axis = int(axes[0]) % ndim
+            if np.shape(leaf)[axis] % num_heads:
                 raise ValueError(
                     f"leaf {path} of shape {np.shape(leaf)} cannot be split into {num_heads} "
                     f"heads along axis {axes[0]}."
                 )
-        chosen.append(axes[0] if axes else None)
-    if all(a is None for a in chosen):
-        raise ValueError(f"no parameter path matches {list(weights)}.")
+        chosen.append(axis)
+    unmatched = [pat for pat in weights if pat not in matched]
+    if unmatched:  # a typo would silently drop that weight from every head
+        raise ValueError(
+            f"no parameter path matches {unmatched}; paths look like "
+            f"{[path_string(p) for p, _ in flat[:4]]}."
+        )
     result = {}
     for h in range(num_heads):
         leaves = []

@@ -166,6 +166,8 @@ def test_calibrate_validates_before_compiling():
         axes[name] = [axes[name][0], 2.0, axes[name][0]]
         with pytest.raises(ValueError, match=f"`{name}` repeats a value"):
             sj.calibrate(loss, jnp.zeros(4), DATA, **axes)
+    with pytest.raises(ValueError, match="`nbetas` repeats a value"):  # None is n/log n
+        sj.calibrate(loss, jnp.zeros(4), DATA, step_sizes=[1e-3], nbetas=[None, NBETA])
     with pytest.raises(TypeError, match="step_sizes"):
         sj.calibrate(loss, jnp.zeros(4), DATA, step_sizes=1e-3)
     with pytest.raises(TypeError, match="bias_tolerance"):
@@ -192,6 +194,9 @@ def test_cells_are_found_by_exact_setting_including_zero_localization():
         assert (config.step_size, config.localization) == (eps, gamma)
     with pytest.raises(ValueError, match="localization=1.0 is not on the grid"):
         cal.cell(1e-3, 1.0, NBETA)
+    # nbeta=None (the grid's default axis) is n/log n, as in `nbetas`.
+    assert cal.cell(2e-3, 10.0, None) == cal.cell(2e-3, 10.0) == 3
+    assert cal.result(1e-3, 0.0) is cal.results[0]
 
 
 @pytest.mark.slow

@@ -119,3 +119,33 @@ def test_bf16_init_loss_is_not_rounded_to_bf16():
     # Each chunk's bf16 loss is within 2⁻⁹ relative; their mean errs by less than that.
     assert abs(res.init_loss - exact) < 2**-9 * exact
     assert res.loss_trace.dtype in (np.float32, np.float64)
+
+
+def test_64_bit_mode_keeps_observables_in_float64():
+    """An observable equal to the training data, full batch: its data-refined LLC is the LLC
+    itself, draw by draw. A loss offset of 3e4 leaves float32 ~2e-3 of resolution, which
+    had made the observable's LLC 0.66 against 0.98."""
+    script = """
+import warnings; warnings.simplefilter("ignore")
+import jax, jax.numpy as jnp, numpy as np, slt_jax as sj
+rng = np.random.default_rng(0)
+x = rng.standard_normal((4096, 2)); y = x @ np.array([1., -2.]) + 0.3 * rng.standard_normal(4096)
+w = jnp.asarray(np.linalg.lstsq(x, y, rcond=None)[0])
+loss = lambda w, b: 3e4 + 0.5 * jnp.mean((b[0] @ w - b[1]) ** 2)
+res = sj.estimate_refined_llc(loss, w, (x, y), None, observables={"all": (x, y)},
+    probe=(x[:3], y[:3]), observe_every=1, num_chains=2, num_steps=500, step_size=1e-4,
+    localization=1.0, batch_size=4096)
+obs = res.observables["all"]
+print(res["all"].llc_mean, obs.llc_mean[0], obs.loss_trace.dtype)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "JAX_ENABLE_X64": "1"},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    llc, observed, dtype = out.stdout.split()
+    assert dtype == "float64"
+    assert abs(float(llc) - float(observed)) < 1e-6 * abs(float(llc))

@@ -84,6 +84,19 @@ def test_selector_errors():
         sj.refine.head_masks(PARAMS, {"*/qkv": 2}, 3)
     with pytest.raises(ValueError, match="no parameter path matches"):
         sj.refine.head_masks(PARAMS, {"mlp/*": 0}, 2)
+    # A typo next to a pattern that matches is not silently dropped.
+    with pytest.raises(ValueError, match=r"no parameter path matches \['layr0/qkv'\]"):
+        sj.refine.head_masks(PARAMS, {"layer1/qkv": 2, "layr0/qkv": 2}, 2)
+    for axis in (4, -5, 1.0):  # the qkv leaves have 4 axes
+        with pytest.raises(ValueError, match="is not an axis of leaf"):
+            sj.refine.head_masks(PARAMS, {"*/qkv": axis}, 2)
+    negative = sj.refine.head_masks(PARAMS, {"*/qkv": -2}, 2)
+    positive = sj.refine.head_masks(PARAMS, {"*/qkv": 2}, 2)
+    assert all(
+        np.array_equal(a, b)
+        for h in negative
+        for a, b in zip(jax.tree.leaves(negative[h]), jax.tree.leaves(positive[h]), strict=True)
+    )
     with pytest.raises(TypeError, match="non-empty mapping"):
         sj.estimate_refined_llc(
             lambda w, b: jnp.sum(w), jnp.zeros(2), jnp.zeros((4, 1)), {}, batch_size=4
