@@ -5,6 +5,7 @@ from slt_jax import influence as influence
 from slt_jax import refine as refine
 from slt_jax import samplers as samplers
 from slt_jax import theory as theory
+from slt_jax._auto import CalibrationError as CalibrationError
 from slt_jax.adapters import linen_loss as linen_loss
 from slt_jax.adapters import nnx_loss as nnx_loss
 from slt_jax.calibrate import Calibration as Calibration
@@ -21,6 +22,7 @@ from slt_jax.plots import plot_llc as plot_llc
 from slt_jax.plots import plot_trace as plot_trace
 from slt_jax.refined import RefinedLLCResult as RefinedLLCResult
 from slt_jax.refined import estimate_refined_llc as estimate_refined_llc
+from slt_jax.result import CalibrationRecord as CalibrationRecord
 from slt_jax.result import LLCConfig as LLCConfig
 from slt_jax.result import LLCResult as LLCResult
 from slt_jax.store import load_results as load_results
@@ -32,6 +34,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Calibration",
+    "CalibrationError",
+    "CalibrationRecord",
     "CheckpointSet",
     "LLCConfig",
     "LLCDiagnosticWarning",

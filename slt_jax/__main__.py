@@ -32,6 +32,27 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
+def _number_or_auto(text: str) -> float | str:
+    """A float, or the word ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'auto': {text!r}") from None
+
+
+def parse_bytes_free_count(text: str) -> int:
+    """A whole count, written ``2000000`` or ``2e6``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r}") from None
+    if not value.is_integer() or value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole count: {text!r}")
+    return int(value)
+
+
 def load_factory(spec: str):
     """``MODULE:NAME`` or ``path/to/file.py:NAME`` → the object ``NAME``."""
     module_name, sep, name = spec.rpartition(":")
@@ -67,8 +88,31 @@ def _add_sampler_options(p: argparse.ArgumentParser, *, chains=8, steps=1000) ->
     g.add_argument("--chains", type=int, default=chains, help="chains per checkpoint")
     g.add_argument("--steps", type=int, default=steps, help="SGLD steps per chain")
     g.add_argument("--burnin", type=int, default=None, help="burn-in steps (default steps/4)")
-    g.add_argument("--step-size", type=float, default=1e-4, help="ε (devinterp's lr)")
-    g.add_argument("--localization", type=float, default=100.0, help="γ")
+    g.add_argument(
+        "--step-size",
+        type=_number_or_auto,
+        default=1e-4,
+        help="ε (devinterp's lr), or 'auto': calibrate on one checkpoint first "
+        "(slt_jax.calibrate) and use the chosen setting for all",
+    )
+    g.add_argument(
+        "--localization",
+        type=_number_or_auto,
+        default=None,
+        help="γ (default 100; with --step-size auto, calibrated too unless given)",
+    )
+    g.add_argument(
+        "--calibrate-on",
+        type=int,
+        default=None,
+        help="with --step-size auto: the training step to calibrate on (default: the last)",
+    )
+    g.add_argument(
+        "--calibration-budget",
+        type=parse_bytes_free_count,
+        default=None,
+        help="with --step-size auto: the most chain-steps the calibration may spend",
+    )
     g.add_argument("--nbeta", type=float, default=None, help="nβ (default n / log n)")
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--estimator", choices=("paired", "plain"), default="paired")
@@ -126,6 +170,8 @@ def _sampler_kwargs(args) -> dict:
         chunk_size=args.chunk_size,
         memory_budget=args.memory_budget,
         progress=not args.no_progress,
+        calibrate_on=args.calibrate_on,
+        calibration_budget=args.calibration_budget,
     )
 
 
@@ -165,6 +211,13 @@ def llc(args: argparse.Namespace) -> None:
         **_sampler_kwargs(args),
     )
     if jax.process_index() == 0:
+        if result.calibration is not None:
+            c = result.calibration
+            print(
+                f"step_size auto (calibrated on step {c.calibrate_on}, "
+                f"{'verified' if c.trusted else 'NOT verified'}): step_size={c.step_size:g}, "
+                f"localization={c.localization:g}, nbeta={c.nbeta:.4g}\n{c.explanation}\n"
+            )
         print(result.summary())
         print(
             f"{len(result.steps)} checkpoints in {time.perf_counter() - start:.1f}s on "

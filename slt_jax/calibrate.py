@@ -1,27 +1,49 @@
 """Choosing the sampler's step size, localization and ``nβ``: a grid in one compiled call,
-every cell checked, one setting recommended with its reasons."""
+every cell checked, one setting recommended only where it is shown to be unbiased.
+
+Give the grid (``step_sizes``, ``localizations``) or let :func:`calibrate` choose it: from
+the problem's scales it runs a coarse grid, then a refined grid around the best region (two
+compiled chain programs), within a ``budget`` of chain-steps. How cells are judged is in
+:mod:`slt_jax._assess`; how the automatic grid is placed, in :mod:`slt_jax._autogrid`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import numbers
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
-from slt_jax import _data
-from slt_jax.diagnostics import ACCEPTANCE_BAND, chain_diagnostics
+from slt_jax import _data, _validation
+from slt_jax._assess import RowFit, assess
+from slt_jax._autogrid import Scales, coarse_axes, measure_scales, plan, refined_axes
+from slt_jax.diagnostics import (
+    ACCEPTANCE_BAND,
+    LLCDiagnosticWarning,
+    stationarity,
+)
 from slt_jax.grid import run_grid
 from slt_jax.posterior import LossFn, default_nbeta
 from slt_jax.result import LLCResult
 
 PyTree = Any
 
-#: A step size's estimate is biased when it differs from the smallest healthy step size's
-#: by more than this fraction (and by more than 3 standard errors of the difference).
-BIAS_TOLERANCE = 0.1
+#: The largest relative bias accepted, for the step size and for the localization each:
+#: a cell is verified when both are shown (at 2 standard errors) to be below it.
+BIAS_TOLERANCE = 0.05
+#: A cell's trace rising between its halves by this many standard errors (and half the
+#: tolerance) has not equilibrated.
+EQUILIBRATION_Z = 2.0
+#: The budget of an automatic calibration when neither ``budget`` nor ``num_steps`` is
+#: given (chain-steps over both stages).
+DEFAULT_BUDGET = 2_000_000
+
+__all__ = ["Calibration", "RowFit", "Scales", "calibrate"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,9 +56,26 @@ class Calibration:
         ``itertools.product(step_sizes, localizations, nbetas)``.
       problems: per cell, ``{kind: reason}`` for every check it failed (empty: healthy).
         Kinds: those of :meth:`~slt_jax.LLCResult.health` and ``"step_bias"``.
+        Kinds: those of :meth:`~slt_jax.LLCResult.health`, ``"step_bias"`` (the estimate
+        is shown to move with the step size) and ``"localization_bias"`` (a weaker
+        localization gives a clearly different estimate).
       recommended: the recommended setting as keyword arguments of
-        :func:`~slt_jax.estimate_llc` (``None`` when no cell is healthy).
-      explanation: why that setting (or why none).
+        :func:`~slt_jax.estimate_llc`, or ``None`` when no setting can be used.
+      trusted: the recommended setting was verified (healthy, its step bias and its
+        localization's shrinkage both shown below ``bias_tolerance``). ``False`` with a
+        recommendation: the best setting available, whose checks could not all be made
+        (the explanation says which; a warning was raised).
+      explanation: why that setting (or why none), and what to run next if not trusted.
+      next_grid: when not trusted, a concrete grid to run next (``step_sizes``,
+        ``localizations``, ``num_steps``), else ``None``.
+      verified: flat indices of the verified cells.
+      fits: per row (localization × nβ, in grid order) the step-size fit
+        (:class:`slt_jax.calibrate.RowFit`): the ε → 0 corrected estimate and the bias of
+        each usable cell.
+      coarse: for an automatic calibration, the coarse stage (a :class:`Calibration`); this
+        object is the refined stage. ``None`` for a grid given by hand.
+      scales: for an automatic calibration, the problem's scales measured before sampling
+        (:class:`slt_jax.calibrate.Scales`).
     """
 
     step_sizes: np.ndarray
@@ -46,6 +85,12 @@ class Calibration:
     problems: tuple[dict[str, str], ...]
     recommended: dict | None
     explanation: str
+    trusted: bool = False
+    next_grid: dict | None = None
+    fits: tuple[RowFit, ...] = ()
+    verified: tuple[int, ...] = ()
+    coarse: Calibration | None = None
+    scales: Scales | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -62,6 +107,35 @@ class Calibration:
     @property
     def llc_stderr(self) -> np.ndarray:
         return self._grid([r.llc_stderr for r in self.results])
+
+    @property
+    def corrected_llc(self) -> np.ndarray:
+        """The ε → 0 corrected estimate ``λ₀`` per row, shape ``(localizations, nbetas)``
+        (NaN where fewer than two step sizes of the row were usable). See
+        :mod:`slt_jax._assess` for the fit."""
+        return np.asarray([f.intercept for f in self.fits]).reshape(self.shape[1:])
+
+    @property
+    def corrected_stderr(self) -> np.ndarray:
+        """The Monte-Carlo standard error of :attr:`corrected_llc`."""
+        return np.asarray([f.intercept_stderr for f in self.fits]).reshape(self.shape[1:])
+
+    @property
+    def num_chain_steps(self) -> int:
+        """Chain-steps this calibration ran (both stages of an automatic one)."""
+        own = sum(r.config.num_chains * r.config.num_steps for r in self.results)
+        return own + (self.coarse.num_chain_steps if self.coarse is not None else 0)
+
+    def step_bias(self) -> tuple[float, float]:
+        """The recommended cell's fitted step bias ``λ̂(ε) − λ₀`` and its standard error
+        (NaN when it could not be fitted)."""
+        if self.recommended is None:
+            return float("nan"), float("nan")
+        i = self.cell(**self.recommended)
+        fit = self.fits[
+            int(np.ravel_multi_index(np.unravel_index(i, self.shape)[1:], self.shape[1:]))
+        ]
+        return fit.bias.get(i, (float("nan"), float("nan")))
 
     @property
     def healthy(self) -> np.ndarray:
@@ -106,16 +180,28 @@ class Calibration:
         )
         lines = [header, "-" * (len(header) + 20)]
         settings = itertools.product(self.step_sizes, self.localizations, self.nbetas)
-        for (eps, gamma, nbeta), res, problems in zip(
-            settings, self.results, self.problems, strict=True
+        best = self.cell(**self.recommended) if self.recommended is not None else None
+        for i, ((eps, gamma, nbeta), res, problems) in enumerate(
+            zip(settings, self.results, self.problems, strict=True)
         ):
             accept = _nanmean(res.mala_acceptance[~res.diverged])
+            verdict = ", ".join(problems) or ("verified" if i in self.verified else "ok")
+            verdict += "  <- recommended" if i == best else ""
             lines.append(
                 f"{eps:>10.3g}  {gamma:>8.3g}  {nbeta:>9.4g}  {res.llc_mean:>9.4f}  "
                 f"{res.llc_stderr:>8.4f}  {res.rhat:>6.3f}  {res.ess:>7.1f}  {accept:>6.3f}  "
-                f"{'ok' if not problems else ', '.join(problems)}"
+                f"{verdict}"
             )
+        for fit in self.fits:
+            if fit.fitted:
+                lines.append(
+                    f"ε → 0 at gamma={fit.localization:g}, nbeta={fit.nbeta:.4g}: "
+                    f"{fit.intercept:.4f} ± {fit.intercept_stderr:.4f} (from {len(fit.cells)} "
+                    "step sizes)"
+                )
         lines += ["", self.explanation]
+        if self.coarse is not None:
+            lines = ["refined stage:", *lines, "", "coarse stage:", self.coarse.summary()]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -146,7 +232,13 @@ class Calibration:
         for kind in kinds:
             variables[f"problem_{kind}"] = (dims, self._grid([kind in p for p in self.problems]))
         coords = dict(step_size=self.step_sizes, localization=self.localizations, nbeta=self.nbetas)
-        attrs = {"recommended": repr(self.recommended), "explanation": self.explanation}
+        variables["corrected_llc"] = (dims[1:], self.corrected_llc)
+        variables["corrected_stderr"] = (dims[1:], self.corrected_stderr)
+        attrs = {
+            "recommended": repr(self.recommended),
+            "trusted": int(self.trusted),
+            "explanation": self.explanation,
+        }
         return xr.Dataset(variables, coords=coords, attrs=attrs)
 
 
@@ -160,60 +252,85 @@ def calibrate(
     params: PyTree,
     data: PyTree,
     *,
-    step_sizes: Sequence[float],
-    localizations: Sequence[float] = (100.0,),
+    step_sizes: Sequence[float] | None = None,
+    localizations: Sequence[float] | None = None,
     nbetas: Sequence[float | None] = (None,),
     num_chains: int = 4,
-    num_steps: int = 1000,
+    num_steps: int | None = None,
     num_burnin: int | None = None,
     batch_size: int = 256,
     estimator: str = "paired",
     sampler="sgld",
     diagnostic_every: int = 10,
-    seed: int = 0,
+    seed: int | jax.Array = 0,
     acceptance_band: tuple[float, float] = ACCEPTANCE_BAND,
     bias_tolerance: float = BIAS_TOLERANCE,
+    budget: int | None = None,
     mesh=None,
     devices=None,
 ) -> Calibration:
-    r"""Run every (step size, localization, ``nβ``) of a grid and recommend one.
+    r"""Choose the step size and localization: run a grid of settings and recommend one
+    only where its estimate is shown to be free of step-size and localization bias.
 
-    All ``G = len(step_sizes)·len(localizations)·len(nbetas)`` settings × ``num_chains``
-    chains run as one vmapped compiled program (the settings are array arguments; one
-    compilation). Every cell's chain ``i`` uses the same key (common random numbers: the
-    same minibatches and noise draws), so differences between cells are measured from the
-    per-draw differences of their traces, with far less noise than either estimate.
+    **The grid.** Given ``step_sizes`` and ``localizations``, all ``G`` settings (× ``nbetas``)
+    × ``num_chains`` chains run as one vmapped compiled program (the settings are array
+    arguments). Left out (``None``), the grid is automatic: the problem's scales are measured
+    first (``nβ``, the minibatch gradients at typical distances from ``w*``, the number of
+    parameters; see :mod:`slt_jax._autogrid`), a coarse log grid is run around them with
+    half the chains, then a refined grid around its best cell: two compiled programs. Every
+    cell's chain ``i`` uses the same key (common random numbers), so differences between
+    cells are measured from the per-draw differences of their traces, with far less noise
+    than either estimate.
 
-    Each cell is checked (:meth:`~slt_jax.LLCResult.health` plus the step-size bias):
+    **The checks.** Each cell gets the health checks of :meth:`~slt_jax.LLCResult.health`
+    (``diverged``, ``rhat``, ``ess``, ``acceptance`` outside ``acceptance_band``,
+    ``negative``, ``below_init``, ``nonstationary`` — here also when the halves of the trace
+    differ by more than ``bias_tolerance`` at 3 standard errors —, ``wandering``,
+    ``init_loss``). On the healthy cells of each row (one localization and ``nβ``):
 
-    * ``diverged``: chains with non-finite loss or parameters;
-    * ``rhat``: split R-hat > 1.1; ``ess``: effective sample size < 100;
-    * ``acceptance``: mean MALA acceptance of the moves outside ``acceptance_band``;
-    * ``negative``: ``λ̂ < 0``; ``below_init``: a chain settled below ``L_n(w*)``;
-    * ``nonstationary``: the first and second halves of the draws disagree;
-    * ``wandering``: the chains are still moving away from ``w*`` (``‖w − w*‖`` grows);
-    * ``init_loss``: ``L_n(w*)`` is not finite, so the estimate is undefined;
-    * ``step_bias``: the estimate still moves with ``ε``. Against the smallest step size
-      ``ε₀`` that passed the other checks (same localization and ``nβ``), the bias at
-      ``ε`` is estimated as ``(λ̂(ε) − λ̂(ε₀))·ε/(ε − ε₀)`` (SGLD's Euler scheme is biased at
-      first order in ``ε``, as the quadratic oracle of :mod:`slt_jax.theory` shows); it is
-      flagged above ``bias_tolerance`` of ``λ̂(ε₀)`` and 3 standard errors.
+    .. math:: \hat\lambda(\varepsilon) \approx \lambda_0 + s\,\varepsilon
 
-    The recommendation, among the healthy cells: the weakest localization (least
-    shrinkage of ``λ̂``), then ``nβ = n/log n`` if it is in the grid (else the first
-    ``nβ`` given), then the largest step size (the best-mixing chains that are still
-    unbiased by the checks above).
+    is fitted through the (at most three) smallest healthy step sizes: SGLD's Euler scheme
+    and its minibatch noise are biased at first order in ``ε`` (the quadratic oracle of
+    :mod:`slt_jax.theory`: ``E[λ̂] = Σ c_i/(1 − εA_i/4)``). ``λ₀`` is the ε → 0 corrected
+    estimate (:attr:`Calibration.corrected_llc`, with its standard error) and
+    ``λ̂(ε) − λ₀`` each cell's step bias.
+
+    **The recommendation.** A cell is *verified* when it is healthy and both biases are shown
+    below ``bias_tolerance`` (the estimate plus 2 standard errors): its step bias, against
+    smaller step sizes of its row (so the smallest healthy step size of a row is never
+    verified), and the shrinkage of its localization, against the nearest weaker
+    localization at the same step size, whose chains must be healthy (not wandering). The
+    recommendation is the verified cell with the weakest localization, then the largest
+    step size. If none is verified, the best healthy cell is recommended with
+    ``trusted=False``, a warning and an explanation of what could not be checked; if no
+    cell is healthy, ``recommended`` is ``None``. Either way ``next_grid`` and the
+    explanation give a concrete grid to run next.
 
     Args:
-      step_sizes, localizations, nbetas: the grid (``None`` in ``nbetas``: ``n/log n``).
+      step_sizes, localizations: the grid's axes, or ``None`` to choose them.
+      nbetas: ``nβ`` values (``None``: ``n/log n``); give the one you will use.
+      num_chains: chains per cell (the coarse stage of an automatic grid uses half as many).
+      num_steps: steps per chain, burn-in included; it should be the run length you will
+        estimate with (equilibration depends on it). ``None``: as many as ``budget`` allows,
+        half of them burn-in (chains started at ``w*`` take long to equilibrate in singular
+        models).
+      budget: the most chain-steps to spend (both stages); default: what the grid needs at
+        ``num_steps``, or :data:`DEFAULT_BUDGET` when ``num_steps`` is ``None``. Too small a
+        budget for the smallest automatic plan is an error naming the minimum.
       acceptance_band: the healthy range of the mean MALA acceptance.
-      bias_tolerance: the largest relative step-size bias accepted.
+      bias_tolerance: the largest relative step-size bias, and localization shrinkage,
+        accepted.
       Other arguments: as in :func:`~slt_jax.estimate_llc`.
 
     Returns:
       A :class:`Calibration`: ``cal.recommended`` are keyword arguments for
       :func:`~slt_jax.estimate_llc`; ``print(cal)`` shows the table; ``cal.plot(path)``
       the heatmap.
+
+    Raises:
+      ValueError, TypeError: on bad input (an empty, repeated or non-positive axis, a
+        schedule on the grid, a budget below the minimum), before anything is compiled.
 
     Example:
       >>> import jax.numpy as jnp, slt_jax as sj
@@ -223,25 +340,19 @@ def calibrate(
       ...                    localizations=[1.0], num_steps=2000, batch_size=64)
       >>> cal.llc_mean.shape
       (3, 1, 1)
-      >>> sorted(cal.recommended)
-      ['localization', 'nbeta', 'step_size']
+      >>> auto = sj.calibrate(loss, jnp.array([2.0]), (x, y), batch_size=64, budget=200_000)
+      >>> auto.coarse.shape, auto.shape  # 5 × 4 coarse cells, then 3 × 3 refined
+      ((5, 4, 1), (3, 3, 1))
+      >>> best = auto.result(**auto.recommended)  # a regular model with d = 1: λ = 1/2
+      >>> bool(abs(best.llc_mean - 0.5) < 0.1)
+      True
     """
-    axes = []
-    for name, axis in zip(
-        ("step_sizes", "localizations", "nbetas"), (step_sizes, localizations, nbetas), strict=True
-    ):
-        if isinstance(axis, str) or not isinstance(axis, Iterable):
-            raise TypeError(f"`{name}` must be a sequence of values, got {axis!r}.")
-        axis = list(axis)
-        if not axis:
-            raise ValueError(f"`{name}` is empty.")
-        # None in nbetas is n/log n: compare it by that value.
-        resolved = (
-            axis if name != "nbetas" else [_default_nbeta(data) if v is None else v for v in axis]
-        )
-        if _repeats(resolved):
-            raise ValueError(f"`{name}` repeats a value: {axis}; give each setting once.")
-        axes.append(axis)
+    axes = {
+        name: _check_axis(name, axis, data)
+        for name, axis in (("step_sizes", step_sizes), ("localizations", localizations))
+        if axis is not None
+    }
+    nbeta_axis = _check_axis("nbetas", nbetas, data)
     low, high = acceptance_band
     if not 0 <= low <= high <= 1:
         raise ValueError(f"`acceptance_band` must be 0 <= low <= high <= 1, got {acceptance_band}.")
@@ -249,47 +360,219 @@ def calibrate(
         raise TypeError(f"`bias_tolerance` must be a number, got {bias_tolerance!r}.")
     if not 0 < bias_tolerance:
         raise ValueError(f"`bias_tolerance` must be > 0, got {bias_tolerance}.")
-    cells = [
-        dict(step_size=eps, localization=gamma, nbeta=nbeta)
-        for eps, gamma, nbeta in itertools.product(*axes)
-    ]
-    results = run_grid(
-        loss_fn,
-        params,
-        data,
-        cells,
-        common_keys=True,
-        mesh=mesh,
-        devices=devices,
-        num_chains=num_chains,
-        num_steps=num_steps,
+    if budget is not None:
+        budget = _validation.check_count("budget", budget, minimum=1)
+    if num_steps is not None:
+        num_steps = _validation.check_count("num_steps", num_steps, minimum=1)
+    num_chains = _validation.check_count("num_chains", num_chains, minimum=1)
+    key = _validation.resolve_key(seed)
+    common = dict(
         num_burnin=num_burnin,
         batch_size=batch_size,
         estimator=estimator,
         sampler=sampler,
         diagnostic_every=diagnostic_every,
-        seed=seed,
     )
-    shape = tuple(len(axis) for axis in axes)
+    # Everything about the run (options, data, the loss on a minibatch) before compiling.
+    _validation.check_params(params)
+    first = {name: axis[0] for name, axis in axes.items()}
+    config, _ = _validation.check_run(
+        loss_fn,
+        params,
+        data,
+        num_chains=num_chains,
+        num_steps=num_steps or 1000,
+        step_size=first.get("step_sizes", 1.0),
+        localization=first.get("localizations", 1.0),
+        nbeta=nbeta_axis[0],
+        seed=key,
+        **common,
+    )
+    if num_burnin is not None and num_steps is None:
+        raise ValueError("`num_burnin` needs `num_steps` (the burn-in is part of the run).")
+    judge = dict(acceptance_band=acceptance_band, tolerance=float(bias_tolerance))
+    run = dict(
+        loss_fn=loss_fn,
+        params=params,
+        data=data,
+        nbetas=nbeta_axis,
+        mesh=mesh,
+        devices=devices,
+        **common,
+    )
+    if "step_sizes" in axes and "localizations" in axes:
+        grid_runs = len(axes["step_sizes"]) * len(axes["localizations"]) * len(nbeta_axis)
+        steps = num_steps or max(1, (budget or DEFAULT_BUDGET) // (grid_runs * num_chains))
+        if num_steps is None:
+            run["num_burnin"] = steps // 2
+        if budget is not None and grid_runs * num_chains * steps > budget:
+            raise ValueError(
+                f"`budget` = {budget} chain-steps is below what the grid needs: "
+                f"{grid_runs} settings × {num_chains} chains × {steps} steps = "
+                f"{grid_runs * num_chains * steps}."
+            )
+        # the given seed itself: each cell's chains are those of estimate_llc(seed=seed)
+        return _stage(
+            axes["step_sizes"], axes["localizations"], num_chains, steps, seed, run, judge
+        )
+    return _automatic(axes, num_chains, num_steps, budget, key, config, run, judge)
+
+
+def _check_axis(name: str, axis, data) -> list:
+    if isinstance(axis, str) or not isinstance(axis, Iterable):
+        raise TypeError(f"`{name}` must be a sequence of values, got {axis!r}.")
+    axis = list(axis)
+    if not axis:
+        raise ValueError(f"`{name}` is empty.")
+    if name == "step_sizes" and any(callable(v) for v in axis):
+        raise TypeError("a grid takes numeric step sizes, not schedules.")
+    for value in axis:
+        if value is None and name == "nbetas":
+            continue
+        _validation.check_positive(name[:-1], value, allow_zero=name == "localizations")
+    # None in nbetas is n/log n: compare it by that value.
+    resolved = (
+        axis if name != "nbetas" else [_default_nbeta(data) if v is None else v for v in axis]
+    )
+    if _repeats(resolved):
+        raise ValueError(f"`{name}` repeats a value: {axis}; give each setting once.")
+    return axis
+
+
+def _stage(step_sizes, localizations, num_chains, num_steps, key, run, judge, **extra):
+    """Run one grid (one compiled program) and judge it."""
+    run = dict(run)
+    nbetas = run.pop("nbetas")
+    cells = [
+        dict(step_size=eps, localization=gamma, nbeta=nbeta)
+        for eps, gamma, nbeta in itertools.product(step_sizes, localizations, nbetas)
+    ]
+    results = run_grid(
+        run.pop("loss_fn"),
+        run.pop("params"),
+        run.pop("data"),
+        cells,
+        common_keys=True,
+        num_chains=num_chains,
+        num_steps=num_steps,
+        seed=key,
+        **run,
+    )
+    shape = (len(step_sizes), len(localizations), len(nbetas))
+    problems = [_cell_health(r, judge["acceptance_band"], judge["tolerance"]) for r in results]
+    verdict = assess(results, problems, shape, judge["tolerance"])
     resolved_nbetas = np.asarray([r.config.nbeta for r in results]).reshape(shape)[0, 0, :]
-    problems = [_cell_health(r, acceptance_band) for r in results]
-    _step_bias(results, problems, shape, bias_tolerance)
-    default_nbeta = next(
-        (r.config.nbeta for r, c in zip(results, cells, strict=True) if c["nbeta"] is None),
-        None,
-    )
-    recommended, explanation = _recommend(
-        results, problems, resolved_nbetas, default_nbeta, bias_tolerance
-    )
+    recommended = None
+    if verdict.recommended is not None:
+        c = results[verdict.recommended].config
+        recommended = dict(step_size=c.step_size, localization=c.localization, nbeta=c.nbeta)
     return Calibration(
-        step_sizes=np.asarray(axes[0], np.float64),
-        localizations=np.asarray(axes[1], np.float64),
+        step_sizes=np.asarray(step_sizes, np.float64),
+        localizations=np.asarray(localizations, np.float64),
         nbetas=np.asarray(resolved_nbetas, np.float64),
         results=tuple(results),
-        problems=tuple(problems),
+        problems=verdict.problems,
         recommended=recommended,
-        explanation=explanation,
+        explanation=verdict.explanation,
+        trusted=verdict.trusted,
+        next_grid=verdict.next_grid,
+        fits=verdict.fits,
+        verified=verdict.verified,
+        **extra,
     )
+
+
+def _automatic(axes, num_chains, num_steps, budget, key, config, run, judge) -> Calibration:
+    """Measure the scales, run the coarse grid, then the refined grid around its best cell."""
+    nbetas = run["nbetas"]
+    nbeta = config.nbeta  # the first nβ of the axis, resolved
+    stages = plan(
+        budget,
+        num_steps,
+        num_chains,
+        num_eps=len(axes["step_sizes"]) if "step_sizes" in axes else None,
+        num_gamma=len(axes["localizations"]) if "localizations" in axes else None,
+        num_nbetas=len(nbetas),
+        default_budget=DEFAULT_BUDGET,
+    )
+    if num_steps is None:  # the run length is the calibration's: equilibrate for half of it
+        run = {**run, "num_burnin": stages.num_steps // 2}
+    scales = measure_scales(
+        run["loss_fn"], run["params"], run["data"], nbeta=nbeta, batch_size=config.batch_size
+    )
+    eps1, gamma1 = coarse_axes(scales, stages.coarse[:2])
+    eps1 = axes.get("step_sizes", eps1)
+    gamma1 = axes.get("localizations", gamma1)
+    coarse = _stage(
+        eps1,
+        gamma1,
+        stages.coarse[2],
+        stages.num_steps,
+        jax.random.fold_in(key, 1),
+        run,
+        judge,
+        scales=scales,
+    )
+    eps_top, gamma_star = _centre(coarse, scales, judge["tolerance"])
+    eps2, gamma2 = refined_axes(eps_top, gamma_star, stages.refined[0], stages.refined[1])
+    eps2 = axes.get("step_sizes", eps2)
+    gamma2 = axes.get("localizations", gamma2)
+    refined = _stage(
+        eps2,
+        gamma2,
+        stages.refined[2],
+        stages.num_steps,
+        jax.random.fold_in(key, 2),
+        run,
+        judge,
+        coarse=coarse,
+        scales=scales,
+    )
+    if not refined.trusted:
+        warnings.warn(f"calibrate: {refined.explanation}", LLCDiagnosticWarning, stacklevel=3)
+    return refined
+
+
+def _centre(coarse: Calibration, scales: Scales, tolerance: float) -> tuple[float, float]:
+    """The refined grid's largest step size and its localization.
+
+    At the coarse stage's recommended localization: the largest healthy step size not
+    shown to be biased, and no more than twice the step size where the fitted bias reaches
+    the tolerance (when the fit's slope is significant). With nothing healthy: the coarse
+    stage's suggestion for what to run next, else the probe's scale.
+    """
+    if coarse.recommended is None:
+        # Nothing healthy: below the largest step size whose chains were stable, at the
+        # middle localization.
+        stable = [
+            r.config.step_size
+            for r, p in zip(coarse.results, coarse.problems, strict=True)
+            if not {"diverged", "acceptance", "init_loss"} & set(p)
+        ]
+        gamma = float(np.median(coarse.localizations))
+        return (max(stable) if stable else coarse.step_sizes.min() / 4), gamma
+    gamma = coarse.recommended["localization"]
+    i = coarse.cell(**coarse.recommended)
+    _, j, k = np.unravel_index(i, coarse.shape)
+    row = [int(np.ravel_multi_index((a, j, k), coarse.shape)) for a in range(coarse.shape[0])]
+    usable = [
+        r
+        for r in row
+        if not (set(coarse.problems[r]) - {"step_bias", "localization_bias"})
+        and "step_bias" not in coarse.problems[r]
+    ]
+    top = (
+        max(coarse.results[r].config.step_size for r in usable)
+        if usable
+        else (coarse.recommended["step_size"])
+    )
+    fit = coarse.fits[int(np.ravel_multi_index((j, k), coarse.shape[1:]))]
+    if fit.fitted and fit.slope > 0 and fit.intercept > 0:
+        biggest = max(fit.bias, key=lambda c: coarse.results[c].config.step_size)
+        bias, se = fit.bias[biggest]
+        if bias > 2 * se:  # the slope is measured, not noise
+            top = min(top, 2 * tolerance * fit.intercept / fit.slope)
+    return float(top), gamma
 
 
 def _default_nbeta(data) -> float | None:
@@ -315,99 +598,39 @@ def _repeats(axis: list) -> bool:
     return len(set(keys)) < len(keys)
 
 
-def _cell_health(result: LLCResult, acceptance_band) -> dict[str, str]:
+def _cell_health(result: LLCResult, acceptance_band, tolerance: float) -> dict[str, str]:
+    """The health checks of one cell, with the equilibration check at the calibration's
+    tolerance: a trace whose halves differ by more than ``tolerance`` (and 3 standard
+    errors) has not equilibrated well enough to measure a bias of that size."""
     problems = result.health(acceptance_band)
     if np.asarray(result.diverged).all():
         problems["diverged"] = "every chain diverged; use a smaller step_size"
+        return problems
+    if "nonstationary" not in problems:
+        trace = np.asarray(result.llc_trace)[~np.asarray(result.diverged)]
+        halves = stationarity(trace)
+        scale = max(abs(halves.first), abs(halves.second))
+        # Chains start at w*, where the loss is lowest: an unfinished relaxation shows as a
+        # rising trace, so the test is one-sided (2 standard errors).
+        rise = halves.second - halves.first
+        if halves.z > EQUILIBRATION_Z and rise > 0.5 * tolerance * scale:
+            problems["nonstationary"] = (
+                f"the LLC trace still rises: first half {halves.first:.4g}, second half "
+                f"{halves.second:.4g} ({halves.z:+.1f} standard errors, more than half the "
+                f"tolerance {tolerance:.0%}); the chains have not equilibrated at this step "
+                "size in this many steps"
+            )
+    distance = np.asarray(result.weight_distance)[~np.asarray(result.diverged)]
+    if "wandering" not in problems and distance.size and np.isfinite(distance).all():
+        # ‖w − w*‖ is dominated by the softest directions, the slowest to relax: a trace that
+        # has not equilibrated there shows it first (the LLC trace, dominated by the stiff
+        # directions, may not).
+        halves = stationarity(distance)
+        if halves.z > EQUILIBRATION_Z and halves.second > (1 + 0.5 * tolerance) * halves.first:
+            problems["wandering"] = (
+                f"the chains are still spreading: mean ‖w − w*‖ grew from {halves.first:.4g} "
+                f"to {halves.second:.4g} between the halves of the draws ({halves.z:+.1f} "
+                "standard errors); the slowest directions have not equilibrated in this many "
+                "steps at this step size and localization"
+            )
     return problems
-
-
-def _step_bias(results, problems, shape, tolerance) -> None:
-    """Flag the cells whose estimate moved with the step size (in place)."""
-    index = np.arange(len(results)).reshape(shape)
-    for j, k in itertools.product(range(shape[1]), range(shape[2])):
-        row = [i for i in index[:, j, k] if not problems[i]]  # ascending order of ε given
-        row.sort(key=lambda i: results[i].config.step_size)
-        if len(row) < 2:
-            continue
-        ref = results[row[0]]
-        for i in row[1:]:
-            res = results[i]
-            eps, eps_ref = res.config.step_size, ref.config.step_size
-            # SGLD's Euler scheme is biased at first order in ε: extrapolate the difference
-            # from the smallest healthy step size to ε → 0.
-            scale = eps / (eps - eps_ref)
-            bias = (res.llc_mean - ref.llc_mean) * scale
-            se = _difference_stderr(res, ref) * scale
-            if abs(bias) > 3 * se and abs(bias) > tolerance * abs(ref.llc_mean):
-                problems[i]["step_bias"] = (
-                    f"λ̂ = {res.llc_mean:.4g} against {ref.llc_mean:.4g} at the smallest healthy"
-                    f" step size {eps_ref:g}: an estimated step bias of "
-                    f"{100 * bias / abs(ref.llc_mean):+.0f}% ({bias / se:+.1f} standard errors,"
-                    " extrapolated at first order in ε)"
-                )
-
-
-def _difference_stderr(a: LLCResult, b: LLCResult) -> float:
-    """The standard error of ``λ̂_a − λ̂_b``. The cells share their chains' keys (the same
-    minibatches and noise draws), so the per-draw difference of their traces carries the
-    error of the difference, which is far smaller than that of either estimate."""
-    both = ~(np.asarray(a.diverged) | np.asarray(b.diverged))
-    if both.any() and np.shape(a.llc_trace) == np.shape(b.llc_trace):
-        difference = np.asarray(a.llc_trace)[both] - np.asarray(b.llc_trace)[both]
-        stderr = chain_diagnostics(difference).stderr
-        if np.isfinite(stderr):
-            return float(stderr)
-    return float(np.hypot(a.llc_stderr, b.llc_stderr))
-
-
-def _recommend(results, problems, nbetas, default_nbeta, tolerance):
-    healthy = [i for i, p in enumerate(problems) if not p]
-    if not healthy:
-        counts: dict[str, int] = {}
-        for p in problems:
-            for kind in p:
-                counts[kind] = counts.get(kind, 0) + 1
-        common = ", ".join(
-            f"{k} ({v} cells)" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])
-        )
-        return None, (
-            f"No setting passed every check (most common problems: {common}). Widen the "
-            "grid: smaller step sizes for divergence, acceptance or step bias; more steps "
-            "or chains for R-hat, ESS or a drifting trace; stronger localization for chains "
-            "that fall below L_n(w*)."
-        )
-    preferred_nbeta = default_nbeta if default_nbeta is not None else nbetas[0]
-
-    def rank(i):
-        c = results[i].config
-        return (c.localization, abs(c.nbeta - preferred_nbeta), -c.step_size)
-
-    best = min(healthy, key=rank)
-    c, res = results[best].config, results[best]
-    recommended = dict(step_size=c.step_size, localization=c.localization, nbeta=c.nbeta)
-    same_row = [
-        i
-        for i in healthy
-        if results[i].config.localization == c.localization and results[i].config.nbeta == c.nbeta
-    ]
-    smallest = min(same_row, key=lambda i: results[i].config.step_size)
-    compare = (
-        " It is also the smallest healthy step size at this localization and nβ, so no"
-        " smaller one could measure its step bias: add a smaller step size to check it."
-    )
-    if smallest != best:
-        ref = results[smallest]
-        compare = (
-            f" Against the smallest healthy step size {ref.config.step_size:g} (λ̂ ="
-            f" {ref.llc_mean:.4g}) its estimated step bias is below {tolerance:.0%} (or 3"
-            " standard errors), and it mixes faster."
-        )
-    explanation = (
-        f"Recommended: step_size={c.step_size:g}, localization={c.localization:g}, "
-        f"nbeta={c.nbeta:.4g}: λ̂ = {res.llc_mean:.4g} ± {res.llc_stderr:.2g}. "
-        f"{len(healthy)} of {len(problems)} settings passed every check; among them this has "
-        "the weakest localization (least shrinkage of λ̂), the preferred nβ "
-        f"({preferred_nbeta:.4g}), and the largest step size.{compare}"
-    )
-    return recommended, explanation

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -10,7 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from slt_jax import _validation, sharding
+from slt_jax import _auto, _validation, sharding
 from slt_jax._summarize import summarize, warn_if_unhealthy
 from slt_jax.diagnostics import LLCDiagnosticWarning
 from slt_jax.engine import chain_config, sampler_settings
@@ -19,6 +20,8 @@ from slt_jax.result import LLCResult
 from slt_jax.samplers import Sampler
 
 PyTree = Any
+#: The localization ``γ`` when none is given and the step size is not calibrated.
+DEFAULT_LOCALIZATION = 100.0
 
 
 def estimate_llc(
@@ -29,14 +32,15 @@ def estimate_llc(
     num_chains: int = 8,
     num_steps: int = 1000,
     num_burnin: int | None = None,
-    step_size: float | Callable[[jax.Array], jax.Array] = 1e-4,
-    localization: float = 100.0,
+    step_size: float | Callable[[jax.Array], jax.Array] | str = 1e-4,
+    localization: float | str | None = None,
     nbeta: float | None = None,
     batch_size: int = 256,
     estimator: str = "paired",
     sampler: str | Sampler = "sgld",
     diagnostic_every: int = 10,
     seed: int | jax.Array = 0,
+    calibration_budget: int | None = None,
     mesh: Mesh | None = None,
     devices: Sequence[jax.Device] | None = None,
 ) -> LLCResult:
@@ -70,8 +74,16 @@ def estimate_llc(
       step_size: ``ε`` of the update ``w ← w + ε/2·∇log p(w) + N(0, ε)`` (devinterp's ``lr``;
         for other samplers see :mod:`slt_jax.samplers`), or a schedule ``step -> ε`` such as
         an optax schedule (e.g. ``optax.cosine_decay_schedule(1e-4, num_steps, 0.1)``),
-        evaluated at every step inside the compiled loop.
-      localization: ``γ``, the strength of the pull towards ``w*``.
+        evaluated at every step inside the compiled loop; or ``"auto"``: first run
+        :func:`~slt_jax.calibrate` (automatic grid, at this run's ``num_steps``, burn-in,
+        sampler, batch size, estimator and ``nβ``, within ``calibration_budget``
+        chain-steps), then estimate at its recommended step size (and localization, unless
+        given). The result's ``calibration`` records the setting, the calibration's table
+        and explanation, and its ε → 0 fit (``llc_corrected``). A recommendation that could
+        not be verified is used with a warning; no usable setting at all is a
+        :class:`~slt_jax.CalibrationError` (a ``ValueError``) saying what to run next.
+      localization: ``γ``, the strength of the pull towards ``w*``; default 100, or chosen
+        by the calibration with ``step_size="auto"`` (also ``localization="auto"``).
       nbeta: ``nβ``; default ``n / log n``.
       batch_size: minibatch size ``b`` (``b = n`` gives exact gradients).
       estimator: ``"paired"`` (default) averages ``nβ·(L_B(w_t) − L_B(w*))`` on the same
@@ -85,6 +97,8 @@ def estimate_llc(
         gradient and noise norms) every this many draws; ``0`` turns them off. For SGLD
         each costs one extra gradient on the same minibatch.
       seed: an integer seed or a JAX key; chain ``i`` uses ``jax.random.split(key, C)[i]``.
+      calibration_budget: with ``step_size="auto"``, the most chain-steps the calibration
+        may spend (default: its full two-stage grid, about 176 × ``num_steps``).
       mesh, devices: where the chains run: a ``jax.sharding.Mesh`` (all its axes used) or
         a list of devices; default every device (every process's after
         ``jax.distributed.initialize()``). Chains are sharded over them, padded to a
@@ -111,6 +125,32 @@ def estimate_llc(
       0.5
     """
     _validation.check_params(params)
+    record = None
+    if _auto.wants_auto(step_size, localization):
+        setting, record = _auto.calibrated_setting(
+            loss_fn,
+            params,
+            data,
+            key=_validation.resolve_key(seed),
+            localization=localization,
+            nbeta=nbeta,
+            num_steps=num_steps,
+            num_burnin=num_burnin,
+            budget=calibration_budget,
+            batch_size=batch_size,
+            estimator=estimator,
+            sampler=sampler,
+            diagnostic_every=diagnostic_every,
+            mesh=mesh,
+            devices=devices,
+        )
+        step_size, localization, nbeta = (
+            setting["step_size"],
+            setting["localization"],
+            setting["nbeta"],
+        )
+    elif localization is None:
+        localization = DEFAULT_LOCALIZATION
     config, key = _validation.check_run(
         loss_fn,
         params,
@@ -142,6 +182,8 @@ def estimate_llc(
         sharding.resolve_mesh(mesh, devices),
     )
     result = summarize(trace, init_loss, config)
+    if record is not None:
+        result = dataclasses.replace(result, calibration=record)
     if result.diverged.all():
         # flagged, not raised: the traces stay available to see where the chains went
         warnings.warn(

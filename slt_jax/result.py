@@ -69,6 +69,48 @@ class LLCConfig:
         return fields
 
 
+@dataclasses.dataclass(frozen=True)
+class CalibrationRecord:
+    """How an automatic step size (``step_size="auto"``) was chosen (static: not a leaf).
+
+    Attributes:
+      step_size, localization, nbeta: the chosen setting.
+      trusted: the calibration verified it (step bias and localization shrinkage both shown
+        below its tolerance); ``False``: the best available setting, with a warning.
+      explanation: the calibration's reasons (and what to run next if not trusted).
+      table: the calibration's table (:meth:`slt_jax.Calibration.summary`).
+      reference_llc: the calibration's own estimate at the chosen setting.
+      corrected_llc, corrected_stderr: its ε → 0 corrected estimate (the step-size fit of
+        the chosen row) and standard error; ``None`` where it could not be fitted.
+      step_bias, step_bias_stderr: ``reference_llc − corrected_llc`` and its standard error.
+      chain_steps: chain-steps the calibration ran.
+      calibrate_on: the training step of the checkpoint it ran on (a checkpoint sweep).
+      budget: the calibration's budget of chain-steps as given (``None``: the default).
+    """
+
+    step_size: float
+    localization: float
+    nbeta: float
+    trusted: bool
+    explanation: str
+    table: str
+    reference_llc: float
+    corrected_llc: float | None = None
+    corrected_stderr: float | None = None
+    step_bias: float | None = None
+    step_bias_stderr: float | None = None
+    chain_steps: int = 0
+    calibrate_on: int | None = None
+    budget: int | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> CalibrationRecord:
+        return cls(**fields)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class LLCResult:
@@ -99,6 +141,8 @@ class LLCResult:
       config: the settings of the run (:class:`LLCConfig`).
       steps: ``(checkpoints,)`` training steps, for a result over a checkpoint set (every
         other array field then has a leading checkpoint axis); ``None`` otherwise.
+      calibration: for ``step_size="auto"``, how the setting was chosen
+        (:class:`CalibrationRecord`); ``None`` otherwise.
     """
 
     llc_mean: float
@@ -118,6 +162,35 @@ class LLCResult:
     noise_norm: np.ndarray
     config: LLCConfig = dataclasses.field(metadata=dict(static=True))
     steps: np.ndarray | None = None
+    calibration: CalibrationRecord | None = dataclasses.field(
+        default=None, metadata=dict(static=True)
+    )
+
+    @property
+    def llc_corrected(self):
+        r"""``λ̂`` with the step bias the calibration fitted removed (``step_size="auto"``):
+        ``λ̂ · λ₀/λ̂_cal``, where ``λ₀`` is the calibration's ε → 0 estimate and ``λ̂_cal``
+        its estimate at the chosen step size (the relative bias measured on the calibration
+        checkpoint, applied to every checkpoint of a sweep). NaN without such a fit."""
+        factor, _ = self._correction()
+        return (
+            np.asarray(self.llc_mean) * factor
+            if np.ndim(self.llc_mean)
+            else (float(self.llc_mean * factor))
+        )
+
+    @property
+    def llc_corrected_stderr(self):
+        """The standard error of :attr:`llc_corrected`: this run's and the fit's combined."""
+        factor, factor_se = self._correction()
+        se = np.hypot(np.asarray(self.llc_stderr) * factor, np.asarray(self.llc_mean) * factor_se)
+        return se if np.ndim(se) else float(se)
+
+    def _correction(self) -> tuple[float, float]:
+        c = self.calibration
+        if c is None or c.corrected_llc is None or not c.reference_llc:
+            return float("nan"), float("nan")
+        return c.corrected_llc / c.reference_llc, (c.step_bias_stderr or 0.0) / abs(c.reference_llc)
 
     @property
     def num_diverged(self) -> int | np.ndarray:
@@ -183,18 +256,24 @@ class LLCResult:
             "config": json.dumps(self.config.to_dict()),
             "slt_jax_version": __version__,
         }
+        if self.calibration is not None:
+            attrs["calibration"] = json.dumps(self.calibration.to_dict())
         return xr.Dataset(variables, coords=coords, attrs=attrs)
 
     @classmethod
     def from_xarray(cls, dataset) -> LLCResult:
         """The inverse of :meth:`to_xarray`."""
         config = LLCConfig(**json.loads(dataset.attrs["config"]))
+        calibration = None
+        if "calibration" in dataset.attrs:
+            calibration = CalibrationRecord.from_dict(json.loads(dataset.attrs["calibration"]))
         fields = {name: np.asarray(dataset[name].values) for name in _DIMS}
         fields["diverged"] = fields["diverged"].astype(bool)
         if "step" in dataset.coords:
-            return cls(**fields, config=config, steps=np.asarray(dataset["step"].values))
+            steps = np.asarray(dataset["step"].values)
+            return cls(**fields, config=config, steps=steps, calibration=calibration)
         scalars = {name: float(fields[name]) for name, dims in _DIMS.items() if dims == ()}
-        return cls(**{**fields, **scalars}, config=config)
+        return cls(**{**fields, **scalars}, config=config, calibration=calibration)
 
     def summary(self) -> str:
         """A short human-readable table of the estimate and its diagnostics."""
@@ -212,6 +291,7 @@ class LLCResult:
             *self._diagnostic_rows(),
             ("WBIC", f"{self.wbic:.6g} ± {self.wbic_stderr:.3g}"),
             ("health", "; ".join(self.health()) or "ok"),
+            *self._calibration_rows(),
             (
                 "settings",
                 f"{c.sampler}, estimator={c.estimator}, step_size={self._step_text()}, "
@@ -225,6 +305,23 @@ class LLCResult:
         ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+    def _calibration_rows(self) -> list[tuple[str, str]]:
+        c = self.calibration
+        if c is None:
+            return []
+        rows = [
+            (
+                "calibration",
+                f"step_size='auto': {'verified' if c.trusted else 'NOT verified'} "
+                f"({c.chain_steps} chain-steps)",
+            )
+        ]
+        if c.corrected_llc is not None:
+            rows.append(
+                ("ε → 0 corrected", f"{self.llc_corrected:.4f} ± {self.llc_corrected_stderr:.4f}")
+            )
+        return rows
 
     def _step_text(self) -> str:
         c = self.config

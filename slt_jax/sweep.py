@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -12,14 +14,15 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from slt_jax import _validation, sharding
+from slt_jax import _auto, _validation, sharding
 from slt_jax._summarize import summarize, warn_over_checkpoints
 from slt_jax.checkpoints import as_checkpoint_set
 from slt_jax.engine import chain_config, checkpoint_keys, sampler_settings
+from slt_jax.llc import DEFAULT_LOCALIZATION
 from slt_jax.posterior import LossFn
-from slt_jax.result import LLCResult, concat_results, stack_results
+from slt_jax.result import CalibrationRecord, LLCResult, concat_results, stack_results
 from slt_jax.samplers import Sampler
-from slt_jax.store import ResultStore, check_out, stored_chunk_size
+from slt_jax.store import ResultStore, check_out, read_manifest, stored_chunk_size
 
 PyTree = Any
 
@@ -80,8 +83,8 @@ def estimate_llc_checkpoints(
     num_chains: int = 8,
     num_steps: int = 1000,
     num_burnin: int | None = None,
-    step_size: float | Callable[[jax.Array], jax.Array] = 1e-4,
-    localization: float = 100.0,
+    step_size: float | Callable[[jax.Array], jax.Array] | str = 1e-4,
+    localization: float | str | None = None,
     nbeta: float | None = None,
     batch_size: int = 256,
     estimator: str = "paired",
@@ -95,6 +98,8 @@ def estimate_llc_checkpoints(
     memory_budget: int | None = None,
     out: str | os.PathLike | None = None,
     progress: bool = True,
+    calibrate_on: int | None = None,
+    calibration_budget: int | None = None,
     mesh: Mesh | None = None,
     devices: Sequence[jax.Device] | None = None,
 ) -> LLCResult:
@@ -109,7 +114,12 @@ def estimate_llc_checkpoints(
 
     Args:
       loss_fn, data, num_chains, num_steps, num_burnin, step_size, localization, nbeta,
-        batch_size, estimator, sampler, diagnostic_every: as in :func:`~slt_jax.estimate_llc`.
+        batch_size, estimator, sampler, diagnostic_every, calibration_budget: as in
+        :func:`~slt_jax.estimate_llc`. ``step_size="auto"`` calibrates on one checkpoint
+        (``calibrate_on``) and uses the chosen setting for all; the result's and the results
+        directory's ``calibration`` record it, and resuming reuses it (no recalibration).
+      calibrate_on: with ``step_size="auto"``, the training step of the checkpoint to
+        calibrate on (default: the last).
       checkpoints: a :class:`~slt_jax.CheckpointSet`; a directory of snapshots (orbax,
         safetensors or flax msgpack; see :func:`~slt_jax.load_checkpoint_set`); a list of
         pytrees; or one pytree whose leaves are stacked along a leading checkpoint axis.
@@ -158,15 +168,13 @@ def estimate_llc_checkpoints(
     """
     checkpoint_set = as_checkpoint_set(checkpoints, steps=steps, like=like, format=format)
     first = jax.tree.map(lambda x: x[0], checkpoint_set.params)
-    config, key = _validation.check_run(
-        loss_fn,
-        first,
-        data,
+    auto = _auto.wants_auto(step_size, localization)
+    if not auto and localization is None:
+        localization = DEFAULT_LOCALIZATION
+    options = dict(
         num_chains=num_chains,
         num_steps=num_steps,
         num_burnin=num_burnin,
-        step_size=step_size,
-        localization=localization,
         nbeta=nbeta,
         batch_size=batch_size,
         estimator=estimator,
@@ -174,12 +182,147 @@ def estimate_llc_checkpoints(
         sampler=sampler,
         diagnostic_every=diagnostic_every,
     )
+    # Everything is checked before anything is compiled or written (with stand-in numbers
+    # for what a calibration will choose).
+    numeric = lambda v: v if not (v is None or isinstance(v, str)) else 1.0  # noqa: E731
+    config, key = _validation.check_run(
+        loss_fn,
+        first,
+        data,
+        step_size=numeric(step_size),
+        localization=numeric(localization),
+        **options,
+    )
     if chunk_size is not None:
         chunk_size = _validation.check_count("chunk_size", chunk_size, minimum=1)
     if memory_budget is not None:
         memory_budget = _validation.check_bytes("memory_budget", memory_budget)
+    request = None
+    if auto:
+        request = _calibration_request(
+            checkpoint_set, calibrate_on, calibration_budget, localization
+        )
+    elif calibrate_on is not None or calibration_budget is not None:
+        raise ValueError("`calibrate_on` and `calibration_budget` need step_size='auto'.")
 
-    mesh = sharding.resolve_mesh(mesh, devices)
+    # The output directory is checked and locked (and a stored manifest read, which fixes
+    # the chunking and any earlier calibration) before anything is compiled; the manifest
+    # is compared or written after.
+    store = _lock_store(out) if out is not None else None
+    try:
+        record = None
+        if auto:
+            record = _stored_calibration(store, out, request)
+            if record is None:
+                _, record = _auto.calibrated_setting(
+                    loss_fn,
+                    _checkpoint_at(checkpoint_set, request["calibrate_on"]),
+                    data,
+                    key=key,
+                    localization=localization,
+                    nbeta=nbeta,
+                    num_steps=num_steps,
+                    num_burnin=num_burnin,
+                    budget=calibration_budget,
+                    calibrate_on=request["calibrate_on"],
+                    batch_size=batch_size,
+                    estimator=estimator,
+                    sampler=sampler,
+                    diagnostic_every=diagnostic_every,
+                    mesh=mesh,
+                    devices=devices,
+                )
+            config, key = _validation.check_run(
+                loss_fn,
+                first,
+                data,
+                **{
+                    **options,
+                    "nbeta": record.nbeta,
+                    "step_size": record.step_size,
+                    "localization": record.localization,
+                },
+            )
+        result = _sweep(
+            loss_fn,
+            config,
+            key,
+            checkpoint_set,
+            first,
+            data,
+            store,
+            out,
+            record,
+            request,
+            chunk_size=chunk_size,
+            memory_budget=memory_budget,
+            progress=progress,
+            mesh=sharding.resolve_mesh(mesh, devices),
+        )
+    finally:
+        if store is not None:
+            store.close()
+    warn_over_checkpoints(result)
+    return result
+
+
+def _calibration_request(checkpoint_set, calibrate_on, budget, localization) -> dict:
+    """What an automatic step size was asked for (compared on resume)."""
+    steps = [int(s) for s in checkpoint_set.steps]
+    if calibrate_on is None:
+        calibrate_on = steps[-1]
+    elif isinstance(calibrate_on, bool) or not isinstance(calibrate_on, int | np.integer):
+        raise TypeError(f"`calibrate_on` must be a training step (an int), got {calibrate_on!r}.")
+    elif int(calibrate_on) not in steps:
+        shown = steps if len(steps) <= 12 else [*steps[:6], "…", *steps[-6:]]
+        raise ValueError(
+            f"calibrate_on={calibrate_on} is not a step of the checkpoint set ({shown})."
+        )
+    if budget is not None:
+        budget = _validation.check_count("calibration_budget", budget, minimum=1)
+    if localization is None or isinstance(localization, str):
+        localization = "auto"
+    else:
+        localization = _validation.check_positive("localization", localization, allow_zero=True)
+    return {"calibrate_on": int(calibrate_on), "budget": budget, "localization": localization}
+
+
+def _checkpoint_at(checkpoint_set, step: int):
+    index = int(np.flatnonzero(checkpoint_set.steps == step)[0])
+    return jax.tree.map(lambda x: x[index], checkpoint_set.params)
+
+
+def _stored_calibration(store, out, request) -> CalibrationRecord | None:
+    """The calibration of an earlier run with the same request, so that resuming does not
+    calibrate again (everything else is compared with the manifest as usual)."""
+    if out is None:
+        return None
+    stored = store.stored if store is not None else read_manifest(check_out(out))
+    if not stored or "calibration" not in stored:
+        return None
+    if stored.get("calibration_request") != json.loads(json.dumps(request)):
+        return None
+    return CalibrationRecord.from_dict(stored["calibration"])
+
+
+def _sweep(
+    loss_fn,
+    config,
+    key,
+    checkpoint_set,
+    first,
+    data,
+    store,
+    out,
+    record,
+    request,
+    *,
+    chunk_size,
+    memory_budget,
+    progress,
+    mesh,
+) -> LLCResult:
+    """Every checkpoint at the numeric settings of ``config`` (``store`` already locked)."""
     num_checkpoints = len(checkpoint_set)
     static, settings = chain_config(config), sampler_settings(config)
 
@@ -207,28 +350,23 @@ def estimate_llc_checkpoints(
             summarize(jax.tree.map(lambda x, j=j: x[j], by_checkpoint), init_losses[j], config)
             for j in range(len(indices))
         ]
-        return stack_results(per_checkpoint, checkpoint_set.steps[indices])
+        stacked = stack_results(per_checkpoint, checkpoint_set.steps[indices])
+        return dataclasses.replace(stacked, calibration=record)
 
-    # The output directory is checked and locked (and a stored manifest read, which fixes
-    # the chunking) before anything is compiled; the manifest is compared or written after.
-    store = _lock_store(out) if out is not None else None
-    try:
-        if chunk_size is None and out is not None:
-            chunk_size = stored_chunk_size(out) if store is None else store.stored_chunk_size
-        if chunk_size is None:
-            chunk_size = _auto_chunk_size(measure, num_checkpoints, memory_budget)
-        chunk_size = min(chunk_size, num_checkpoints)
-        if out is not None:
-            loss = loss_fingerprint(loss_fn, first, data, config.batch_size)
-            manifest = _manifest(config, checkpoint_set, data, key, chunk_size, loss)
-            store = _start_store(store, out, manifest)
-        results = _run_chunks(run_chunk, checkpoint_set.steps, chunk_size, store, progress)
-    finally:
-        if store is not None:
-            store.close()
-    result = concat_results(results)
-    warn_over_checkpoints(result)
-    return result
+    if chunk_size is None and out is not None:
+        chunk_size = stored_chunk_size(out) if store is None else store.stored_chunk_size
+    if chunk_size is None:
+        chunk_size = _auto_chunk_size(measure, num_checkpoints, memory_budget)
+    chunk_size = min(chunk_size, num_checkpoints)
+    if out is not None:
+        loss = loss_fingerprint(loss_fn, first, data, config.batch_size)
+        manifest = _manifest(config, checkpoint_set, data, key, chunk_size, loss)
+        if record is not None:
+            manifest["calibration"] = record.to_dict()
+            manifest["calibration_request"] = request
+        store = _start_store(store, out, manifest)
+    results = _run_chunks(run_chunk, checkpoint_set.steps, chunk_size, store, progress)
+    return concat_results(results)
 
 
 def _auto_chunk_size(measure, num_checkpoints: int, memory_budget: int | None) -> int:

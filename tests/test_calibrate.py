@@ -20,19 +20,19 @@ DATA = jnp.zeros((N, 1))
 
 def test_recommended_setting_on_the_quadratic_oracle_has_small_bias(tmp_path):
     """The grid spans step biases from 0.1% to 25% and localization shrinkage from 0.3% to
-    40%; the recommended cell's exact expectation (theory) is within 5% of λ = d/2, and its
-    estimate agrees with that expectation within 4 MCSE."""
+    40%; the recommended cell is verified, its exact expectation (theory) is within 5% of
+    λ = d/2, and its estimate agrees with that expectation within 4 MCSE."""
     cal = sj.calibrate(
         quadratic_loss(H),
         jnp.zeros(4),
         DATA,
-        step_sizes=[1e-5, 1e-4, 1e-3, 3e-3],
-        localizations=[1.0, 10.0, 100.0],
+        step_sizes=[1e-5, 2.5e-4, 5e-4, 1e-3, 3e-3],
+        localizations=[0.1, 1.0, 10.0, 100.0],
         num_chains=4,
         num_steps=3000,
         batch_size=N,
     )
-    assert cal.llc_mean.shape == (4, 3, 1) and cal.recommended is not None
+    assert cal.llc_mean.shape == (5, 4, 1) and cal.recommended is not None and cal.trusted
     rec = cal.recommended
     expected = theory.quadratic_oracle_llc(
         H, nbeta=rec["nbeta"], localization=rec["localization"], step_size=rec["step_size"]
@@ -41,14 +41,23 @@ def test_recommended_setting_on_the_quadratic_oracle_has_small_bias(tmp_path):
     assert abs(expected / true - 1) < 0.05, (rec, expected)
     best = cal.result(**rec)
     assert_mc_close(best.llc_mean, best.llc_stderr, expected)
-    # The largest step has ≈ 10-25% step bias: the grid sees it.
-    for j in range(3):
-        flat = int(np.ravel_multi_index((3, j, 0), cal.shape))
-        assert "step_bias" in cal.problems[flat] or "acceptance" in cal.problems[flat]
+    # The largest step has ≈ 10-25% step bias: never verified, and the recommendation is
+    # smaller; γ = 10 and 100 shrink λ̂ by 12% and 50%: the weaker localization shows it.
+    for j in range(4):
+        assert int(np.ravel_multi_index((4, j, 0), cal.shape)) not in cal.verified
+        assert (
+            "localization_bias" in cal.problems[int(np.ravel_multi_index((2, j, 0), cal.shape))]
+            or j < 2
+        )
+    assert rec["step_size"] < 3e-3 and rec["localization"] <= 1.0
+    # The weakest localization has none weaker to check it against: never verified.
+    assert not any(
+        int(np.ravel_multi_index((i, 0, 0), cal.shape)) in cal.verified for i in range(5)
+    )
     # Too-small steps do not equilibrate in 3000 steps: flagged, not recommended.
-    assert all(cal.problems[int(np.ravel_multi_index((0, j, 0), cal.shape))] for j in range(3))
+    assert all(cal.problems[int(np.ravel_multi_index((0, j, 0), cal.shape))] for j in range(4))
     text = cal.summary()
-    assert "Recommended: step_size=" in text and "verdict" in text
+    assert "Recommended: step_size=" in text and "verdict" in text and "verified" in text
     cal.plot(tmp_path / "cal.png")
     assert (tmp_path / "cal.png").stat().st_size > 10_000
     ds = cal.to_xarray()
@@ -113,7 +122,10 @@ def test_diverging_and_unhealthy_cells_get_verdicts_not_crashes():
             batch_size=N,
         )
     assert "diverged" in cal.problems[1] and not cal.healthy[1, 0, 0]
+    # The one healthy cell is the best there is, but nothing could check its biases.
     assert cal.recommended == dict(step_size=1e-3, localization=10.0, nbeta=pytest.approx(NBETA))
+    assert not cal.trusted and "Not verified" in cal.explanation
+    assert "no weaker localization in the grid" in cal.explanation
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sj.LLCDiagnosticWarning)
         hopeless = sj.calibrate(
@@ -126,9 +138,12 @@ def test_diverging_and_unhealthy_cells_get_verdicts_not_crashes():
             num_steps=200,
             batch_size=N,
         )
-    assert hopeless.recommended is None
-    assert "No setting passed every check" in hopeless.explanation
+    assert hopeless.recommended is None and not hopeless.trusted
+    assert "No setting can be trusted" in hopeless.explanation
     assert "diverged (2 cells)" in hopeless.explanation
+    # ... and what to run next: smaller step sizes than any that diverged.
+    assert max(hopeless.next_grid["step_sizes"]) < 0.5
+    assert "Run next: sj.calibrate(" in hopeless.explanation
 
 
 def test_chains_that_leave_a_non_minimum_are_flagged_below_init():
