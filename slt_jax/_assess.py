@@ -145,9 +145,14 @@ def _linear(results, three, tolerance) -> bool:
     return abs(residual) <= max(3 * se, 0.5 * tolerance * scale)
 
 
-def assess(results, base_problems, shape, tolerance: float) -> Assessment:
+def assess(
+    results, base_problems, shape, tolerance: float, *, check_localization: bool = True
+) -> Assessment:
     """Judge a grid (``results`` in ``itertools.product(step_sizes, localizations,
-    nbetas)`` order, ``shape`` its axis lengths) and recommend one cell."""
+    nbetas)`` order, ``shape`` its axis lengths) and recommend one cell.
+
+    ``check_localization=False``: the localization is the user's choice (one given value),
+    so only the step size is verified."""
     problems = [dict(p) for p in base_problems]
     index = np.arange(len(results)).reshape(shape)
     usable = [not p for p in base_problems]
@@ -168,8 +173,8 @@ def assess(results, base_problems, shape, tolerance: float) -> Assessment:
                 step_ok.add(i)
             elif abs(bias) > CONFIDENCE * se and abs(bias) > tolerance * abs(fit.intercept):
                 problems[i][STEP_BIAS] = (
-                    f"λ̂ = {results[i].llc_mean:.4g} against {fit.intercept:.4g} extrapolated to "
-                    f"ε → 0 from the smaller step sizes: a step bias of "
+                    f"λ̂ = {results[i].llc_mean:.4g} against {fit.intercept:.4g}, the row's "
+                    f"step-size fit extrapolated to ε → 0: a step bias of "
                     f"{100 * bias / abs(fit.intercept):+.0f}% ({bias / se:+.1f} standard errors)"
                 )
     # (3) the localization: shown not to shrink λ̂ against a weaker one at the same step size.
@@ -178,6 +183,9 @@ def assess(results, base_problems, shape, tolerance: float) -> Assessment:
         if not usable[i]:
             continue
         a, j, k = np.unravel_index(i, shape)
+        if not check_localization:
+            shrink_ok.add(i)
+            continue
         verdict = _localization_check(results, base_problems, index, a, j, k, tolerance)
         if verdict is True:
             shrink_ok.add(i)
@@ -187,6 +195,7 @@ def assess(results, base_problems, shape, tolerance: float) -> Assessment:
             problems[i][SHRINKAGE] = verdict[1]
     verified = tuple(sorted(step_ok & shrink_ok, key=lambda i: _rank(results, i)))
     recommended, trusted, explanation, next_grid = _recommend(
+        check_localization,
         results,
         problems,
         usable,
@@ -233,54 +242,67 @@ _ROUGH = {"nonstationary", "wandering", "ess", "rhat", "acceptance", STEP_BIAS}
 
 
 def _localization_check(results, base_problems, index, a, j, k, tolerance):
-    """True: a weaker localization agrees; a string: why it cannot be checked; a tuple
-    ``(False, reason)``: a weaker localization gives a clearly larger λ̂."""
+    """True: every weaker localization's healthy cell at this step size agrees (there is at
+    least one); a string: why it cannot be checked; a tuple ``(False, reason)``: a weaker
+    localization gives a clearly different λ̂.
+
+    Comparing with every weaker level (not only the nearest) keeps shrinkage from adding up
+    unseen: γ = 100 agreeing with γ = 10 says nothing if γ = 10 is itself 10% below γ = 1.
+    """
     here = results[int(index[a, j, k])]
     weaker = sorted(
         (
-            jj
+            int(index[a, jj, k])
             for jj in range(index.shape[1])
             if results[int(index[a, jj, k])].config.localization < here.config.localization
         ),
-        key=lambda jj: -results[int(index[a, jj, k])].config.localization,
+        key=lambda i: -results[i].config.localization,
     )
     if not weaker:
         return "no weaker localization in the grid"
-    other_index = int(index[a, weaker[0], k])  # the nearest weaker one, same ε and nβ
-    other = results[other_index]
-    problems = set(base_problems[other_index])
-    difference = here.llc_mean - other.llc_mean
-    se = combined_stderr([here, other], [1.0, -1.0])
-    scale = abs(other.llc_mean)
-    shrinks = (
-        np.isfinite(difference)
-        and abs(difference) > CONFIDENCE * se
-        and abs(difference) > (tolerance if not problems else 4 * tolerance) * scale
-    )
-    if shrinks and problems <= _ROUGH:
-        flagged = ", ".join(sorted(problems))
-        caveat = f" (whose own chains are flagged: {flagged})" if problems else ""
-        return (
-            False,
-            f"λ̂ = {here.llc_mean:.4g} against {other.llc_mean:.4g} at the weaker localization "
-            f"{other.config.localization:g}{caveat}, same step size: the localization changes "
-            f"the estimate by {100 * difference / scale:+.0f}% ({difference / se:+.1f} "
-            "standard errors)",
+    agreeing, unknown = 0, None
+    for other_index in weaker:
+        other = results[other_index]
+        problems = set(base_problems[other_index])
+        difference = here.llc_mean - other.llc_mean
+        se = combined_stderr([here, other], [1.0, -1.0])
+        scale = abs(other.llc_mean)
+        shrinks = (
+            np.isfinite(difference)
+            and abs(difference) > CONFIDENCE * se
+            and abs(difference) > (tolerance if not problems else 4 * tolerance) * scale
         )
-    if problems:
-        return (
-            f"the weaker localization {other.config.localization:g} at this step size is not "
-            f"healthy ({', '.join(sorted(problems))}), so the shrinkage cannot be measured"
-        )
-    if abs(difference) + CONFIDENCE * se < tolerance * scale:
+        if shrinks and problems <= _ROUGH:
+            flagged = ", ".join(sorted(problems))
+            caveat = f" (whose own chains are flagged: {flagged})" if problems else ""
+            return (
+                False,
+                f"λ̂ = {here.llc_mean:.4g} against {other.llc_mean:.4g} at the weaker "
+                f"localization {other.config.localization:g}{caveat}, same step size: the "
+                f"localization changes the estimate by {100 * difference / scale:+.0f}% "
+                f"({difference / se:+.1f} standard errors)",
+            )
+        if problems:
+            unknown = unknown or (
+                f"the weaker localization {other.config.localization:g} at this step size is "
+                f"not healthy ({', '.join(sorted(problems))}), so the shrinkage cannot be "
+                "measured against it"
+            )
+        elif abs(difference) + CONFIDENCE * se < tolerance * scale:
+            agreeing += 1
+        else:
+            unknown = unknown or (
+                f"against the weaker localization {other.config.localization:g} the "
+                f"difference ({difference:+.3g} ± {se:.2g}) is too noisy to show it below "
+                f"{tolerance:.0%}"
+            )
+    if agreeing and unknown is None:
         return True
-    return (
-        f"against the weaker localization {other.config.localization:g} the difference "
-        f"({difference:+.3g} ± {se:.2g}) is too noisy to show it below {tolerance:.0%}"
-    )
+    return unknown
 
 
 def _recommend(
+    check_localization,
     results,
     problems,
     usable,
@@ -299,7 +321,9 @@ def _recommend(
         return (
             best,
             True,
-            _verified_text(results, best, by_row, shape, tolerance, len(verified), total),
+            _verified_text(
+                results, best, by_row, shape, tolerance, len(verified), total, check_localization
+            ),
             None,
         )
     # Nothing verified: the best candidate whose checks could not be made (grid edges, noise).
@@ -314,8 +338,6 @@ def _recommend(
     candidates = [i for i in step_ok if SHRINKAGE not in problems[i]]
     if not candidates:
         candidates = step_unchecked
-    if not candidates:  # every usable cell is biased: the least biased of them
-        candidates = [i for i in range(total) if usable[i] and SHRINKAGE not in problems[i]]
     next_grid = suggest_next(results, problems, usable, fits, shape, index, tolerance)
     if candidates:
         best = min(candidates, key=lambda i: _fallback_rank(results, by_row, shape, i))
@@ -323,9 +345,7 @@ def _recommend(
         reasons = []
         if best not in step_ok:
             fit = by_row[np.unravel_index(best, shape)[1:]]
-            if STEP_BIAS in problems[best]:
-                reasons.append(f"it is biased: {problems[best][STEP_BIAS]}")
-            elif fit.fitted and best in fit.bias:
+            if fit.fitted and best in fit.bias:
                 bias, se = fit.bias[best]
                 reasons.append(
                     f"its step bias ({bias:+.3g} ± {se:.2g} against the ε → 0 value "
@@ -365,18 +385,26 @@ def _recommend(
     )
 
 
-def _verified_text(results, best, by_row, shape, tolerance, num_verified, total):
+def _verified_text(results, best, by_row, shape, tolerance, num_verified, total, localization):
     c, res = results[best].config, results[best]
     fit = by_row[np.unravel_index(best, shape)[1:]]
     bias, se = fit.bias[best]
+    checks = (
+        "step bias and localization shrinkage both shown" if localization else "step bias shown"
+    )
+    gamma = (
+        "every weaker, healthy localization at the same step size gives the same λ̂ within "
+        "the tolerance."
+        if localization
+        else "the localization is the one given (not checked)."
+    )
     return (
         f"Recommended: step_size={c.step_size:g}, localization={c.localization:g}, "
         f"nbeta={c.nbeta:.4g}: λ̂ = {res.llc_mean:.4g} ± {res.llc_stderr:.2g}. "
-        f"{num_verified} of {total} settings were verified (healthy, step bias and localization "
-        f"shrinkage both shown below {tolerance:.0%}); this one has the weakest localization "
-        f"and the largest step size among them. Its step bias against the ε → 0 fit "
-        f"({fit.intercept:.4g} ± {fit.intercept_stderr:.2g}) is {bias:+.3g} ± {se:.2g}, and a "
-        "weaker localization at the same step size gives the same λ̂ within the tolerance."
+        f"{num_verified} of {total} settings were verified (healthy, {checks} below "
+        f"{tolerance:.0%}); this one has the weakest localization and the largest step size "
+        f"among them. Its step bias against the ε → 0 fit ({fit.intercept:.4g} ± "
+        f"{fit.intercept_stderr:.2g}) is {bias:+.3g} ± {se:.2g}; {gamma}"
     )
 
 
@@ -417,7 +445,12 @@ def suggest_next(results, problems, usable, fits, shape, index, tolerance) -> di
         results[i].config.localization for i, p in enumerate(problems) if "wandering" in p
     }
     if wandering_rows and len(wandering_rows) == len(localizations):
-        gammas = [g * 10 for g in localizations[-2:]] + [localizations[-1] * 100]
+        strongest = localizations[-1]
+        if strongest > 0:
+            gammas = [strongest * 10, strongest * 100]
+        else:  # no localization at all: start at small fractions of nβ
+            nbeta = results[0].config.nbeta
+            gammas = [nbeta * 1e-4, nbeta * 1e-3, nbeta * 1e-2]
     elif localizations[0] > 0:  # a weaker localization checks the weakest one's shrinkage
         gammas = sorted({localizations[0] / 10, *localizations})
     return dict(

@@ -95,7 +95,9 @@ def calibrated_setting(
     i = cal.cell(**setting)
     row = int(np.ravel_multi_index(np.unravel_index(i, cal.shape)[1:], cal.shape[1:]))
     fit = cal.fits[row]
-    fitted = fit.fitted and np.isfinite(bias) and np.isfinite(fit.intercept)
+    fitted = fit.fitted and all(
+        np.isfinite(v) for v in (bias, bias_se, fit.intercept, fit.intercept_stderr)
+    )  # a NaN would never equal itself once stored: None stands for "not fitted"
     record = CalibrationRecord(
         step_size=float(setting["step_size"]),
         localization=float(setting["localization"]),

@@ -14,7 +14,7 @@ energy above its minimum for a regular model), and the minibatch gradients there
 placed relative to ``Ā`` (the shrinkage of a direction of curvature ``A`` is ``γ/(A + γ)``).
 
 **Stages.** A coarse grid (step sizes ``ε₀·4^k``, ``k = −3 … 1``; localizations
-``Ā·10^{−5 … −2}``) is run with half the chains and judged; a refined grid with all of them
+``Ā·10^{−4 … −1}``) is run with half the chains and judged; a refined grid with all of them
 settles the recommendation (few chains, long runs: equilibration, not the number of chains,
 is what singular models need): step sizes ``ε*/4, ε*/2, ε*`` below the largest step size ``ε*`` not
 shown biased at the coarse stage's best localization ``γ*``, localizations ``γ*/10, γ*,
@@ -39,13 +39,15 @@ PyTree = Any
 CENTRE_BIAS = 0.1
 #: Coarse step sizes ``ε₀·4^k`` and localizations ``Ā·10^j``.
 COARSE_STEP_POWERS = (-3, -2, -1, 0, 1)
-COARSE_LOCALIZATION_POWERS = (-5, -4, -3, -2)
+COARSE_LOCALIZATION_POWERS = (-4, -3, -2, -1)
 #: Refined step sizes and localizations, relative to the coarse stage's best cell.
 REFINED_STEP_FACTORS = (0.25, 0.5, 1.0)
 REFINED_LOCALIZATION_FACTORS = (0.1, 1.0, 10.0)
 #: The smallest plan: 4 step sizes × 2 localizations × 2 chains, then 3 × 2 × 4.
 MIN_COARSE = (4, 2, 2)
 MIN_REFINED = (3, 2, 4)
+#: The most chains per refined cell a large budget buys.
+MAX_REFINED_CHAINS = 64
 _DIRECTIONS = 4
 _MINIBATCHES = 4
 
@@ -91,11 +93,14 @@ def measure_scales(loss_fn, params, data, *, nbeta: float, batch_size: int, seed
         return nbeta * (loss_fn(cast(moved), evaluation) - loss_fn(cast(center), evaluation))
 
     @jax.jit
-    def squared_gradient(w, batch):
+    def gradient(w, batch):
         grad = jax.grad(lambda v: _data.wide(loss_fn(cast(v), batch)))(w)
-        return sum(
-            jnp.sum(jnp.square(nbeta * g.astype(jnp.float32))) for g in jax.tree.leaves(grad)
+        return jnp.concatenate(
+            [nbeta * g.astype(jnp.float32).ravel() for g in jax.tree.leaves(grad)]
         )
+
+    def squared_gradient(w, batch):
+        return float(jnp.sum(jnp.square(gradient(w, batch))))
 
     keys = jax.random.split(jax.random.key(seed), _DIRECTIONS)
     leaves, treedef = jax.tree.flatten(center)
@@ -111,11 +116,12 @@ def measure_scales(loss_fn, params, data, *, nbeta: float, batch_size: int, seed
         radii.append(radius)
         moved = jax.tree.map(lambda c, x, r=radius: c + r * x, center, direction)
         norms += [float(squared_gradient(moved, batch)) for batch in minibatches]
-    at_center = [float(squared_gradient(center, batch)) for batch in minibatches]
+    at_center = np.stack([np.asarray(gradient(center, batch)) for batch in minibatches])
     curvature = float(np.mean(norms)) / d if np.isfinite(norms).all() else float("nan")
     if not (np.isfinite(curvature) and curvature > 0):
         curvature = float(nbeta)  # a flat or broken probe: the scale of nβ itself
-    noise = float(np.var(at_center) if len(at_center) > 1 else 0.0)
+    # E‖nβ(∇L_B − ∇L)‖² with ∇L estimated by the minibatches' mean
+    noise = float(np.sum(np.var(at_center, axis=0, ddof=1))) if len(at_center) > 1 else 0.0
     return Scales(d, float(nbeta), float(np.median(radii)), curvature, noise / d)
 
 
@@ -205,7 +211,8 @@ def plan(
 ) -> Plan:
     """The two stages' sizes within ``budget`` chain-steps. ``num_eps`` / ``num_gamma``: the
     length of an axis the user fixed (both stages then use it whole). Without ``num_steps``
-    the run length is what the budget allows (at least 100 steps).
+    the run length is what the budget allows (at least 100 steps); with it, a budget larger
+    than the default plan buys more refined chains (up to :data:`MAX_REFINED_CHAINS`).
 
     Raises:
       ValueError: if even the smallest plan does not fit, naming the minimum.
@@ -236,8 +243,15 @@ def plan(
             f"{100 * smallest.runs(num_nbetas)} for an automatic calibration "
             f"({smallest.runs(num_nbetas)} chains of at least 100 steps)."
         )
-    if budget is None or full.chain_steps(num_nbetas) <= budget:
+    if budget is None:
         return full
+    if full.chain_steps(num_nbetas) <= budget:
+        # A larger budget buys precision: more chains in the refined stage, which decides.
+        spare = budget // num_steps // num_nbetas - int(np.prod(full.coarse))
+        chains = min(
+            MAX_REFINED_CHAINS, max(full.refined[2], spare // int(np.prod(full.refined[:2])))
+        )
+        return dataclasses.replace(full, refined=(*full.refined[:2], chains))
     if smallest.chain_steps(num_nbetas) > budget:
         raise ValueError(
             f"`budget` = {budget} chain-steps is below the minimum of "

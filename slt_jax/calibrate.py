@@ -39,6 +39,8 @@ BIAS_TOLERANCE = 0.05
 #: A cell's trace rising between its halves by this many standard errors (and half the
 #: tolerance) has not equilibrated.
 EQUILIBRATION_Z = 2.0
+#: The fewest steps per chain a calibration runs when it chooses the run length.
+MIN_STEPS = 100
 #: The budget of an automatic calibration when neither ``budget`` nor ``num_steps`` is
 #: given (chain-steps over both stages).
 DEFAULT_BUDGET = 2_000_000
@@ -74,6 +76,9 @@ class Calibration:
         each usable cell.
       coarse: for an automatic calibration, the coarse stage (a :class:`Calibration`); this
         object is the refined stage. ``None`` for a grid given by hand.
+      refined: set instead of ``coarse`` when the refined stage verified nothing but the
+        coarse stage did: this object is then the coarse stage, whose verified cell is the
+        recommendation, and ``refined`` the stage that could not confirm it.
       scales: for an automatic calibration, the problem's scales measured before sampling
         (:class:`slt_jax.calibrate.Scales`).
     """
@@ -90,6 +95,7 @@ class Calibration:
     fits: tuple[RowFit, ...] = ()
     verified: tuple[int, ...] = ()
     coarse: Calibration | None = None
+    refined: Calibration | None = None
     scales: Scales | None = None
 
     @property
@@ -124,7 +130,8 @@ class Calibration:
     def num_chain_steps(self) -> int:
         """Chain-steps this calibration ran (both stages of an automatic one)."""
         own = sum(r.config.num_chains * r.config.num_steps for r in self.results)
-        return own + (self.coarse.num_chain_steps if self.coarse is not None else 0)
+        others = [c.num_chain_steps for c in (self.coarse, self.refined) if c is not None]
+        return own + sum(others)
 
     def step_bias(self) -> tuple[float, float]:
         """The recommended cell's fitted step bias ``λ̂(ε) − λ₀`` and its standard error
@@ -202,6 +209,8 @@ class Calibration:
         lines += ["", self.explanation]
         if self.coarse is not None:
             lines = ["refined stage:", *lines, "", "coarse stage:", self.coarse.summary()]
+        elif self.refined is not None:
+            lines = ["coarse stage:", *lines, "", "refined stage:", self.refined.summary()]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -284,9 +293,13 @@ def calibrate(
 
     **The checks.** Each cell gets the health checks of :meth:`~slt_jax.LLCResult.health`
     (``diverged``, ``rhat``, ``ess``, ``acceptance`` outside ``acceptance_band``,
-    ``negative``, ``below_init``, ``nonstationary`` — here also when the halves of the trace
-    differ by more than ``bias_tolerance`` at 3 standard errors —, ``wandering``,
-    ``init_loss``). On the healthy cells of each row (one localization and ``nβ``):
+    ``negative``, ``below_init``, ``nonstationary``, ``wandering``, ``init_loss``; R-hat, ESS
+    or standard error not finite counts as ``ess``), and two equilibration checks at the
+    calibration's tolerance: chains start at ``w*``, so an unfinished relaxation shows as a
+    rising trace, and a cell whose LLC trace (``nonstationary``) or ‖w − w*‖ (``wandering``)
+    rises between the halves of its draws by more than half of ``bias_tolerance``, at 2
+    standard errors, has not equilibrated. On the healthy cells of each row (one
+    localization and ``nβ``):
 
     .. math:: \hat\lambda(\varepsilon) \approx \lambda_0 + s\,\varepsilon
 
@@ -297,12 +310,13 @@ def calibrate(
     ``λ̂(ε) − λ₀`` each cell's step bias.
 
     **The recommendation.** A cell is *verified* when it is healthy and both biases are shown
-    below ``bias_tolerance`` (the estimate plus 2 standard errors): its step bias, against
-    smaller step sizes of its row (so the smallest healthy step size of a row is never
-    verified), and the shrinkage of its localization, against the nearest weaker
-    localization at the same step size, whose chains must be healthy (not wandering). The
-    recommendation is the verified cell with the weakest localization, then the largest
-    step size. If none is verified, the best healthy cell is recommended with
+    below ``bias_tolerance`` (the estimate plus 2 standard errors): its step bias, from the
+    fit of its row (so a row needs two healthy step sizes), and the shrinkage of its
+    localization, against every weaker localization at the same step size, whose chains
+    must be healthy (not wandering) — at least one of them. With a single localization given,
+    it is the user's choice and only the step size is verified. The recommendation is the
+    verified cell with the weakest localization, then the largest step size. If none is
+    verified, the best healthy cell is recommended with
     ``trusted=False``, a warning and an explanation of what could not be checked; if no
     cell is healthy, ``recommended`` is ``None``. Either way ``next_grid`` and the
     explanation give a concrete grid to run next.
@@ -310,7 +324,8 @@ def calibrate(
     Args:
       step_sizes, localizations: the grid's axes, or ``None`` to choose them.
       nbetas: ``nβ`` values (``None``: ``n/log n``); give the one you will use.
-      num_chains: chains per cell (the coarse stage of an automatic grid uses half as many).
+      num_chains: chains per cell (an automatic grid: half as many, at least 2, on the coarse
+        stage; at least 4 on the refined one).
       num_steps: steps per chain, burn-in included; it should be the run length you will
         estimate with (equilibration depends on it). ``None``: as many as ``budget`` allows,
         half of them burn-in (chains started at ``w*`` take long to equilibrate in singular
@@ -390,7 +405,12 @@ def calibrate(
     )
     if num_burnin is not None and num_steps is None:
         raise ValueError("`num_burnin` needs `num_steps` (the burn-in is part of the run).")
-    judge = dict(acceptance_band=acceptance_band, tolerance=float(bias_tolerance))
+    judge = dict(
+        acceptance_band=acceptance_band,
+        tolerance=float(bias_tolerance),
+        # one localization given: the user's choice, so only the step size is verified
+        check_localization="localizations" not in axes or len(axes["localizations"]) > 1,
+    )
     run = dict(
         loss_fn=loss_fn,
         params=params,
@@ -412,10 +432,18 @@ def calibrate(
                 f"{grid_runs * num_chains * steps}."
             )
         # the given seed itself: each cell's chains are those of estimate_llc(seed=seed)
-        return _stage(
-            axes["step_sizes"], axes["localizations"], num_chains, steps, seed, run, judge
-        )
-    return _automatic(axes, num_chains, num_steps, budget, key, config, run, judge)
+        if steps < MIN_STEPS:
+            raise ValueError(
+                f"`budget` = {budget or DEFAULT_BUDGET} chain-steps gives {steps} steps per "
+                f"chain for {grid_runs} settings × {num_chains} chains; at least {MIN_STEPS} "
+                "are needed: raise the budget or give num_steps."
+            )
+        cal = _stage(axes["step_sizes"], axes["localizations"], num_chains, steps, seed, run, judge)
+    else:
+        cal = _automatic(axes, num_chains, num_steps, budget, key, config, run, judge)
+    if not cal.trusted:
+        warnings.warn(f"calibrate: {cal.explanation}", LLCDiagnosticWarning, stacklevel=2)
+    return cal
 
 
 def _check_axis(name: str, axis, data) -> list:
@@ -460,7 +488,13 @@ def _stage(step_sizes, localizations, num_chains, num_steps, key, run, judge, **
     )
     shape = (len(step_sizes), len(localizations), len(nbetas))
     problems = [_cell_health(r, judge["acceptance_band"], judge["tolerance"]) for r in results]
-    verdict = assess(results, problems, shape, judge["tolerance"])
+    verdict = assess(
+        results,
+        problems,
+        shape,
+        judge["tolerance"],
+        check_localization=judge["check_localization"],
+    )
     resolved_nbetas = np.asarray([r.config.nbeta for r in results]).reshape(shape)[0, 0, :]
     recommended = None
     if verdict.recommended is not None:
@@ -528,9 +562,18 @@ def _automatic(axes, num_chains, num_steps, budget, key, config, run, judge) -> 
         coarse=coarse,
         scales=scales,
     )
-    if not refined.trusted:
-        warnings.warn(f"calibrate: {refined.explanation}", LLCDiagnosticWarning, stacklevel=3)
-    return refined
+    if refined.trusted or not coarse.trusted:
+        return refined
+    # The refined stage could not confirm, but the coarse stage verified a cell on its own
+    # evidence: that is the recommendation, the refined stage kept beside it.
+    return dataclasses.replace(
+        coarse,
+        refined=dataclasses.replace(refined, coarse=None),
+        explanation=(
+            f"{coarse.explanation} (From the coarse stage: the refined stage verified nothing: "
+            f"{refined.explanation})"
+        ),
+    )
 
 
 def _centre(coarse: Calibration, scales: Scales, tolerance: float) -> tuple[float, float]:
@@ -538,8 +581,10 @@ def _centre(coarse: Calibration, scales: Scales, tolerance: float) -> tuple[floa
 
     At the coarse stage's recommended localization: the largest healthy step size not
     shown to be biased, and no more than twice the step size where the fitted bias reaches
-    the tolerance (when the fit's slope is significant). With nothing healthy: the coarse
-    stage's suggestion for what to run next, else the probe's scale.
+    the tolerance (when the fit's slope is significant). With nothing healthy: the largest
+    step size whose chains were stable (not diverged, acceptance in the band), else a
+    quarter of the smallest, at the middle localization (ten times the strongest when most
+    cells wander).
     """
     if coarse.recommended is None:
         # Nothing healthy: below the largest step size whose chains were stable, at the
@@ -549,7 +594,10 @@ def _centre(coarse: Calibration, scales: Scales, tolerance: float) -> tuple[floa
             for r, p in zip(coarse.results, coarse.problems, strict=True)
             if not {"diverged", "acceptance", "init_loss"} & set(p)
         ]
+        wandering = sum("wandering" in p for p in coarse.problems)
         gamma = float(np.median(coarse.localizations))
+        if wandering > len(coarse.problems) / 2 and coarse.localizations.max() > 0:
+            gamma = 10 * float(coarse.localizations.max())  # chains drift: localize more
         return (max(stable) if stable else coarse.step_sizes.min() / 4), gamma
     gamma = coarse.recommended["localization"]
     i = coarse.cell(**coarse.recommended)
@@ -606,6 +654,12 @@ def _cell_health(result: LLCResult, acceptance_band, tolerance: float) -> dict[s
     if np.asarray(result.diverged).all():
         problems["diverged"] = "every chain diverged; use a smaller step_size"
         return problems
+    if not all(np.isfinite(v) for v in (result.rhat, result.ess, result.llc_stderr)):
+        problems.setdefault(
+            "ess",
+            "too few draws to measure R-hat, the effective sample size or the standard error "
+            "(they are not finite); run more steps",
+        )
     if "nonstationary" not in problems:
         trace = np.asarray(result.llc_trace)[~np.asarray(result.diverged)]
         halves = stationarity(trace)

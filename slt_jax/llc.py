@@ -98,7 +98,8 @@ def estimate_llc(
         each costs one extra gradient on the same minibatch.
       seed: an integer seed or a JAX key; chain ``i`` uses ``jax.random.split(key, C)[i]``.
       calibration_budget: with ``step_size="auto"``, the most chain-steps the calibration
-        may spend (default: its full two-stage grid, about 176 × ``num_steps``).
+        may spend (default: its full two-stage grid, 76 × ``num_steps``: 5 × 4 cells × 2
+        chains, then 3 × 3 cells × 4 chains).
       mesh, devices: where the chains run: a ``jax.sharding.Mesh`` (all its axes used) or
         a list of devices; default every device (every process's after
         ``jax.distributed.initialize()``). Chains are sharded over them, padded to a
@@ -126,7 +127,28 @@ def estimate_llc(
     """
     _validation.check_params(params)
     record = None
-    if _auto.wants_auto(step_size, localization):
+    auto = _auto.wants_auto(step_size, localization)
+    if not auto and calibration_budget is not None:
+        raise ValueError("`calibration_budget` needs step_size='auto'.")
+    if auto:
+        # everything but the calibrated numbers is checked before the calibration compiles
+        stand_in = 1.0 if localization is None or isinstance(localization, str) else localization
+        _validation.check_run(
+            loss_fn,
+            params,
+            data,
+            num_chains=num_chains,
+            num_steps=num_steps,
+            num_burnin=num_burnin,
+            step_size=1.0,
+            localization=stand_in,
+            nbeta=nbeta,
+            batch_size=batch_size,
+            estimator=estimator,
+            seed=seed,
+            sampler=sampler,
+            diagnostic_every=diagnostic_every,
+        )
         setting, record = _auto.calibrated_setting(
             loss_fn,
             params,

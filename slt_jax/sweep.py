@@ -200,7 +200,7 @@ def estimate_llc_checkpoints(
     request = None
     if auto:
         request = _calibration_request(
-            checkpoint_set, calibrate_on, calibration_budget, localization
+            checkpoint_set, calibrate_on, calibration_budget, localization, nbeta
         )
     elif calibrate_on is not None or calibration_budget is not None:
         raise ValueError("`calibrate_on` and `calibration_budget` need step_size='auto'.")
@@ -266,7 +266,7 @@ def estimate_llc_checkpoints(
     return result
 
 
-def _calibration_request(checkpoint_set, calibrate_on, budget, localization) -> dict:
+def _calibration_request(checkpoint_set, calibrate_on, budget, localization, nbeta) -> dict:
     """What an automatic step size was asked for (compared on resume)."""
     steps = [int(s) for s in checkpoint_set.steps]
     if calibrate_on is None:
@@ -284,7 +284,14 @@ def _calibration_request(checkpoint_set, calibrate_on, budget, localization) -> 
         localization = "auto"
     else:
         localization = _validation.check_positive("localization", localization, allow_zero=True)
-    return {"calibrate_on": int(calibrate_on), "budget": budget, "localization": localization}
+    if nbeta is not None:
+        nbeta = _validation.check_positive("nbeta", nbeta)
+    return {
+        "calibrate_on": int(calibrate_on),
+        "budget": budget,
+        "localization": localization,
+        "nbeta": nbeta,
+    }
 
 
 def _checkpoint_at(checkpoint_set, step: int):
@@ -298,10 +305,16 @@ def _stored_calibration(store, out, request) -> CalibrationRecord | None:
     if out is None:
         return None
     stored = store.stored if store is not None else read_manifest(check_out(out))
-    if not stored or "calibration" not in stored:
+    if not stored:
         return None
-    if stored.get("calibration_request") != json.loads(json.dumps(request)):
-        return None
+    now = json.loads(json.dumps(request))
+    if stored.get("calibration_request") != now:
+        # A different run is in this directory: say so before calibrating for nothing.
+        raise ValueError(
+            f"out={str(out)!r} holds results of a different configuration; use another "
+            "output directory, or the same settings to resume:\n  calibration_request: "
+            f"{stored.get('calibration_request', '<missing>')!r} (stored) vs {now!r} (now)"
+        )
     return CalibrationRecord.from_dict(stored["calibration"])
 
 

@@ -76,8 +76,9 @@ def test_automatic_grid_on_the_quadratic_oracle_is_two_programs_and_right():
         sj.calibrate, quadratic_loss(H), jnp.zeros(4), DATA, batch_size=N, budget=1_000_000
     )
     assert sharding.num_compiled() == before + 2
-    assert cal.num_chain_steps <= 1_000_000 and cal.coarse is not None
-    assert cal.coarse.shape == (5, 4, 1) and cal.shape == (3, 3, 1)
+    assert cal.num_chain_steps <= 1_000_000 and cal.trusted
+    coarse, refined = (cal.coarse, cal) if cal.coarse is not None else (cal, cal.refined)
+    assert coarse.shape == (5, 4, 1) and refined.shape == (3, 3, 1)
     rec = cal.recommended
     expected = theory.quadratic_oracle_llc(
         H, nbeta=rec["nbeta"], localization=rec["localization"], step_size=rec["step_size"]
@@ -89,10 +90,12 @@ def test_automatic_grid_on_the_quadratic_oracle_is_two_programs_and_right():
     fit = cal.fits[int(row)]
     at_zero = theory.quadratic_oracle_llc(H, nbeta=rec["nbeta"], localization=rec["localization"])
     assert_mc_close(fit.intercept, fit.intercept_stderr, at_zero)
-    assert cal.corrected_llc.shape == (3, 1)
+    assert cal.corrected_llc.shape == cal.shape[1:]
     ds = cal.to_xarray()
     assert ds["corrected_llc"].dims == ("localization", "nbeta")
     assert "coarse stage:" in cal.summary() and "refined stage:" in cal.summary()
+    every = [*coarse.results, *refined.results]
+    assert cal.num_chain_steps == sum(r.config.num_chains * r.config.num_steps for r in every)
 
 
 def test_budget_and_grid_errors_before_compiling():
@@ -124,20 +127,49 @@ def test_budget_and_grid_errors_before_compiling():
 
 
 def test_an_unverifiable_recommendation_warns_and_says_why():
-    """One localization only: its shrinkage cannot be checked, so the recommendation is
-    not trusted, the explanation says so, and a warning is raised."""
+    """γ = 30 shrinks λ̂ (nβ·h = 14.5 for h = 0.1) and γ = 1, the weakest, has nothing
+    weaker to check it against: the recommendation is not trusted, the explanation says
+    why, a warning is raised, and the next grid goes weaker."""
     with pytest.warns(sj.LLCDiagnosticWarning, match="Not verified"):
         cal = sj.calibrate(
             quadratic_loss(H),
             jnp.zeros(4),
             DATA,
-            localizations=[1.0],
+            localizations=[1.0, 30.0],
             batch_size=N,
             num_steps=2000,
         )
     assert cal.recommended is not None and not cal.trusted
+    assert cal.recommended["localization"] == 1.0
     assert "its localization was not checked: no weaker localization" in cal.explanation
     assert cal.next_grid and min(cal.next_grid["localizations"]) < 1.0
+    # An explicit grid warns the same way.
+    with pytest.warns(sj.LLCDiagnosticWarning, match="calibrate: Not verified"):
+        sj.calibrate(
+            quadratic_loss(H),
+            jnp.zeros(4),
+            DATA,
+            step_sizes=[2e-3, 4e-3, 8e-3],
+            localizations=[1.0, 30.0],
+            batch_size=N,
+            num_steps=500,
+        )
+
+
+def test_one_given_localization_is_the_users_choice():
+    """Only the step size is verified; the explanation says the localization was given."""
+    cal = _quiet(
+        sj.calibrate,
+        quadratic_loss(H),
+        jnp.zeros(4),
+        DATA,
+        localizations=[1.0],
+        batch_size=N,
+        num_steps=4000,
+        budget=800_000,
+    )
+    assert cal.trusted, cal.explanation
+    assert "the localization is the one given (not checked)" in cal.explanation
 
 
 def test_estimate_llc_auto_runs_at_the_calibrated_setting():
@@ -264,6 +296,7 @@ def test_checkpoints_auto_calibrates_once_and_resumes(tmp_path, monkeypatch):
         "calibrate_on": steps[1],
         "budget": 400 * 60,
         "localization": "auto",
+        "nbeta": None,
     }
     loaded = sj.load_results(out)
     assert loaded.calibration == c and np.isfinite(loaded.llc_corrected).all() == (
@@ -287,6 +320,17 @@ def test_checkpoints_auto_calibrates_once_and_resumes(tmp_path, monkeypatch):
         **kw,
     )
     np.testing.assert_array_equal(again.llc_mean, res.llc_mean)
+    # A different request (here nβ) on the same directory is refused before calibrating.
+    with pytest.raises(ValueError, match="calibration_request"):
+        sj.estimate_llc_checkpoints(
+            sweep_factory.loss_fn,
+            snapshots,
+            (x, y),
+            out=out,
+            calibrate_on=steps[1],
+            nbeta=20.0,
+            **kw,
+        )
     # Without out=, the default checkpoint is the last.
     monkeypatch.undo()
     last = _quiet(sj.estimate_llc_checkpoints, sweep_factory.loss_fn, snapshots, (x, y), **kw)

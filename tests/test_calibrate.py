@@ -125,7 +125,7 @@ def test_diverging_and_unhealthy_cells_get_verdicts_not_crashes():
     # The one healthy cell is the best there is, but nothing could check its biases.
     assert cal.recommended == dict(step_size=1e-3, localization=10.0, nbeta=pytest.approx(NBETA))
     assert not cal.trusted and "Not verified" in cal.explanation
-    assert "no weaker localization in the grid" in cal.explanation
+    assert "the only healthy step size of its row" in cal.explanation
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sj.LLCDiagnosticWarning)
         hopeless = sj.calibrate(
