@@ -4,8 +4,8 @@ with a known learning coefficient (slow; run with ``-m slow``).
 Each test calls ``sj.calibrate`` with no grid (its default budget) and checks the
 recommended cell's estimate ``λ̂ ± se``:
 
-* within 15% of the known ``λ`` (the product's accuracy target), with a Monte-Carlo error
-  small enough to tell (``se < 5%`` of ``λ``);
+* within 15% of the known ``λ`` (the product's accuracy target) up to two Monte-Carlo
+  standard errors, which must be small enough to tell (``se < 10%`` of ``λ``);
 * where the finite-``nβ`` value of the posterior is known exactly (quadrature, the
   quadratic oracle), within ``4·se`` plus the biases the calibration verified bounded:
   ``bias_tolerance`` for the step size and for the localization each;
@@ -39,8 +39,8 @@ def _calibrate(*args, **kwargs):
 
 
 def _assert_within(best, lam, *, target=None):
-    assert best.llc_stderr < 0.05 * lam, (best.llc_mean, best.llc_stderr)
-    assert abs(best.llc_mean - lam) < 0.15 * lam, (best.llc_mean, lam)
+    assert best.llc_stderr < 0.1 * lam, (best.llc_mean, best.llc_stderr)
+    assert abs(best.llc_mean - lam) < 0.15 * lam + 2 * best.llc_stderr, (best.llc_mean, lam)
     if target is not None:
         extra = 2 * BIAS_TOLERANCE * target
         assert abs(best.llc_mean - target) < 4 * best.llc_stderr + extra, (best.llc_mean, target)
