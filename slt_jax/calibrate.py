@@ -298,8 +298,8 @@ def calibrate(
     calibration's tolerance: chains start at ``w*``, so an unfinished relaxation shows as a
     rising trace, and a cell whose LLC trace (``nonstationary``: by more than half of
     ``bias_tolerance``, at 2 standard errors) or ‖w − w*‖ (``wandering``: by more than
-    ``bias_tolerance``, at 3) rises between the halves of its draws has not equilibrated. On the healthy cells of each row (one
-    localization and ``nβ``):
+    ``bias_tolerance``, at 3) rises between the halves of its draws has not equilibrated.
+    On the healthy cells of each row (one localization and ``nβ``):
 
     .. math:: \hat\lambda(\varepsilon) \approx \lambda_0 + s\,\varepsilon
 
