@@ -185,31 +185,17 @@ def _high_water_mib() -> float:
 
 
 def program_mib(chunk: int, num: int) -> float:
-    from slt_jax import _validation, sharding
-    from slt_jax.engine import chain_config, checkpoint_keys, sampler_settings
-    from slt_jax.sweep import program_bytes
+    from slt_jax._src.engine import programs
+    from slt_jax._src.jobs import orchestrate
+    from slt_jax._src.jobs.memory import program_bytes
 
     loss_fn, checkpoints, data = digits_checkpoints(num)
-    config = _validation.resolve_config(
-        **{**SAMPLER, "batch_size": 256},
-        num_burnin=None,
-        nbeta=None,
-        estimator="paired",
-        seed=0,
-        num_examples=len(data[0]),
-    )
-    owners = np.repeat(np.arange(chunk), config.num_chains)
-    centers = jax.tree.map(lambda x: x[owners], checkpoints.params)
-    keys = checkpoint_keys(jax.random.key(0), np.arange(chunk), config.num_chains).reshape(-1)
-    lowered = sharding.lower_items(
-        loss_fn,
-        chain_config(config),
-        keys,
-        centers,
-        data,
-        sampler_settings(config),
-        sharding.resolve_mesh(),
-    )
+    config, key = sj.LLCConfig(**{**SAMPLER, "batch_size": 256}).resolve(len(data[0]))
+    indices = np.arange(chunk)
+    keys = orchestrate.checkpoint_keys(key, indices, config.num_chains)
+    groups = [orchestrate.Group(config, j, keys[j]) for j in range(chunk)]
+    centers = jax.tree.map(lambda x: x[indices], checkpoints.params)
+    lowered = orchestrate.lower(loss_fn, centers, data, groups, mesh=programs.resolve_mesh())
     return program_bytes(lowered.compile()) / 2**20
 
 
@@ -237,7 +223,7 @@ def memory() -> None:
             f"{chunk:>6}{sizes[chunk]:>17.1f}{figures['peak_rss_mib']:>14.0f}"
             f"{figures['setup_rss_mib']:>14.0f}{growth:>8.0f}"
         )
-    from slt_jax.sweep import auto_chunk_size
+    from slt_jax._src.jobs.memory import auto_chunk_size
 
     for budget_mib in (sizes[4] * 1.05, sizes[16] * 1.05):
         chosen = auto_chunk_size(

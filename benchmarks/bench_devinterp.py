@@ -30,7 +30,7 @@ replacement within an epoch and drop the last ``n mod b`` examples (devinterp ge
 defaults (``"paired"``: ``nβ·mean_t(L_B(w_t) − L_B(w*))``, the same expectation with less
 minibatch noise, for one extra forward pass per draw; diagnostics every 10 draws, one extra
 gradient each). The error of both λ̂ is the same Monte-Carlo standard error
-(``slt_jax.diagnostics.chain_diagnostics``: sd of the pooled per-draw LLC trace over
+(``slt_jax._src.estimators.diagnostics.chain_diagnostics``: sd of the pooled per-draw LLC trace over
 sqrt(ESS)), computed on each library's own trace.
 
 Timing: slt_jax cold = ``jax.clear_caches()`` then one call (trace and compile included);
@@ -86,7 +86,8 @@ import optax
 from flax import nnx
 
 import slt_jax as sj
-from slt_jax import diagnostics, refine, theory
+from slt_jax import refine, theory
+from slt_jax._src.estimators import diagnostics
 from slt_jax.models import dln
 
 DEVINTERP_VERSION = "1.3.2"

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 import slt_jax as sj
-from slt_jax.sharding import num_compiled
+from slt_jax._src.engine.programs import num_compiled
 
 # ------------------------------------------------------------------------------------ model
 

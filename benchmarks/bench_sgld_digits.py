@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 
 import slt_jax as sj
-from slt_jax.engine import ChainConfig, SamplerSettings, run_chains
+from slt_jax._src.engine import programs
 
 
 def handwritten_sgld(loss_fn, num_steps, batch_size, step_size, localization, nbeta):
@@ -87,16 +87,29 @@ def main() -> None:
     n = data[0].shape[0]
     eps, gamma, nbeta = 1e-4, 100.0, n / float(jnp.log(n))
     keys = jax.random.split(jax.random.key(0), args.chains)
-    settings = SamplerSettings(*(jnp.float32(v) for v in (eps, gamma, nbeta)))
+    mesh = programs.resolve_mesh()
+    centers = jax.tree.map(lambda x: jnp.broadcast_to(x, (args.chains, *x.shape)), params)
 
     rows = []
     for estimator in ("plain", "paired"):
-        config = ChainConfig(args.batch_size, 0, args.steps, estimator)
-        call = (loss_fn, config, keys, params, data, settings)
+        # The compiled program every entry point runs (items sharded over the devices).
+        config, _ = sj.LLCConfig(
+            num_chains=args.chains,
+            num_steps=args.steps,
+            num_burnin=0,
+            step_size=eps,
+            localization=gamma,
+            nbeta=nbeta,
+            batch_size=args.batch_size,
+            estimator=estimator,
+            diagnostic_every=0,
+        ).resolve(n)
+        placed = programs.place(programs.Items(keys, centers, config.arrays()), data, mesh)
+        program = programs.program(loss_fn, config.static(), programs.NO_PLUGINS, mesh)
         start = time.perf_counter()
-        compiled = run_chains.lower(*call).compile()
+        compiled = program.lower(*placed).compile()
         compile_s = time.perf_counter() - start
-        run_s = time_compiled(compiled, call[2:], args.repeats)
+        run_s = time_compiled(compiled, placed, args.repeats)
         rows.append((f"slt_jax engine ({estimator})", compile_s, run_s))
 
     baseline = handwritten_sgld(loss_fn, args.steps, args.batch_size, eps, gamma, nbeta)

@@ -3,6 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import slt_jax as sj
+
 
 class CountingLoss:
     """A loss function that counts how often JAX traces it (to detect recompilation)."""
@@ -58,3 +60,23 @@ def assert_mc_close(value, stderr, target, *, extra=0.0, max_rel_stderr=0.1):
         "cannot tell a right value from a wrong one"
     )
     assert abs(value - target) < 4 * stderr + extra, (value, target, stderr, extra)
+
+
+def chain_program(loss_fn, keys, center, data, *, arrays=None, **options):
+    """Chains through the compiled program users run (``programs.run_items``, sharded over
+    the devices), with options resolved as every entry point resolves them. ``arrays``
+    overrides the array settings (e.g. a zero step size, which no entry point accepts).
+    Returns ``(host traces, L_n(w*))``."""
+    from slt_jax._src.data import num_examples
+    from slt_jax._src.engine import programs
+
+    options = {"diagnostic_every": 0, "num_chains": len(keys), **options}
+    config, _ = sj.LLCConfig(**options).resolve(num_examples(data))
+    arrays = config.arrays() if arrays is None else arrays
+    shape = lambda x: (len(keys), *np.shape(x))  # noqa: E731
+    centers = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), shape(x)), center)
+    mesh = programs.resolve_mesh()
+    items = programs.Items(keys, centers, arrays)
+    trace = programs.run_items(loss_fn, config.static(), items, data, mesh)
+    one = jax.tree.map(lambda x: jnp.asarray(x)[None], center)
+    return trace, float(programs.center_losses(loss_fn, one, data, config.batch_size)[0])

@@ -7,7 +7,7 @@ import numpy as np
 import sweep_factory
 
 import slt_jax as sj
-from slt_jax import sharding
+from slt_jax._src.engine import programs as sharding
 
 warnings.simplefilter("ignore", sj.LLCDiagnosticWarning)
 assert jax.device_count() == 8, jax.devices()

@@ -23,7 +23,7 @@ from test_known_answers import _dln_data, _dln_loss, monomial_target
 
 import slt_jax as sj
 from slt_jax import theory
-from slt_jax.calibrate import BIAS_TOLERANCE
+from slt_jax._src.jobs.calibrate import BIAS_TOLERANCE
 from slt_jax.models import tms
 
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ import pytest
 from flax import nnx, serialization
 from safetensors.numpy import save_file
 
-import slt_jax.checkpoints
-from slt_jax.checkpoints import (
+import slt_jax._src.io.checkpoints
+from slt_jax._src.io.checkpoints import (
     CheckpointSet,
     as_checkpoint_set,
     load_checkpoint_set,
@@ -207,7 +207,7 @@ def test_save_overwrites_and_checks_arguments(tmp_path):
     ],
 )
 def test_step_from_the_name(name, step):
-    assert slt_jax.checkpoints._step_from_name(pathlib.Path(name)) == step
+    assert slt_jax._src.io.checkpoints._step_from_name(pathlib.Path(name)) == step
 
 
 @pytest.mark.parametrize(
@@ -456,12 +456,12 @@ def test_as_checkpoint_set_dispatch(tmp_path):
 
 
 def test_docstring_examples():
-    result = doctest.testmod(slt_jax.checkpoints, optionflags=doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testmod(slt_jax._src.io.checkpoints, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
 
 
 def test_module_exports():
-    assert set(slt_jax.checkpoints.__all__) == {
+    assert set(slt_jax._src.io.checkpoints.__all__) == {
         "CheckpointSet",
         "as_checkpoint_set",
         "load_checkpoint_set",

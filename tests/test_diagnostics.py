@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slt_jax import diagnostics as d
+from slt_jax._src.estimators import diagnostics as d
 
 
 def ar1(phi: float, chains: int, draws: int, seed: int) -> np.ndarray:

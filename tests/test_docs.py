@@ -5,26 +5,23 @@ import importlib
 
 import pytest
 
-import slt_jax.adapters
-import slt_jax.inline
-import slt_jax.llc
-import slt_jax.sweep
-import slt_jax.temperatures
-
-MODULES = [
-    slt_jax.llc,
-    slt_jax.adapters,
-    slt_jax.sweep,
-    slt_jax.inline,
-    importlib.import_module("slt_jax.calibrate"),
-    slt_jax.temperatures,
-    importlib.import_module("slt_jax.refined"),
-    importlib.import_module("slt_jax.models.tms"),
-    importlib.import_module("slt_jax.models.icl"),
-    importlib.import_module("slt_jax.models.optimizer_bias"),
-    importlib.import_module("slt_jax.models.simplicial"),
-    importlib.import_module("slt_jax.models.turing"),
+NAMES = [
+    "slt_jax._src.jobs.llc",
+    "slt_jax._src.io.adapters",
+    "slt_jax._src.jobs.checkpoints",
+    "slt_jax._src.jobs.inline",
+    "slt_jax._src.jobs.calibrate",
+    "slt_jax._src.jobs.temperatures",
+    "slt_jax._src.jobs.refined",
+    "slt_jax._src.samplers.specs",
+    "slt_jax._src.config",
+    "slt_jax.models.tms",
+    "slt_jax.models.icl",
+    "slt_jax.models.optimizer_bias",
+    "slt_jax.models.simplicial",
+    "slt_jax.models.turing",
 ]
+MODULES = [importlib.import_module(name) for name in NAMES]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -85,7 +85,7 @@ def test_dataset_mean_accumulates_low_precision_losses_in_float32():
     loss of 2 over 40,000 examples must not overflow (2 × 40,000 > 65504) on the way."""
     import jax
 
-    from slt_jax import _data
+    from slt_jax._src import data as _data
 
     values = jnp.tile(jnp.array([0.5, 0.5 + 2**-8]), 20)  # 40 chunks of 10
     data = jnp.repeat(values, 10)[:, None]

@@ -63,8 +63,13 @@ def test_joint_pca_shares_axes_across_runs(tmp_path):
         atol=1e-6,
     )
     assert ed.steps["high"].tolist() == list(range(0, 80, 10))
-    ed.plot(tmp_path / "ed.png")
-    assert (tmp_path / "ed.png").stat().st_size > 1000
+    fig = ed.plot(tmp_path / "ed.png")
+    assert (tmp_path / "ed.png").read_bytes()[:4] == b"\x89PNG"
+    # One line per run through its trajectory's leading two components, axes labelled.
+    lines = {line.get_label(): line for line in fig.axes[0].lines}
+    for run in ("low", "high"):
+        np.testing.assert_allclose(lines[run].get_xydata(), ed.trajectories[run][:, :2], atol=1e-6)
+    assert fig.axes[0].get_xlabel().startswith("PC1")
     # A reference predictor whose outputs equal a checkpoint's is drawn at its coordinates.
     w3 = jnp.asarray(runs["high"].params["w"][3])
     fig = ed.plot(references={"ref": x @ w3})
@@ -93,4 +98,9 @@ def test_stage_boundaries_of_a_rise_and_fall(tmp_path):
         tmp_path / "dev.png",
         llc=(llc, 0.2 * np.ones_like(llc)),
     )
-    assert fig is not None and (tmp_path / "dev.png").stat().st_size > 1000
+    assert (tmp_path / "dev.png").read_bytes()[:4] == b"\x89PNG"
+    # One panel per quantity (the LLC first), the stage boundaries marked on each.
+    assert [ax.get_ylabel() for ax in fig.axes][:3] == ["LLC", "test loss", "score"]
+    lines = fig.axes[1].lines
+    marked = [line.get_xdata()[0] for line in lines if line.get_linestyle() in ("--", ":")]
+    assert sorted(marked) == sorted(s for s, _ in marks)

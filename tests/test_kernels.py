@@ -3,15 +3,15 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conftest import quadratic_loss
+from conftest import chain_program, quadratic_loss
 
-from slt_jax.engine import ChainConfig, SamplerSettings, run_chains
+from slt_jax._src.config import Arrays
+from slt_jax._src.posterior import localized_logdensity_grad
 from slt_jax.kernels import sgld
-from slt_jax.posterior import localized_logdensity_grad
 
 
 def _settings(step_size, localization, nbeta):
-    return SamplerSettings(*(jnp.float32(v) for v in (step_size, localization, nbeta)))
+    return Arrays(*(jnp.float32(v) for v in (step_size, localization, nbeta)))
 
 
 def test_noiseless_sgld_is_localized_gradient_descent():
@@ -41,14 +41,15 @@ def test_zero_step_size_does_not_move():
         return jnp.sum(p["a"] ** 3) + jnp.sum(jnp.sin(p["b"])) * jnp.mean(batch)
 
     data = jnp.linspace(0.0, 1.0, 10)
-    config = ChainConfig(batch_size=4, num_burnin=5, num_draws=20)
-    trace, init_loss = run_chains(
+    trace, init_loss = chain_program(
         loss_fn,
-        config,
         jax.random.split(jax.random.key(0), 3),
         center,
         data,
-        _settings(0.0, 1.0, 10.0),
+        arrays=_settings(0.0, 1.0, 10.0),  # a zero step size: no entry point takes one
+        batch_size=4,
+        num_burnin=5,
+        num_steps=25,
     )
     # w never moves, so L_B(w_t) - L_B(w*) is exactly zero on every draw.
     np.testing.assert_array_equal(trace.loss, trace.reference_loss)
@@ -80,15 +81,18 @@ def test_quadratic_oracle_transient_matches_langevin_recursion():
     a = nbeta * h + gamma
     rho = 1 - eps * a / 2
     v = eps / (1 - rho**2)
-    config = ChainConfig(batch_size=1, num_burnin=0, num_draws=30, estimator="plain")
     chains = 4000
-    trace, _ = run_chains(
+    trace, _ = chain_program(
         quadratic_loss([h]),
-        config,
         jax.random.split(jax.random.key(2), chains),
         jnp.zeros(1),
         jnp.zeros((1, 1)),
-        _settings(eps, gamma, nbeta),
+        arrays=_settings(eps, gamma, nbeta),  # γ = 0 exactly, as the recursion has it
+        batch_size=1,
+        num_burnin=0,
+        num_steps=30,
+        estimator="plain",
+        nbeta=nbeta,
     )
     t = np.arange(30)
     expected = 0.5 * h * v * (1 - rho ** (2 * t))

@@ -20,9 +20,10 @@ import sweep_factory
 from conftest import CountingLoss
 
 import slt_jax as sj
-import slt_jax.sharding
-import slt_jax.store
-import slt_jax.sweep
+import slt_jax._src.engine.programs
+import slt_jax._src.io.store
+import slt_jax._src.jobs.memory
+from slt_jax._src.io import store
 
 KW = dict(
     num_chains=3, num_steps=120, step_size=1e-3, localization=10.0, batch_size=64, progress=False
@@ -95,7 +96,7 @@ def test_one_compilation_per_chunk_shape():
     loss_fn = CountingLoss(sweep_factory.loss_fn)
     kw = {**KW, "chunk_size": 2}
     sj.estimate_llc_checkpoints(loss_fn, snapshots, sweep_factory.data(), steps=steps, **kw)
-    compiled = slt_jax.sharding.num_compiled()
+    compiled = slt_jax._src.engine.programs.num_compiled()
     traced = loss_fn.traces
     shifted = jax.tree.map(lambda x: x + 0.01, snapshots)
     sj.estimate_llc_checkpoints(
@@ -106,7 +107,7 @@ def test_one_compilation_per_chunk_shape():
         seed=3,
         **{**kw, "step_size": 5e-4, "localization": 3.0},
     )
-    assert slt_jax.sharding.num_compiled() == compiled
+    assert slt_jax._src.engine.programs.num_compiled() == compiled
     assert loss_fn.traces <= traced + 1  # the eval_shape validation may re-trace
 
 
@@ -133,7 +134,7 @@ def test_results_stream_to_disk_and_resume_without_recomputing(tmp_path, monkeyp
     def fail(*args, **kwargs):
         raise AssertionError("a finished chunk was recomputed")
 
-    monkeypatch.setattr(slt_jax.sharding, "run_items", fail)
+    monkeypatch.setattr(slt_jax._src.engine.programs, "run_items", fail)
     again = sj.estimate_llc_checkpoints(
         sweep_factory.loss_fn, snapshots, data, steps=steps, out=out, **kw
     )
@@ -225,7 +226,7 @@ def test_sigkill_mid_sweep_then_resume_equals_an_uninterrupted_run(tmp_path):
     done = sorted(p.name for p in killed.glob("chunk-*.nc"))
     assert 2 <= len(done) < 6, done  # killed in the middle of the sweep
     for p in done:  # every file that exists is whole
-        sj.store._read(killed / p)
+        store._read(killed / p)
     for name, out in (("resume", killed), ("uninterrupted", whole)):
         run = subprocess.run(
             _cli("llc", str(checkpoints), "--out", str(out), *options),
@@ -277,7 +278,7 @@ def test_cli_llc_then_plot(tmp_path, capsys):
 
 
 def test_cli_byte_counts():
-    from slt_jax.__main__ import parse_bytes
+    from slt_jax._src.cli import parse_bytes
 
     assert parse_bytes("2e9") == parse_bytes("2GB") == parse_bytes("2000000000") == 2 * 10**9
     assert parse_bytes("1.5GiB") == 3 * 2**29 and parse_bytes("512 MiB") == 2**29
@@ -306,7 +307,7 @@ def test_a_checkpoint_whose_chains_all_diverge_is_nan_and_the_sweep_goes_on():
 
 
 def test_mismatched_checkpoints_fail_before_sampling(monkeypatch):
-    monkeypatch.setattr(slt_jax.sharding, "run_items", None)  # calling it would fail
+    monkeypatch.setattr(slt_jax._src.engine.programs, "run_items", None)  # calling it would fail
     good = {"w": np.zeros(3, np.float32), "b": np.zeros(1, np.float32)}
     bad = {"w": np.zeros(4, np.float32), "b": np.zeros(1, np.float32)}
     with pytest.raises(ValueError, match=r"checkpoint 1.*\['w'\]"):
@@ -316,10 +317,10 @@ def test_mismatched_checkpoints_fail_before_sampling(monkeypatch):
 def test_auto_chunk_size_fits_the_budget():
     fixed, per = 1000, 300  # a program of fixed + per·chunk bytes
     measure = lambda chunk: fixed + per * chunk  # noqa: E731
-    assert slt_jax.sweep.auto_chunk_size(measure, 64, budget=10**9) == 64
-    chunk = slt_jax.sweep.auto_chunk_size(measure, 64, budget=fixed + per * 10 + 5)
+    assert slt_jax._src.jobs.memory.auto_chunk_size(measure, 64, budget=10**9) == 64
+    chunk = slt_jax._src.jobs.memory.auto_chunk_size(measure, 64, budget=fixed + per * 10 + 5)
     assert chunk == 10
-    assert slt_jax.sweep.auto_chunk_size(measure, 64, budget=10) == 1
+    assert slt_jax._src.jobs.memory.auto_chunk_size(measure, 64, budget=10) == 1
 
 
 def test_automatic_chunk_follows_xla_memory_analysis():
@@ -353,43 +354,29 @@ def test_memory_budget_checked(budget, error, message):
 
 
 def test_memory_budget_as_an_integral_float():
-    from slt_jax import _validation
+    from slt_jax._src import validation as _validation
 
     assert _validation.check_bytes("memory_budget", 2e9) == 2_000_000_000
     assert _validation.check_bytes("memory_budget", np.int64(7)) == 7
 
 
 def _program_bytes(chunk, data, chains=3):
-    from slt_jax import _validation
-    from slt_jax.engine import chain_config, checkpoint_keys, sampler_settings
+    from slt_jax._src.jobs import orchestrate
 
-    config = _validation.resolve_config(
-        num_chains=chains,
-        num_steps=120,
-        num_burnin=None,
-        step_size=1e-3,
-        localization=10.0,
-        nbeta=None,
-        batch_size=64,
-        estimator="paired",
-        seed=0,
-        num_examples=512,
-    )
-    centers = {
-        "w": np.zeros((chunk * chains, 3), np.float32),
-        "b": np.zeros((chunk * chains, 1), np.float32),
-    }
-    keys = checkpoint_keys(jax.random.key(0), np.arange(chunk), chains).reshape(-1)
-    lowered = slt_jax.sharding.lower_items(
+    config, key = sj.LLCConfig(
+        num_chains=chains, num_steps=120, step_size=1e-3, localization=10.0, batch_size=64
+    ).resolve(512)
+    centers = {"w": np.zeros((chunk, 3), np.float32), "b": np.zeros((chunk, 1), np.float32)}
+    keys = orchestrate.checkpoint_keys(key, np.arange(chunk), chains)
+    groups = [orchestrate.Group(config, j, keys[j]) for j in range(chunk)]
+    lowered = orchestrate.lower(
         sweep_factory.loss_fn,
-        chain_config(config),
-        keys,
         centers,
         data,
-        sampler_settings(config),
-        slt_jax.sharding.resolve_mesh(),
+        groups,
+        mesh=slt_jax._src.engine.programs.resolve_mesh(),
     )
-    return slt_jax.sweep.program_bytes(lowered.compile())
+    return slt_jax._src.jobs.memory.program_bytes(lowered.compile())
 
 
 def test_llc_function_inside_jit_and_a_training_scan():
@@ -463,18 +450,18 @@ def test_changed_checkpoints_or_data_with_the_same_shapes_are_caught(tmp_path):
 
 def test_a_second_writer_on_the_same_output_is_refused(tmp_path):
     manifest = {"config": {}, "chunk_size": 1}
-    with sj.store.ResultStore(tmp_path, manifest):
+    with store.ResultStore(tmp_path, manifest):
         with pytest.raises(ValueError, match="being written by another run"):
-            sj.store.ResultStore(tmp_path, manifest)
-    sj.store.ResultStore(tmp_path, manifest).close()  # released: fine again
+            store.ResultStore(tmp_path, manifest)
+    store.ResultStore(tmp_path, manifest).close()  # released: fine again
 
 
 def test_a_different_platform_only_warns(tmp_path):
     manifest = {"config": {}, "chunk_size": 1, "platform": {"jax": "0.0", "backend": "tpu"}}
-    sj.store.ResultStore(tmp_path, manifest).close()
+    store.ResultStore(tmp_path, manifest).close()
     now = {**manifest, "platform": {"jax": "9.9", "backend": "cpu"}}
     with pytest.warns(UserWarning, match="may differ at float precision"):
-        sj.store.ResultStore(tmp_path, now).close()
+        store.ResultStore(tmp_path, now).close()
 
 
 # --- the loss function and the output directory are checked ------------------------------------
@@ -502,7 +489,7 @@ def test_a_changed_loss_function_on_the_same_output_is_an_error(tmp_path, monkey
     out, other = tmp_path / "out", tmp_path / "scaled"
     first = _sweep(out)
     doubled = lambda p, b: 2 * sweep_factory.loss_fn(p, b)  # noqa: E731
-    monkeypatch.setattr(slt_jax.sharding, "lower_items", None)  # no compilation before
+    monkeypatch.setattr(slt_jax._src.engine.programs, "lower_items", None)  # no compilation before
     with pytest.raises(ValueError, match="different configuration") as error:
         _sweep(out, doubled, chunk_size=None)
     assert error.match(r"loss_fn\.jaxpr_sha256: '[0-9a-f]+' \(stored\) vs '[0-9a-f]+' \(now\)")
@@ -548,9 +535,9 @@ def test_out_must_be_new_empty_or_a_results_directory(tmp_path):
     for text in ('{"name": "another program"}', "not json {", "[1, 2]"):
         (foreign / "manifest.json").write_text(text)
         for attempt in (
-            lambda: sj.store.ResultStore(foreign, manifest),
+            lambda: store.ResultStore(foreign, manifest),
             lambda: sj.load_results(foreign),
-            lambda: sj.store.stored_chunk_size(foreign),
+            lambda: store.stored_chunk_size(foreign),
         ):
             with pytest.raises(ValueError, match="not a slt_jax results manifest") as error:
                 attempt()
@@ -561,31 +548,31 @@ def test_out_must_be_new_empty_or_a_results_directory(tmp_path):
     user.mkdir()
     (user / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match=r"is not empty \(notes.txt\) but has no manifest.json"):
-        sj.store.ResultStore(user, manifest)
+        store.ResultStore(user, manifest)
     assert [p.name for p in user.iterdir()] == ["notes.txt"]
 
     for bad, error in (("", ValueError), ("  ", ValueError), (3, TypeError), (b"x", TypeError)):
         with pytest.raises(error, match="`out`"):
-            sj.store.ResultStore(bad, manifest)
+            store.ResultStore(bad, manifest)
 
     # Only a run's own leftovers (the lock, torn temporary files) may be there.
     leftovers = tmp_path / "leftovers"
     leftovers.mkdir()
     (leftovers / ".lock").touch()
     (leftovers / ".manifest.json.tmp-123").write_text("{")
-    sj.store.ResultStore(leftovers, manifest).close()
+    store.ResultStore(leftovers, manifest).close()
     assert sorted(p.name for p in leftovers.iterdir()) == [".lock", "manifest.json"]
 
 
 def test_clean_up_removes_only_the_library_temporary_files(tmp_path):
     manifest = {"config": {}, "chunk_size": 1}
-    sj.store.ResultStore(tmp_path, manifest).close()
+    store.ResultStore(tmp_path, manifest).close()
     ours = [".chunk-00003.nc.tmp-4242", ".manifest.json.tmp-17"]
     theirs = [".vimrc.tmp-backup", ".notes.txt.tmp-1", ".chunk-1.nc.tmp-x", "chunk-00000 copy.nc"]
     for name in ours + theirs:
         (tmp_path / name).write_text("x")
-    with sj.store.ResultStore(tmp_path, manifest) as store:
-        assert store.finished_chunks() == set()  # "chunk-00000 copy.nc" is no chunk
+    with store.ResultStore(tmp_path, manifest) as opened:
+        assert opened.finished_chunks() == set()  # "chunk-00000 copy.nc" is no chunk
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".lock", "manifest.json", *theirs])
 
 
@@ -596,8 +583,8 @@ def test_a_stray_copy_of_a_chunk_is_ignored(tmp_path):
     _assert_same(_sweep(tmp_path), first, exact=True)
     _assert_same(sj.load_results(tmp_path), first, exact=True)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    with sj.store.ResultStore(tmp_path, manifest) as store:
-        assert store.finished_chunks() == {0, 1}
+    with store.ResultStore(tmp_path, manifest) as opened:
+        assert opened.finished_chunks() == {0, 1}
 
 
 OUT_PROBLEMS = {
@@ -614,8 +601,8 @@ def test_out_is_checked_before_the_chunk_size_is_measured(tmp_path, monkeypatch,
     def fail(*args, **kwargs):
         raise AssertionError("compiled before `out` was checked")
 
-    monkeypatch.setattr(slt_jax.sharding, "lower_items", fail)
-    monkeypatch.setattr(slt_jax.sharding, "run_items", fail)
+    monkeypatch.setattr(slt_jax._src.engine.programs, "lower_items", fail)
+    monkeypatch.setattr(slt_jax._src.engine.programs, "run_items", fail)
     out = "" if case == "empty string" else tmp_path / "out"
     if case == "file":
         out.write_text("x")

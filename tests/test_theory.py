@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from slt_jax import theory
+from slt_jax._src.theory import _aoyagi_subset
 from slt_jax.theory import (
-    _aoyagi_subset,
     dln_learning_coefficient,
     monomial_learning_coefficient,
     normal_crossing_learning_coefficient,
@@ -29,7 +29,9 @@ RRR_GRID = [
 
 
 def test_docstring_examples():
-    result = doctest.testmod(theory, optionflags=doctest.NORMALIZE_WHITESPACE)
+    from slt_jax._src import theory as implementation
+
+    result = doctest.testmod(implementation, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 9
     assert result.failed == 0
 

@@ -1,15 +1,15 @@
-"""Samplers: ``(init, step)`` pairs of pure functions over a NamedTuple state."""
+"""Samplers as ``(init, step)`` pairs of pure functions over a NamedTuple state."""
 
-from slt_jax.kernels.base import Kernel as Kernel
-from slt_jax.kernels.base import StepInfo as StepInfo
-from slt_jax.kernels.exact import hmc as hmc
-from slt_jax.kernels.exact import mala as mala
-from slt_jax.kernels.exact import nuts as nuts
-from slt_jax.kernels.hamiltonian import sghmc as sghmc
-from slt_jax.kernels.hamiltonian import sgnht as sgnht
-from slt_jax.kernels.langevin import langevin_acceptance as langevin_acceptance
-from slt_jax.kernels.langevin import rmsprop_sgld as rmsprop_sgld
-from slt_jax.kernels.langevin import sgld as sgld
+from slt_jax._src.samplers.base import Kernel as Kernel
+from slt_jax._src.samplers.base import StepInfo as StepInfo
+from slt_jax._src.samplers.exact import hmc as hmc
+from slt_jax._src.samplers.exact import mala as mala
+from slt_jax._src.samplers.exact import nuts as nuts
+from slt_jax._src.samplers.hamiltonian import sghmc as sghmc
+from slt_jax._src.samplers.hamiltonian import sgnht as sgnht
+from slt_jax._src.samplers.langevin import langevin_acceptance as langevin_acceptance
+from slt_jax._src.samplers.langevin import rmsprop_sgld as rmsprop_sgld
+from slt_jax._src.samplers.langevin import sgld as sgld
 
 __all__ = [
     "Kernel",

@@ -252,7 +252,7 @@ def head_refinements(params) -> dict:
     """``{"layer{i}/head{h}": mask}``: one weight refinement per attention head (its slice
     of the fused QKV and output kernels), for :func:`slt_jax.estimate_refined_llc`
     (Wang et al. 2024, arXiv:2410.02984). Built with :func:`slt_jax.refine.head_masks`."""
-    from slt_jax.refine import head_masks
+    from slt_jax._src.refine import head_masks
 
     _, config = _architecture(params)
     result = {}
@@ -264,7 +264,7 @@ def head_refinements(params) -> dict:
 
 def _architecture(params) -> tuple[dict, dict]:
     """``({path: leaf}, ICLTransformer keyword arguments)`` read off a parameter pytree."""
-    from slt_jax.refine import path_string
+    from slt_jax._src.refine import path_string
 
     flat = {path_string(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
     qkv = np.shape(flat["blocks/0/attn/qkv"])
@@ -294,7 +294,7 @@ def apply_fn(params, probe: jax.Array) -> jax.Array:
     checkpoint loaded with ``like=factory()[2]``) or any pytree with the same ``/``-joined
     leaf paths (e.g. loaded without ``like``). The architecture is read off the shapes.
     """
-    from slt_jax.refine import path_string
+    from slt_jax._src.refine import path_string
 
     flat, config = _architecture(params)
     graphdef, template = _skeleton(tuple(config.items()))
@@ -338,8 +338,8 @@ def train(
     Returns ``(model, history)``: the trained model and ``history["step"]``,
     ``history["loss"]``, the training loss of every step's batch (before its update).
     """
-    from slt_jax.checkpoints import save_checkpoint
-    from slt_jax.examples import checkpoint_schedule
+    from slt_jax._src.io.checkpoints import save_checkpoint
+    from slt_jax._src.training import checkpoint_schedule
 
     model, draw = _build(seed, num_tasks, task_seed, model_config)
     graphdef, params = nnx.split(model, nnx.Param)
@@ -394,7 +394,7 @@ def factory(
     :func:`train`); ``like`` is its parameter template, e.g. for
     ``sj.load_checkpoint_set(directory, like=like)``.
     """
-    from slt_jax.adapters import nnx_loss
+    from slt_jax._src.io.adapters import nnx_loss
 
     model, draw = _build(seed, num_tasks, task_seed, model_config)
     xs, ys, _ = draw(jax.random.fold_in(jax.random.key(seed), 2), n)

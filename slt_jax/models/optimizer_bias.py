@@ -51,8 +51,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from slt_jax.adapters import nnx_loss
-from slt_jax.examples import MLP, load_digits, log_spaced_steps
+from slt_jax._src.io.adapters import nnx_loss
+from slt_jax._src.training import log_spaced_steps
+from slt_jax.models.digits import MLP, load_digits
 
 PyTree = Any
 OPTIMIZERS = ("sgd", "momentum", "adam", "entropy-sgd")

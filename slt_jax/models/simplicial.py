@@ -83,10 +83,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from slt_jax import refine
-from slt_jax.adapters import nnx_loss
-from slt_jax.checkpoints import save_checkpoint
-from slt_jax.examples import checkpoint_schedule
+from slt_jax._src import refine
+from slt_jax._src.io.adapters import nnx_loss
+from slt_jax._src.io.checkpoints import save_checkpoint
+from slt_jax._src.training import checkpoint_schedule
 
 PyTree = Any
 ARCHITECTURES = ("relational", "simplicial")

@@ -46,8 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from slt_jax.adapters import nnx_loss
-from slt_jax.models._train import minibatch_train
+from slt_jax._src.io.adapters import nnx_loss
+from slt_jax._src.training import minibatch_train
 
 
 class TMS(nnx.Module):

@@ -1,0 +1,331 @@
+"""Command line: ``slt-jax demo | llc | plot`` (also ``python -m slt_jax``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import pathlib
+import sys
+import time
+
+# What bad input raises (a missing directory, a bad option, a config mismatch, a module
+# that cannot be imported); any other exception is a bug and keeps its traceback.
+_USER_ERRORS = (ValueError, TypeError, FloatingPointError, ImportError, OSError)
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
+
+
+def parse_bytes(text: str) -> int:
+    """``2000000000``, ``2e9``, ``2GB``, ``1.5GiB`` → a whole number of bytes."""
+    stripped = text.strip()
+    number = stripped.rstrip("KMGTBikmgtb ")
+    unit = stripped[len(number) :].strip().upper()
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(
+            f"not a byte count: {text!r} (write e.g. 2000000000, 2e9, 2GB or 1.5GiB)"
+        ) from None
+    if not value >= 1 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"the memory budget must be >= 1 byte, got {text!r}")
+    return int(value)
+
+
+def _number_or_auto(text: str) -> float | str:
+    """A float, or the word ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'auto': {text!r}") from None
+
+
+def parse_bytes_free_count(text: str) -> int:
+    """A whole count, written ``2000000`` or ``2e6``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r}") from None
+    if not value.is_integer() or value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole count: {text!r}")
+    return int(value)
+
+
+def load_factory(spec: str):
+    """``MODULE:NAME`` or ``path/to/file.py:NAME`` → the object ``NAME``."""
+    module_name, sep, name = spec.rpartition(":")
+    if not sep or not module_name or not name:
+        raise ValueError(f"--model must look like MODULE:FACTORY or FILE.py:FACTORY, got {spec!r}")
+    if module_name.endswith(".py"):
+        path = pathlib.Path(module_name).resolve()
+        if not path.exists():
+            raise ValueError(f"--model: no file {path}")
+        loaded = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(loaded)
+        sys.modules[path.stem] = module
+        loaded.loader.exec_module(module)
+    else:
+        module = importlib.import_module(module_name)
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise ValueError(f"--model: {module_name} has no attribute {name!r}") from None
+
+
+def _model_from_factory(spec: str):
+    made = load_factory(spec)()
+    if isinstance(made, dict):
+        return made["loss_fn"], made["data"], made.get("like")
+    if isinstance(made, tuple) and len(made) in (2, 3):
+        return (*made, None) if len(made) == 2 else made
+    raise ValueError("the --model factory must return (loss_fn, data) or (loss_fn, data, like)")
+
+
+def _add_sampler_options(p: argparse.ArgumentParser, *, chains=8, steps=1000) -> None:
+    g = p.add_argument_group("sampler (see slt_jax.estimate_llc)")
+    g.add_argument("--chains", type=int, default=chains, help="chains per checkpoint")
+    g.add_argument("--steps", type=int, default=steps, help="SGLD steps per chain")
+    g.add_argument("--burnin", type=int, default=None, help="burn-in steps (default steps/4)")
+    g.add_argument(
+        "--step-size",
+        type=_number_or_auto,
+        default=1e-4,
+        help="ε (devinterp's lr), or 'auto': calibrate on one checkpoint first "
+        "(slt_jax.calibrate) and use the chosen setting for all",
+    )
+    g.add_argument(
+        "--localization",
+        type=_number_or_auto,
+        default=None,
+        help="γ (default 100; with --step-size auto, calibrated too unless given)",
+    )
+    g.add_argument(
+        "--calibrate-on",
+        type=int,
+        default=None,
+        help="with --step-size auto: the training step to calibrate on (default: the last)",
+    )
+    g.add_argument(
+        "--calibration-budget",
+        type=parse_bytes_free_count,
+        default=None,
+        help="with --step-size auto: the most chain-steps the calibration may spend",
+    )
+    g.add_argument("--nbeta", type=float, default=None, help="nβ (default n / log n)")
+    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--estimator", choices=("paired", "plain"), default="paired")
+    g.add_argument(
+        "--sampler",
+        default="sgld",
+        help="sgld, rmsprop_sgld, sghmc, sgnht, mala, hmc, nuts, or with options, e.g. "
+        "'sghmc(friction=50.0)' (see slt_jax.samplers)",
+    )
+    g.add_argument(
+        "--diagnostic-every",
+        type=int,
+        default=10,
+        help="record MALA acceptance and norms every this many draws (0: off)",
+    )
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="checkpoints per compiled call (default: fit the memory budget)",
+    )
+    g.add_argument(
+        "--memory-budget",
+        type=parse_bytes,
+        default=None,
+        help="bytes, e.g. 2000000000, 2e9, 2GB or 1.5GiB (default: the free memory)",
+    )
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d = p.add_argument_group("many hosts (see the README: Cloud TPU, multi-GPU)")
+    d.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (run on every host); on "
+        "Cloud TPU and SLURM the cluster is detected",
+    )
+    d.add_argument("--coordinator", default=None, help="host:port of process 0 (else detected)")
+    d.add_argument("--num-processes", type=int, default=None)
+    d.add_argument("--process-id", type=int, default=None)
+
+
+def _sampler_kwargs(args) -> dict:
+    return dict(
+        num_chains=args.chains,
+        num_steps=args.steps,
+        num_burnin=args.burnin,
+        step_size=args.step_size,
+        localization=args.localization,
+        nbeta=args.nbeta,
+        batch_size=args.batch_size,
+        estimator=args.estimator,
+        sampler=args.sampler,
+        diagnostic_every=args.diagnostic_every,
+        seed=args.seed,
+        chunk_size=args.chunk_size,
+        memory_budget=args.memory_budget,
+        progress=not args.no_progress,
+        calibrate_on=args.calibrate_on,
+        calibration_budget=args.calibration_budget,
+    )
+
+
+def _initialize_distributed(args: argparse.Namespace) -> None:
+    if not getattr(args, "distributed", False):
+        return
+    import jax
+
+    # CPU processes need a collectives implementation to share results (GPU and TPU have
+    # their own; this setting only concerns the CPU backend).
+    if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    options = {
+        "coordinator_address": args.coordinator,
+        "num_processes": args.num_processes,
+        "process_id": args.process_id,
+    }
+    jax.distributed.initialize(**{k: v for k, v in options.items() if v is not None})
+
+
+def llc(args: argparse.Namespace) -> None:
+    """Estimate the LLC of every checkpoint in a directory; stream results to --out."""
+    _initialize_distributed(args)
+    import jax
+
+    import slt_jax as sj
+
+    loss_fn, data, like = _model_from_factory(args.model)
+    start = time.perf_counter()
+    result = sj.estimate_llc_checkpoints(
+        loss_fn,
+        args.checkpoints,
+        data,
+        like=like,
+        format=getattr(args, "format", None),
+        out=args.out,
+        **_sampler_kwargs(args),
+    )
+    if jax.process_index() == 0:
+        if result.calibration is not None:
+            c = result.calibration
+            print(
+                f"step_size auto (calibrated on step {c.calibrate_on}, "
+                f"{'verified' if c.trusted else 'NOT verified'}): step_size={c.step_size:g}, "
+                f"localization={c.localization:g}, nbeta={c.nbeta:.4g}\n{c.explanation}\n"
+            )
+        print(result.summary())
+        print(
+            f"{len(result.steps)} checkpoints in {time.perf_counter() - start:.1f}s on "
+            f"{jax.device_count()} device(s); results in {args.out} (slt_jax.load_results)"
+        )
+
+
+def plot(args: argparse.Namespace) -> None:
+    """Write a PNG of the LLC against training step."""
+    import slt_jax as sj
+
+    if args.output is None:  # next to the results directory: run.v2 → run.v2.png
+        results = pathlib.Path(args.results).resolve()
+        output = str(results.parent / (results.name + ".png"))
+    else:
+        output = args.output
+    sj.plot_llc(sj.load_results(args.results), output)
+    print(f"wrote {output}")
+
+
+def demo(args: argparse.Namespace) -> None:
+    """Train an MLP on digits writing a checkpoint set, then run the LLC sweep on it."""
+    import shutil
+
+    from flax import nnx
+
+    import slt_jax as sj
+
+    root = pathlib.Path(args.out)
+    checkpoints, results = root / "checkpoints", root / "llc"
+    shutil.rmtree(root, ignore_errors=True)
+    data = sj.examples.load_digits()
+    model = sj.examples.MLP((64, 32, 10), rngs=nnx.Rngs(args.seed))
+    steps = sj.examples.log_spaced_steps(
+        args.train_steps, args.checkpoints, start=max(1, args.train_steps // 20)
+    )
+    start = time.perf_counter()
+    final = sj.examples.train_classifier(
+        model,
+        data,
+        num_steps=args.train_steps,
+        checkpoint_dir=str(checkpoints),
+        checkpoint_steps=tuple(steps),
+    )
+    print(
+        f"trained an MLP 64-32-10 on digits (n={len(data[1])}) for {args.train_steps} steps "
+        f"in {time.perf_counter() - start:.1f}s (final loss {final:.4f}); "
+        f"{len(steps)} checkpoints in {checkpoints}"
+    )
+    print(
+        f"equivalent command: slt-jax llc {checkpoints} --model slt_jax.examples:digits_mlp "
+        f"--out {results} --steps {args.steps}"
+    )
+    args.model, args.checkpoints, args.out = (
+        "slt_jax.examples:digits_mlp",
+        str(checkpoints),
+        str(results),
+    )
+    llc(args)
+    args.results, args.output = str(results), str(root / "llc.png")
+    plot(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="slt-jax", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("demo", help="train a small model, sweep its checkpoints, plot")
+    p.add_argument("--out", default="results/demo", help="where everything is written")
+    p.add_argument("--train-steps", type=int, default=2000)
+    p.add_argument(
+        "--checkpoints",
+        type=int,
+        default=12,
+        help="log-spaced checkpoints from step train_steps/20 to the end",
+    )
+    _add_sampler_options(p, steps=1000)
+    p.set_defaults(func=demo)
+
+    p = commands.add_parser("llc", help="LLC of every checkpoint in a directory")
+    p.add_argument("checkpoints", help="checkpoint directory (orbax, safetensors, msgpack)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="MODULE:FACTORY or FILE.py:FACTORY returning (loss_fn, data[, like])",
+    )
+    p.add_argument("--out", required=True, help="results directory (resumable)")
+    p.add_argument(
+        "--format",
+        choices=("safetensors", "msgpack", "orbax"),
+        default=None,
+        help="read only checkpoints of this format (default: the one in the directory)",
+    )
+    _add_sampler_options(p)
+    p.set_defaults(func=llc)
+
+    p = commands.add_parser("plot", help="PNG of the LLC against training step")
+    p.add_argument("results", help="a results directory written by `slt-jax llc`")
+    p.add_argument("--output", default=None, help="PNG path (default RESULTS.png)")
+    p.set_defaults(func=plot)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except _USER_ERRORS as error:  # bad input, not a bug: a message, not a traceback
+        print(f"slt-jax: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

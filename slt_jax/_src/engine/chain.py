@@ -1,0 +1,173 @@
+"""One chain as a compiled program, assembled from small parts.
+
+A chain is a ``lax.scan`` over steps: burn-in, then ``num_draws`` recorded steps. Each step
+takes the minibatch of its step (:func:`minibatch_source`), the step size of its step
+(:func:`step_size_at`), moves with the sampler's kernel, puts back the coordinates a
+restriction holds fixed, and records: the loss (and, for the paired estimator, the loss of
+``w*`` on the same minibatch) every draw, the chain diagnostics every
+``diagnostic_every`` draws (:func:`measure`) and an observer's observations every
+``observer.every`` draws. The data set stays on the device; nothing leaves the loop.
+
+Keys: the chain's key alone drives it (split once into a minibatch key and a noise key;
+the noise of step ``t`` is ``fold_in(noise_key, t)``), so chain ``i`` under ``vmap`` equals
+a single run with its key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from slt_jax._src import data as _data
+from slt_jax._src.config import Arrays, Static
+from slt_jax._src.engine.interfaces import EVERYTHING, ChainTrace
+from slt_jax._src.posterior import (
+    half_square_distance,
+    localized_logdensity_grad,
+    sampling_dtype,
+    tree_all_finite,
+    tree_norm,
+)
+from slt_jax._src.samplers.langevin import langevin_acceptance
+
+PyTree = Any
+DIAGNOSTICS = ("acceptance", "weight_distance", "grad_norm", "noise_norm")
+
+
+def minibatch_source(static: Static, data: PyTree, batch_key: jax.Array) -> Callable:
+    """``batch_at(t)``: the minibatch of step ``t`` (the whole data set for exact-gradient
+    samplers). Stateless: see :func:`slt_jax._src.data.minibatch`."""
+    if static.sampler.full_batch:
+        return lambda t: data
+    return lambda t: _data.minibatch(batch_key, t, data, static.batch_size)
+
+
+def step_size_at(static: Static, arrays: Arrays) -> Callable:
+    """``eps_at(t)``: the step size of step ``t`` (a schedule multiplies the array one)."""
+    if static.schedule is None:
+        return lambda t: arrays.step_size
+    return lambda t: arrays.step_size * jnp.asarray(static.schedule(t), jnp.float32)
+
+
+def periodically(draw, every: int, update: Callable, state):
+    """``update(state)`` on every ``every``-th draw, else ``state``. The predicate depends
+    on the step only (not on the chain), so under ``vmap`` this stays a branch."""
+    return jax.lax.cond(draw % every == 0, update, lambda s: s, state)
+
+
+def measure(loss_fn, static, center, arrays, info, state, new_state, batch, eps, restriction):
+    """The chain diagnostics of one move: MALA acceptance (one extra gradient for a
+    Langevin sampler), ``‖w − w*‖``, ``‖∇log p‖`` and ``‖noise‖``, over the moving
+    coordinates."""
+    position = restriction.restrict(state.position, center)
+    proposal = restriction.restrict(new_state.position, center)
+    grad = restriction.select(info.logdensity_grad)
+    noise = restriction.select(info.noise)
+    if static.sampler.langevin:
+        logdensity_grad = localized_logdensity_grad(
+            loss_fn, center, nbeta=arrays.nbeta, localization=arrays.localization
+        )
+        proposal_loss, proposal_grad = logdensity_grad(proposal, batch)
+
+        def logdensity(loss, w):
+            localize = arrays.localization * half_square_distance(w, center)
+            return -arrays.nbeta * loss - localize
+
+        acceptance = langevin_acceptance(
+            position=position,
+            proposal=proposal,
+            logdensity=logdensity(info.loss, position),
+            proposal_logdensity=logdensity(proposal_loss, proposal),
+            grad=grad,
+            proposal_grad=proposal_grad,
+            step_size=eps,
+            preconditioner=info.preconditioner,
+        )
+    else:
+        acceptance = info.acceptance
+    values = (
+        acceptance,
+        tree_norm(jax.tree.map(lambda w, c: w - c, position, center)),
+        tree_norm(grad),
+        jnp.float32(jnp.nan) if noise is None else tree_norm(noise),
+    )
+    return jnp.stack([jnp.asarray(v, jnp.float32) for v in values])
+
+
+def _wide(x):
+    return _data.wide(jnp.asarray(x))
+
+
+def run_chain(
+    loss_fn,
+    static: Static,
+    key: jax.Array,
+    center: PyTree,
+    data: PyTree,
+    arrays: Arrays,
+    restriction=EVERYTHING,
+    observer=None,
+) -> ChainTrace:
+    """One chain started at ``center``: burn-in, then ``num_draws`` recorded steps.
+
+    ``restriction`` (a bound :class:`~slt_jax._src.engine.interfaces.BoundRestriction`)
+    says which coordinates move: the loss reads the others from ``center``, and a
+    stochastic-gradient sampler's moves are put back onto the moving coordinates after
+    every step (a Metropolis sampler, whose projected moves would break detailed balance,
+    samples the others as free Gaussian dummies that never reach the loss). ``observer``
+    (a bound observer) is evaluated every ``observer.every`` draws.
+    """
+    loss = restriction.loss(loss_fn, center)
+    kernel = static.sampler.build(
+        loss, center, nbeta=arrays.nbeta, localization=arrays.localization
+    )
+    project = restriction is not EVERYTHING and not static.sampler.full_batch
+    batch_key, noise_key = jax.random.split(key)
+    batch_at, eps_at = minibatch_source(static, data, batch_key), step_size_at(static, arrays)
+    paired, every = static.estimator == "paired", static.diagnostic_every
+    observe_every = observer.every if observer is not None else 0
+
+    def step(carry, t, record):
+        state, diverged, diagnostics, observed = carry
+        batch, eps = batch_at(t), eps_at(t)
+        new_state, info = kernel.step(jax.random.fold_in(noise_key, t), state, batch, eps)
+        if project:
+            position = restriction.restrict(new_state.position, center)
+            new_state = new_state._replace(position=position)
+        finite = jnp.isfinite(info.loss) & tree_all_finite(new_state.position)
+        out = _wide(info.loss)  # a bf16/f16 loss is recorded in float32 (see data.wide)
+        if record:
+            out = (out, _wide(loss(center, batch))) if paired else out
+            draw = t - static.num_burnin
+            if every:
+                values = lambda: measure(  # noqa: E731
+                    loss, static, center, arrays, info, state, new_state, batch, eps, restriction
+                )
+                diagnostics = periodically(
+                    draw, every, lambda d: d.at[:, draw // every].set(values()), diagnostics
+                )
+            if observe_every:  # the observer sees w_t in the model's own float types
+                moved = restriction.restrict(state.position, center)
+                at = jax.tree.map(lambda w, c: w.astype(c.dtype), moved, center)
+                observed = periodically(
+                    draw,
+                    observe_every,
+                    lambda o: observer.observe(o, at, draw // observe_every),
+                    observed,
+                )
+        return (new_state, diverged | ~finite, diagnostics, observed), out
+
+    start = jax.tree.map(lambda c: c.astype(sampling_dtype(c.dtype)), center)
+    diagnostics = jnp.full((len(DIAGNOSTICS), static.num_diagnostics), jnp.nan, jnp.float32)
+    observed = observer.init() if observer is not None else None
+    carry = (kernel.init(start, batch_at(0)), jnp.asarray(False), diagnostics, observed)
+    burnin = jnp.arange(static.num_burnin)
+    draws = jnp.arange(static.num_burnin, static.num_burnin + static.num_draws)
+    carry, burnin_loss = jax.lax.scan(lambda c, t: step(c, t, False), carry, burnin)
+    carry, records = jax.lax.scan(lambda c, t: step(c, t, True), carry, draws)
+    loss_trace, reference = records if paired else (records, jnp.zeros((0,), records.dtype))
+    outputs = observer.finish(carry[3], center) if observer is not None else None
+    return ChainTrace(loss_trace, reference, burnin_loss, carry[1], *carry[2], observed=outputs)

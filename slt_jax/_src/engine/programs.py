@@ -1,0 +1,197 @@
+"""The compiled chain programs: items (one chain each) vmapped, sharded over a mesh, cached.
+
+The work of a run is a flat list of *items*, one chain each, with its own key, centre,
+array settings and (optionally) restriction arguments. Items are padded to a multiple of
+the number of devices, sharded over the mesh (``shard_map``: every device runs the vmapped
+item program on its slice, with no communication) and the padding is dropped. After
+``jax.distributed.initialize()`` the mesh spans every process's devices: each process feeds
+and computes its share, and the results are gathered on every process. Because every item
+owns its key, results do not depend on the number of devices or processes (up to float
+rounding of the vectorised arithmetic).
+
+**The program cache.** One program per (loss function, static configuration, plug-ins,
+mesh), each compiled once per input shape by ``jax.jit``. The cache holds at most
+:data:`MAX_PROGRAMS` of them and evicts the least recently used: a new ``lambda`` per call
+(a fresh loss function) does not keep every compiled program alive for the life of the
+process. :func:`num_compiled` counts compilations, evicted ones included.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from slt_jax._src import data as _data
+from slt_jax._src.config import Arrays, Static
+from slt_jax._src.engine.chain import run_chain
+from slt_jax._src.engine.interfaces import EVERYTHING, ChainTrace
+
+PyTree = Any
+
+#: The most compiled programs kept (least recently used evicted first).
+MAX_PROGRAMS = 32
+
+
+class Plugins(NamedTuple):
+    """The features plugged into every chain of a program (static, hashable)."""
+
+    restriction: Any = None  # a Restriction spec: bound to each item's arguments
+    observer: Any = None  # an Observer spec: bound to the replicated observer data
+
+
+NO_PLUGINS = Plugins()
+
+
+def resolve_mesh(mesh: Mesh | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh items are sharded over: ``mesh`` as given (all its axes are used, flattened),
+    else a one-axis mesh of ``devices``, else of every device (every process's, after
+    ``jax.distributed.initialize()``)."""
+    if mesh is not None and devices is not None:
+        raise ValueError("pass `mesh` or `devices`, not both.")
+    if mesh is not None:
+        if not isinstance(mesh, Mesh):
+            raise TypeError(f"`mesh` must be a jax.sharding.Mesh, got {type(mesh).__name__}.")
+        return mesh
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("`devices` is empty.")
+    return Mesh(np.array(devices), ("items",))
+
+
+def item(loss_fn, static: Static, plugins: Plugins, key, center, data, arrays, args, observed):
+    """One chain with its plug-ins bound: the function every program vmaps."""
+    restriction = EVERYTHING if plugins.restriction is None else plugins.restriction.bind(args)
+    observer = None
+    if plugins.observer is not None:
+        observer = plugins.observer.bind(loss_fn, static.batch_size, static.num_draws, observed)
+    return run_chain(loss_fn, static, key, center, data, arrays, restriction, observer)
+
+
+def chains(loss_fn, static: Static, keys, center, data, arrays: Arrays) -> ChainTrace:
+    """Many chains from one centre, vmapped (traceable: for use inside a user's ``jit``)."""
+    one = functools.partial(item, loss_fn, static, NO_PLUGINS)
+    return jax.vmap(lambda k: one(k, center, data, arrays, None, None))(keys)
+
+
+def full_loss(loss_fn, center, data, batch_size: int) -> jax.Array:
+    """``L_n(center)``, ``batch_size`` examples at a time (traceable)."""
+    return _data.dataset_mean(lambda b: loss_fn(center, b), data, batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "batch_size"))
+def _center_losses(loss_fn, centers, data, batch_size):
+    return jax.vmap(lambda c: full_loss(loss_fn, c, data, batch_size))(centers)
+
+
+def center_losses(loss_fn, centers: PyTree, data: PyTree, batch_size: int) -> np.ndarray:
+    """``(M,)`` full-data losses ``L_n(w*)`` of ``M`` distinct centres (leading axis), each
+    evaluated once, ``batch_size`` examples at a time (every process computes them all)."""
+    return np.asarray(_center_losses(loss_fn, centers, data, batch_size))
+
+
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
+_EVICTED = [0]  # compilations of programs no longer cached
+
+
+def num_compiled() -> int:
+    """How many item programs have been compiled (one per loss, configuration, plug-ins,
+    mesh and input shape), those evicted from the cache included."""
+    return _EVICTED[0] + sum(program._cache_size() for program in _PROGRAMS.values())
+
+
+def program(loss_fn, static: Static, plugins: Plugins, mesh: Mesh):
+    """The jitted item program for one loss, static configuration, plug-ins and mesh."""
+    cache_key = (loss_fn, static, plugins, mesh)
+    if cache_key in _PROGRAMS:
+        _PROGRAMS.move_to_end(cache_key)
+        return _PROGRAMS[cache_key]
+    _PROGRAMS[cache_key] = compiled = _build(loss_fn, static, plugins, mesh)
+    while len(_PROGRAMS) > MAX_PROGRAMS:
+        _, evicted = _PROGRAMS.popitem(last=False)
+        _EVICTED[0] += evicted._cache_size()
+    return compiled
+
+
+def _build(loss_fn, static: Static, plugins: Plugins, mesh: Mesh):
+    spec = P(mesh.axis_names)
+    one = functools.partial(item, loss_fn, static, plugins)
+    per_device = jax.vmap(one, in_axes=(0, 0, None, 0, 0, None))
+    # No collectives: every device's slice is independent, so the varying-axis type check
+    # (which would reject the scan's constant initial carry) has nothing to protect.
+    sharded = jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(spec, spec, P(), spec, spec, P()),
+        out_specs=spec,
+        check_vma=False,
+    )
+    return jax.jit(sharded)
+
+
+def _global(host: np.ndarray, mesh: Mesh, spec: P) -> jax.Array:
+    """A global array from a host array every process holds in full."""
+    sharding = NamedSharding(mesh, spec)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _host(tree: PyTree) -> PyTree:
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+class Items(NamedTuple):
+    """The inputs of ``W`` items (one chain each), as host values: ``keys`` ``(W,)``,
+    ``centers`` and ``args`` (a restriction's arguments, or ``None``) with a leading ``W``
+    axis, ``arrays`` scalars shared by every item or ``(W,)`` arrays."""
+
+    keys: jax.Array
+    centers: PyTree
+    arrays: Arrays
+    args: PyTree = None
+
+
+def place(items: Items, data, mesh: Mesh, observed=None) -> tuple:
+    """Pad the items to a multiple of the mesh size and place everything on the mesh: the
+    items sharded, ``data`` and ``observed`` replicated. Returns the program's arguments."""
+    num_items = len(items.keys)
+    pad = -num_items % mesh.size
+    take = np.concatenate([np.arange(num_items), np.full(pad, num_items - 1)]).astype(int)
+    spec = P(mesh.axis_names)
+    per_item = lambda x: _global(np.asarray(x)[take], mesh, spec)  # noqa: E731
+    replicated = lambda x: _global(np.asarray(x), mesh, P())  # noqa: E731
+    key_data = np.asarray(jax.random.key_data(items.keys))
+    arrays = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (num_items,)), items.arrays)
+    return (
+        jax.random.wrap_key_data(per_item(key_data)),
+        jax.tree.map(per_item, items.centers),
+        jax.tree.map(replicated, data),
+        jax.tree.map(per_item, arrays),
+        jax.tree.map(per_item, items.args),
+        jax.tree.map(replicated, observed),
+    )
+
+
+def run_items(
+    loss_fn, static: Static, items: Items, data, mesh: Mesh, *, plugins=NO_PLUGINS, observed=None
+) -> ChainTrace:
+    """Run the items sharded over ``mesh``: host traces with a leading item axis."""
+    placed = place(items, data, mesh, observed)
+    traces = _host(program(loss_fn, static, plugins, mesh)(*placed))
+    return jax.tree.map(lambda x: x[: len(items.keys)], traces)
+
+
+def lower_items(
+    loss_fn, static: Static, items: Items, data, mesh: Mesh, *, plugins=NO_PLUGINS, observed=None
+):
+    """The lowered item program for these inputs (for XLA's memory analysis)."""
+    return program(loss_fn, static, plugins, mesh).lower(*place(items, data, mesh, observed))

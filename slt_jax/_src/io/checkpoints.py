@@ -1,0 +1,540 @@
+"""Checkpoint sets: K snapshots of one model's parameters stacked on a leading axis, the
+input of a batch LLC sweep over a training run. Built from snapshots in memory, from a
+directory that Flax training code wrote (Orbax, safetensors, Flax msgpack), or from whatever
+you have (:func:`as_checkpoint_set`). Everything stays on the host, as numpy."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pathlib
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence, ValuesView
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
+from flax import serialization
+
+from slt_jax._src.validation import leaf_name
+
+__all__ = [
+    "CheckpointSet",
+    "as_checkpoint_set",
+    "load_checkpoint_set",
+    "save_checkpoint",
+    "stack_checkpoints",
+]
+
+PyTree = Any
+Parts = tuple[str, ...]
+FORMATS = ("safetensors", "msgpack", "orbax")
+_SUFFIXES = {".safetensors": "safetensors", ".msgpack": "msgpack"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSet:
+    """K snapshots of one model's parameters, stacked: the input of a batch LLC sweep.
+
+    ``steps`` are the ``(K,)`` int64 training steps, strictly ascending; ``params`` is a
+    pytree (dict, Linen params, ``nnx.State``) whose every leaf is a host numpy array with
+    leading axis K; ``sources`` are K labels (paths, or ``"checkpoint 3"``) for messages.
+    ``len(cs)`` is K.
+
+    Example:
+      >>> import numpy as np
+      >>> cs = CheckpointSet.from_stacked({"w": np.zeros((4, 3))}, steps=[0, 10, 20, 30])
+      >>> len(cs), cs.select(slice(1, 3)).steps.tolist()
+      (4, [10, 20])
+    """
+
+    steps: np.ndarray
+    params: PyTree
+    sources: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.steps.shape[0])
+
+    def select(self, indices) -> CheckpointSet:
+        """The checkpoints at ``indices``: an int, a slice, increasing ints or a boolean mask."""
+        idx = np.atleast_1d(np.arange(len(self))[indices])
+        if idx.size == 0:
+            raise ValueError(f"`indices` {indices!r} selects none of the {len(self)} checkpoints.")
+        if np.any(np.diff(idx) <= 0):
+            raise ValueError(f"`indices` must be increasing without repeats; got {idx.tolist()}.")
+        params = jax.tree.map(lambda x: x[idx], self.params)
+        return CheckpointSet(self.steps[idx], params, tuple(self.sources[i] for i in idx))
+
+    @classmethod
+    def from_stacked(cls, params: PyTree, steps: Sequence[int] | None = None) -> CheckpointSet:
+        """A set from a stacked pytree whose leaves share one leading length K >= 1.
+
+        ``steps`` default to ``0..K-1``; checkpoints are reordered so that steps ascend.
+        """
+        flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+        names, arrays = [leaf_name(p) for p, _ in flat], [np.asarray(x) for _, x in flat]
+        if not arrays:
+            raise ValueError("`params` has no array leaves.")
+        for name, x in zip(names, arrays, strict=True):
+            if x.ndim == 0:
+                raise ValueError(f"params leaf {name} is a scalar; it needs a leading K axis.")
+            if len(x) != len(arrays[0]):
+                raise ValueError(
+                    f"params leaf {name} has leading length {len(x)} but leaf {names[0]} has "
+                    f"{len(arrays[0])}: every leaf must be stacked over the same K checkpoints."
+                )
+        if not len(arrays[0]):
+            raise ValueError("`params` is stacked over 0 checkpoints; K must be >= 1.")
+        labels = [f"checkpoint {i}" for i in range(len(arrays[0]))]
+        return _finish(treedef, names, arrays, steps, labels, lambda i: labels[i])
+
+
+def stack_checkpoints(
+    snapshots: Sequence[PyTree],
+    *,
+    steps: Sequence[int] | None = None,
+    sources: Sequence[str] | None = None,
+) -> CheckpointSet:
+    """Stack K same-structured parameter snapshots into a :class:`CheckpointSet`.
+
+    Every snapshot (a pytree of jax or numpy arrays, Linen params, an ``nnx.State``, which
+    stays one) must have the tree structure, leaf shapes and dtypes of the first, and only
+    finite floating-point leaves. The result is sorted by step.
+
+    ``steps`` (distinct integers, default ``0..K-1``) and ``sources`` (labels for messages,
+    default ``"checkpoint i"``) go with ``snapshots`` (a list or tuple). Errors name the
+    offending snapshot (index and label) and leaf: ``ValueError`` for a structure, shape or
+    dtype mismatch, a non-finite value or bad ``steps``; ``TypeError`` for a non-floating leaf.
+
+    Example:
+      >>> import numpy as np
+      >>> cs = stack_checkpoints([{"w": np.ones(3)}, {"w": np.zeros(3)}], steps=[200, 100])
+      >>> cs.steps.tolist(), cs.params["w"][:, 0].tolist(), cs.sources
+      ([100, 200], [0.0, 1.0], ('checkpoint 1', 'checkpoint 0'))
+    """
+    if type(snapshots) not in (list, tuple):
+        raise TypeError(
+            "`snapshots` must be a list or tuple of parameter pytrees, one per checkpoint, not "
+            f"{type(snapshots).__name__}; for a stacked pytree use CheckpointSet.from_stacked."
+        )
+    if not snapshots:
+        raise ValueError("`snapshots` is empty; a checkpoint set needs at least one snapshot.")
+    labels = [f"checkpoint {i}" for i in range(len(snapshots))] if sources is None else sources
+    if len(labels) != len(snapshots):
+        raise ValueError(f"`sources` has {len(labels)} labels for {len(snapshots)} snapshots.")
+    labels = [str(s) for s in labels]
+
+    def where(i: int) -> str:
+        return f"snapshot {i} ({labels[i]})"
+
+    ref_flat, treedef = jax.tree_util.tree_flatten_with_path(snapshots[0])
+    names = [leaf_name(p) for p, _ in ref_flat]
+    if not names:
+        raise ValueError(f"{where(0)} has no array leaves.")
+    columns: list[list[np.ndarray]] = [[] for _ in names]
+    for i, snapshot in enumerate(snapshots):
+        flat, tree_i = jax.tree_util.tree_flatten_with_path(snapshot)
+        if tree_i != treedef:
+            got = [leaf_name(p) for p, _ in flat]
+            missing = [n for n in names if n not in set(got)]
+            extra = [n for n in got if n not in set(names)]
+            if missing:
+                what = f"leaf {missing[0]} is missing"
+            elif extra:
+                what = f"it has an extra leaf {extra[0]}"
+            else:
+                what = f"{tree_i} vs {treedef}"
+            raise ValueError(f"{where(i)} does not match {where(0)}: structure differs: {what}.")
+        for name, column, (_, leaf) in zip(names, columns, flat, strict=True):
+            x = np.asarray(leaf)
+            ref = column[0] if column else x
+            for what, a, b in (("dtype", x.dtype, ref.dtype), ("shape", x.shape, ref.shape)):
+                if a != b:
+                    raise ValueError(
+                        f"{where(i)} does not match {where(0)}: leaf {name} has {what} {a} vs {b}."
+                    )
+            column.append(x)
+    arrays = [np.stack(column) for column in columns]
+    return _finish(treedef, names, arrays, steps, labels, where)
+
+
+def as_checkpoint_set(
+    checkpoints: Any,
+    *,
+    steps: Sequence[int] | None = None,
+    like: PyTree = None,
+    format: str | None = None,
+) -> CheckpointSet:
+    """Whatever describes K checkpoints, as a :class:`CheckpointSet`.
+
+    By the type of ``checkpoints``: a ``CheckpointSet`` is returned as is; a ``str`` or
+    ``os.PathLike`` is a directory for :func:`load_checkpoint_set`; a plain ``list`` or
+    ``tuple`` holds snapshots for :func:`stack_checkpoints`, and so does an iterator (a
+    generator, a ``map``) or ``dict.values()``; anything else (a dict, an ``nnx.State``, a
+    namedtuple) is an already-stacked pytree for :meth:`CheckpointSet.from_stacked`. A
+    stacked pytree that is itself a list or tuple is ambiguous: pass it to
+    ``CheckpointSet.from_stacked`` yourself.
+
+    ``steps`` are those of snapshots or a stacked pytree (a directory or a ``CheckpointSet``
+    carries its own, which ``steps`` must then equal). ``like`` is an optional template, as
+    in :func:`load_checkpoint_set`, whose structure the params take. ``format`` picks the
+    snapshots of a directory, as in :func:`load_checkpoint_set` (for a directory only).
+
+    Example:
+      >>> import numpy as np
+      >>> as_checkpoint_set({"w": np.zeros((2, 3))}, steps=[9, 5]).steps.tolist()
+      [5, 9]
+    """
+    if format is not None and not isinstance(checkpoints, str | os.PathLike):
+        raise ValueError(
+            f"format={format!r} applies to a checkpoint directory; got "
+            f"{type(checkpoints).__name__} checkpoints."
+        )
+    if isinstance(checkpoints, CheckpointSet):
+        cs = checkpoints
+        if like is not None:
+            cs = dataclasses.replace(
+                cs, params=_conform(cs.params, like, "the checkpoint set", stacked=True)
+            )
+    elif isinstance(checkpoints, str | os.PathLike):
+        cs = load_checkpoint_set(checkpoints, like=like, format=format)
+    elif type(checkpoints) in (list, tuple) or _is_snapshot_iterable(checkpoints):
+        checkpoints = list(checkpoints)
+        if like is not None:
+            checkpoints = [_conform(s, like, f"snapshot {i}") for i, s in enumerate(checkpoints)]
+        return stack_checkpoints(checkpoints, steps=steps)
+    else:
+        if like is not None:
+            checkpoints = _conform(checkpoints, like, "the stacked params", stacked=True)
+        return CheckpointSet.from_stacked(checkpoints, steps=steps)
+    if steps is not None and not np.array_equal(np.asarray(steps), cs.steps):
+        raise ValueError(f"`steps` {list(steps)} differ from the checkpoints' {cs.steps.tolist()}.")
+    return cs
+
+
+def _is_snapshot_iterable(x: Any) -> bool:
+    """An iterable that is no pytree node (a generator, a ``map``, a dict view): its items."""
+    return isinstance(x, Iterator | ValuesView)
+
+
+def load_checkpoint_set(
+    directory: str | os.PathLike, *, like: PyTree = None, format: str | None = None
+) -> CheckpointSet:
+    """Load a directory of checkpoints, one per training step, as a :class:`CheckpointSet`.
+
+    ``format`` is ``"orbax"`` (a sub-directory per step from ``ocp.CheckpointManager``,
+    ``100/default/`` or ``checkpoint_100/<item>/`` with item ``default`` or ``params`` if
+    several, or a plain ``StandardCheckpointer`` save ``100/``; restored without a target;
+    ``*.orbax-checkpoint-tmp*`` skipped), ``"safetensors"`` (``*.safetensors``, keys joined by
+    ``.`` or ``/``), ``"msgpack"`` (``*.msgpack`` from ``flax.serialization``, or files
+    without a suffix such as ``checkpoint_100`` from ``flax.training.checkpoints``) or
+    ``None``, to detect the one present. The step comes from each name, its suffixes
+    dropped: the integer after ``step``, ``checkpoint`` or ``ckpt`` (``step_100.safetensors``,
+    ``ckpt-000100``, ``checkpoint_100/``), else a name that is an integer (``100/``), else
+    the name's one integer apart from dtype tokens (``epoch5_bf16.msgpack``); a name with
+    several candidates is an error. Snapshots are nested
+    dicts with string keys (list indices as ``"0"``, ``"1"``, …), unless ``like`` is given: a
+    template (dict of arrays, Linen params, ``nnx.State`` from ``nnx.split(model, nnx.Param,
+    ...)`` or :func:`slt_jax.nnx_loss`) matched by key path as strings (``layers.0.kernel``
+    is ``['layers'][0]['kernel'].value``: a trailing ``value`` is ignored on both sides),
+    whose structure each snapshot takes. Missing or extra leaves or other shapes are errors
+    that name the file.
+
+    Example:
+      >>> import tempfile, numpy as np
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     for step in (20, 10):
+      ...         _ = save_checkpoint(d, step, {"layers": [{"w": np.full(2, step, np.float32)}]})
+      ...     cs = load_checkpoint_set(d)
+      >>> cs.steps.tolist(), cs.params["layers"]["0"]["w"].tolist()
+      ([10, 20], [[10.0, 10.0], [20.0, 20.0]])
+    """
+    root = pathlib.Path(directory)
+    if not root.is_dir():
+        raise ValueError(f"`directory` {str(root)!r} is not a directory.")
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose one of {FORMATS} or None.")
+    found: dict[str, list[pathlib.Path]] = {f: [] for f in FORMATS}
+    seen = [p.name + "/" * p.is_dir() for p in sorted(root.iterdir())]
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or ".orbax-checkpoint-tmp" in entry.name:
+            continue
+        if entry.is_file() and entry.suffix in _SUFFIXES:
+            found[_SUFFIXES[entry.suffix]].append(entry)
+        elif entry.is_file() and not entry.suffix and _is_flax_msgpack(entry):
+            found["msgpack"].append(entry)  # flax.training.checkpoints: checkpoint_100
+        elif entry.is_dir() and ((entry / "_CHECKPOINT_METADATA").is_file() or _items(entry)):
+            found["orbax"].append(entry)
+    kinds = [f for f in FORMATS if found[f]] if format is None else [format]
+    if len(kinds) > 1:
+        mix = "; ".join(f"{f}: {_preview([p.name for p in found[f]])}" for f in kinds)
+        raise ValueError(
+            f"{root} mixes checkpoint formats ({mix}); pass format= (--format on the command "
+            "line) to pick one."
+        )
+    if not kinds or not found[kinds[0]]:
+        expected = kinds[0] if kinds else "safetensors, msgpack or orbax"
+        raise ValueError(f"no {expected} checkpoints in {root}; it holds {_preview(seen)}.")
+    entries = sorted((_step_from_name(p), p.name, p) for p in found[kinds[0]])
+    snapshots = []
+    for _, _, path in entries:
+        tree = _read(path, kinds[0])
+        snapshots.append(tree if like is None else _conform(tree, like, str(path)))
+    steps, sources = [e[0] for e in entries], [str(e[2]) for e in entries]
+    return stack_checkpoints(snapshots, steps=steps, sources=sources)
+
+
+def save_checkpoint(
+    directory: str | os.PathLike, step: int, params: PyTree, *, format: str = "safetensors"
+) -> pathlib.Path:
+    """Write one snapshot of ``params`` so that :func:`load_checkpoint_set` reads it back.
+
+    ``params`` (any pytree, ``nnx.State`` included) is flattened by key path to ``.``-joined
+    string keys, Variable wrappers dropped, and written to
+    ``{directory}/step_{step:08d}.safetensors`` (the default) or ``.msgpack`` atomically (a
+    temporary file in the same directory, then ``os.replace``), or with Orbax's
+    ``StandardCheckpointer`` to ``{directory}/{step}``. An existing snapshot is replaced.
+    Returns the path written.
+
+    Example:
+      >>> import tempfile, numpy as np
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     print(save_checkpoint(d, 7, {"w": np.ones(3)}).name)
+      step_00000007.safetensors
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose one of {FORMATS}.")
+    if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
+        raise ValueError(f"`step` must be a non-negative integer, got {step!r}.")
+    flat: dict[Parts, np.ndarray] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = leaf_name(path)
+        if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+            path = path[:-1]  # the array inside an nnx.Variable (or a Linen box)
+        parts = tuple(_key_part(key) for key in path)
+        if not parts or parts in flat:
+            raise ValueError(f"params leaf {name} has no key path of its own to save it under.")
+        if format == "safetensors" and any("." in part or "/" in part for part in parts):
+            raise ValueError(
+                f"params leaf {name}: a key holds '.' or '/', ambiguous in safetensors."
+            )
+        flat[parts] = np.asarray(leaf, order="C")
+    if not flat:
+        raise ValueError("`params` has no array leaves.")
+    root = pathlib.Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    if format == "orbax":
+        import orbax.checkpoint as ocp
+
+        target = (root / str(int(step))).absolute()
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(target, _nest(flat, "params"), force=True)
+        return target
+    if format == "safetensors":
+        data = safetensors.numpy.save({".".join(parts): x for parts, x in flat.items()})
+    else:
+        data = serialization.msgpack_serialize(_nest(flat, "params"))
+    target = root / f"step_{int(step):08d}.{format}"
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def _finish(treedef, names, arrays, steps, labels, where: Callable[[int], str]) -> CheckpointSet:
+    """Check stacked leaves (floating, finite) and ``steps``; sort by step."""
+    for name, x in zip(names, arrays, strict=True):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(
+                f"{where(0)}: leaf {name} has dtype {x.dtype}; every leaf must be floating-point "
+                "(leave step counters and other state out of the checkpoints)."
+            )
+        finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+        if not finite.all():
+            i = int(np.flatnonzero(~finite)[0])
+            raise ValueError(f"{where(i)}: leaf {name} contains non-finite values (NaN or inf).")
+    if steps is None:
+        steps = np.arange(len(labels))
+    steps = np.asarray(steps)
+    if steps.shape != (len(labels),):
+        raise ValueError(f"`steps` has shape {steps.shape} for {len(labels)} checkpoints.")
+    if not np.issubdtype(steps.dtype, np.integer):
+        raise ValueError(f"`steps` must be integers, got dtype {steps.dtype}.")
+    outside = (steps < 0) | (steps >= 2**32)  # a step seeds its chains' keys (32 bits)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise ValueError(f"`steps` must be in [0, 2**32); {where(i)} has step {steps[i]}.")
+    values, counts = np.unique(steps, return_counts=True)
+    if np.any(counts > 1):
+        i, j = np.flatnonzero(steps == values[counts > 1][0])[:2]
+        raise ValueError(f"`steps`: step {steps[i]} appears twice ({where(i)} and {where(j)}).")
+    order = np.argsort(steps, kind="stable")
+    if np.any(np.diff(order) != 1):  # a copy only when the order changes
+        arrays = [x[order] for x in arrays]
+    params = jax.tree_util.tree_unflatten(treedef, arrays)
+    return CheckpointSet(steps[order].astype(np.int64), params, tuple(labels[i] for i in order))
+
+
+def _key_part(key) -> str:
+    for attr in ("key", "idx", "name"):  # DictKey and FlattenedIndexKey, SequenceKey, GetAttrKey
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _preview(names: Sequence[str], limit: int = 6) -> str:
+    more = f", … ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more if names else "nothing"
+
+
+def _flat(tree: PyTree, *, canonical: bool = False) -> dict[Parts, Any]:
+    """``{key parts: leaf}``; ``canonical`` drops a trailing ``value`` (nnx Variables)."""
+    out: dict[Parts, Any] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        parts = tuple(_key_part(key) for key in path)
+        parts = parts[:-1] if canonical and len(parts) > 1 and parts[-1] == "value" else parts
+        if parts in out:
+            raise ValueError(f"two leaves share the key path {'.'.join(parts)!r}.")
+        out[parts] = leaf
+    return out
+
+
+def _nest(flat: Mapping[Parts, Any], label: str) -> PyTree:
+    """Nested dicts from ``{key parts: leaf}``."""
+    if () in flat:
+        if len(flat) > 1:
+            raise ValueError(f"{label}: an unnamed root leaf next to named ones.")
+        return flat[()]
+    root: dict = {}
+    for parts, leaf in flat.items():
+        node = root
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{label}: key {'.'.join(parts)!r} nests under a leaf.")
+        if parts[-1] in node:
+            raise ValueError(f"{label}: key {'.'.join(parts)!r} appears twice.")
+        node[parts[-1]] = leaf
+    return root
+
+
+def _conform(tree: PyTree, like: PyTree, label: str, *, stacked: bool = False) -> PyTree:
+    """``tree``'s leaves in the structure of ``like``, matched by key path (as strings)."""
+    have, want = _flat(tree, canonical=True), _flat(like, canonical=True)
+    missing = [".".join(p) for p in want if p not in have]
+    extra = [".".join(p) for p in have if p not in want]
+    if missing or extra:
+        what = [f"{k} {_preview(v)}" for k, v in (("missing", missing), ("extra", extra)) if v]
+        raise ValueError(f"{label} does not match `like`: {'; '.join(what)}.")
+    leaves = []
+    for parts, template in want.items():
+        x = np.asarray(have[parts])
+        shape, expected = x.shape[int(stacked) :], tuple(np.shape(template))
+        if shape != expected:
+            name = ".".join(parts)
+            raise ValueError(f"{label}: leaf {name} has shape {shape}, `like` has {expected}.")
+        leaves.append(x)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
+
+
+# A name's step: the integer after one of these words (``step_100``, ``ckpt-7``) ...
+_STEP_WORD = re.compile(r"(?<![a-z])(?:step|checkpoint|ckpt)[_-]?(\d+)", re.IGNORECASE)
+# ... or else its one integer, apart from those of dtype tokens (``bf16``, ``float32``).
+_DTYPE = re.compile(
+    r"(?<![a-z0-9])(?:b?float|bf|fp|f|u?int)(?:4|8|16|32|64)(?![a-z0-9])", re.IGNORECASE
+)
+# Suffixes dropped before looking: extensions and dtype tags (``.safetensors``, ``.fp16``).
+_SUFFIX = re.compile(rf"(\.(?:[a-z]+|{_DTYPE.pattern}))+$", re.IGNORECASE)
+
+
+def _step_from_name(path: pathlib.Path) -> int:
+    """The training step in a checkpoint's name (see :func:`load_checkpoint_set`)."""
+    name = _SUFFIX.sub("", path.name) or path.name
+    if name.isdigit():
+        return int(name)
+    found = {int(n) for n in _STEP_WORD.findall(name)}
+    if not found:
+        found = {int(n) for n in re.findall(r"\d+", _DTYPE.sub(" ", name))}
+    if len(found) == 1:
+        return found.pop()
+    what = f"candidates {', '.join(map(str, sorted(found)))}" if found else "no integer in it"
+    raise ValueError(
+        f"cannot tell the training step from the name {str(path)!r} ({what}); name each "
+        "checkpoint by its step: step_100.safetensors, ckpt-100.fp16.safetensors, 100.msgpack, "
+        "checkpoint_100/."
+    )
+
+
+def _is_flax_msgpack(path: pathlib.Path) -> bool:
+    """A file that starts as flax msgpack does (a map) and whose name gives a step."""
+    try:
+        _step_from_name(path)
+        with open(path, "rb") as f:
+            head = f.read(1)
+    except (ValueError, OSError):
+        return False
+    return len(head) == 1 and (0x80 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF))
+
+
+def _items(step_dir: pathlib.Path) -> list[pathlib.Path]:
+    """The Orbax pytree items of a step directory (itself, for a plain Checkpointer save)."""
+    if (step_dir / "_METADATA").is_file():
+        return [step_dir]
+    return sorted(p for p in step_dir.iterdir() if p.is_dir() and (p / "_METADATA").is_file())
+
+
+def _read(path: pathlib.Path, format: str) -> PyTree:
+    """One snapshot as nested dicts (string keys) of host numpy arrays."""
+    if format == "safetensors":
+        try:
+            flat = safetensors.numpy.load(path.read_bytes())
+        except KeyError:  # a dtype safetensors.numpy lacks (BF16): through jax, on the CPU
+            from safetensors.flax import load_file
+
+            with jax.default_device(jax.devices("cpu")[0]):
+                flat = {k: np.asarray(x) for k, x in load_file(path).items()}
+        return _nest({tuple(re.split(r"[./]", k)): x for k, x in flat.items()}, str(path))
+    if format == "msgpack":
+        tree = serialization.msgpack_restore(path.read_bytes())
+    else:
+        import orbax.checkpoint as ocp
+        from etils import epath
+
+        named = {p.name: p for p in _items(path)}
+        item = next(iter(named.values())) if len(named) == 1 else None
+        item = item or named.get("default") or named.get("params")
+        if item is None:
+            raise ValueError(
+                f"orbax checkpoint {path} holds {len(named)} pytree items "
+                f"({_preview(list(named))}); expected one, or one named 'default' or 'params'."
+            )
+        # The handler, not a Checkpointer: no step metadata is looked for inside the item (a
+        # warning per snapshot), and every leaf is restored as numpy, whatever its sharding.
+        handler = ocp.PyTreeCheckpointHandler()
+        try:
+            meta = handler.metadata(epath.Path(item))  # TreeMetadata; older orbax: the tree
+            meta = getattr(meta, "tree", meta)
+            restore = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+            tree = handler.restore(
+                epath.Path(item), args=ocp.args.PyTreeRestore(restore_args=restore)
+            )
+        except Exception as error:
+            raise ValueError(
+                f"could not restore orbax checkpoint {item}: {type(error).__name__}: {error}"
+            ) from error
+        finally:
+            handler.close()
+    return _nest({k: np.asarray(x) for k, x in _flat(tree).items()}, str(path))

@@ -1,0 +1,75 @@
+"""What identifies a sweep's results on disk: the shapes and content hashes of the
+checkpoints and the data, a fingerprint of the loss function's traced program, and the
+manifest that holds them (compared on resume, :mod:`slt_jax._src.io.store`)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import jax
+import numpy as np
+
+from slt_jax._src import validation
+from slt_jax._src.version import __version__
+
+PyTree = Any
+
+
+def _shapes(tree: PyTree) -> dict[str, list]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        jax.tree_util.keystr(path): [list(leaf.shape), str(np.dtype(leaf.dtype))]
+        for path, leaf in leaves
+    }
+
+
+def _digest(leaves) -> str:
+    h = hashlib.sha256()
+    for leaf in leaves:
+        leaf = np.ascontiguousarray(leaf)
+        h.update(f"{leaf.dtype}{leaf.shape}".encode())
+        h.update(leaf.tobytes())
+    return h.hexdigest()[:24]
+
+
+def loss_fingerprint(loss_fn, params: PyTree, data: PyTree, batch_size: int) -> dict:
+    """What identifies the computation of ``loss_fn``: a hash of the text of its jaxpr (traced,
+    never compiled, on ``params`` and a minibatch's shapes) and one of the jaxpr's constants
+    (the arrays it closes over). The text depends on the JAX version (and precision)."""
+    closed = jax.make_jaxpr(loss_fn)(params, validation.batch_like(data, batch_size))
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", str(closed.jaxpr))  # no object addresses
+    constants = []
+    for constant in closed.consts:
+        dtype = getattr(constant, "dtype", None)
+        if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            constant = jax.random.key_data(constant)
+        constants.append(np.asarray(constant))
+    return {
+        "jaxpr_sha256": hashlib.sha256(text.encode()).hexdigest()[:24],
+        "constants_sha256": _digest(constants),
+    }
+
+
+def manifest(config, checkpoint_set, data, key, chunk_size, loss) -> dict:
+    """Everything that determines the results (compared on resume), and the platform."""
+    first = jax.tree.map(lambda x: np.asarray(x[0]), checkpoint_set.params)
+    leaves = [np.asarray(x) for x in jax.tree.leaves(checkpoint_set.params)]
+    return {
+        "config": config.to_dict(),
+        "key": np.asarray(jax.random.key_data(key)).tolist(),
+        "steps": [int(s) for s in checkpoint_set.steps],
+        "chunk_size": int(chunk_size),
+        "params": _shapes(first),
+        "checkpoint_hashes": [_digest([x[k] for x in leaves]) for k in range(len(checkpoint_set))],
+        "data": _shapes(data),
+        "data_hash": _digest(np.asarray(x) for x in jax.tree.leaves(data)),
+        "loss_fn": loss,
+        "slt_jax_version": __version__,
+        "platform": {
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "x64": bool(jax.config.jax_enable_x64),
+        },
+    }

@@ -1,0 +1,157 @@
+"""``step_size="auto"``: calibrate first, then estimate at the recommended setting.
+
+Used by :func:`~slt_jax.estimate_llc`, :func:`~slt_jax.estimate_llc_checkpoints` and the
+command line. The calibration (:func:`~slt_jax.calibrate`, automatic grid) runs with the
+estimate's own run length, sampler, batch size, estimator and ``nβ``, so the setting it
+verifies is verified for the run that follows; its keys are drawn apart from the estimate's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from slt_jax._src.config import AUTO, LLCConfig
+from slt_jax._src.results import CalibrationRecord
+
+#: ``fold_in`` constant that separates the calibration's keys from the estimate's.
+_CALIBRATION_STREAM = 0x5CA1
+
+
+class CalibrationError(ValueError):
+    """``step_size="auto"`` found no setting that can be used (the message says what to
+    run next)."""
+
+
+def wants_auto(step_size, localization) -> bool:
+    """Whether the step size (and the localization) are to be calibrated; checks the
+    combinations before anything runs."""
+    if isinstance(localization, str) and localization != AUTO:
+        raise TypeError(
+            f"`localization` must be a number, got str {localization!r} (the one word it takes "
+            "is 'auto')."
+        )
+    if isinstance(step_size, str):
+        if step_size != AUTO:
+            raise TypeError(
+                f"`step_size` must be a number, got str {step_size!r} (a schedule, or the one "
+                "word it takes: 'auto')."
+            )
+        return True
+    if isinstance(localization, str):
+        if callable(step_size):
+            raise ValueError(
+                "localization='auto' is calibrated together with the step size, which must "
+                "then be step_size='auto': a calibration chooses a constant step size, not a "
+                "schedule."
+            )
+        raise ValueError(
+            "localization='auto' needs step_size='auto' (they are calibrated together)."
+        )
+    return False
+
+
+def resolve_auto(
+    loss_fn, params, data, config: LLCConfig, *, budget, mesh, devices, calibrate_on=None
+) -> tuple[LLCConfig, CalibrationRecord | None]:
+    """``config`` with a calibrated step size (and localization, unless given) when its
+    step size is ``"auto"``, and the calibration's record; else ``(config, None)``.
+    Everything but the calibrated numbers is checked before the calibration compiles."""
+    from slt_jax._src.jobs.orchestrate import prepare
+
+    if not wants_auto(config.step_size, config.localization):
+        if budget is not None:
+            raise ValueError("`calibration_budget` needs step_size='auto'.")
+        return config, None
+    given = config.localization is not None and not isinstance(config.localization, str)
+    stand_in = dataclasses.replace(
+        config, step_size=1.0, localization=config.localization if given else 1.0
+    )
+    _, key = prepare(loss_fn, params, data, stand_in)
+    setting, record = calibrated_setting(
+        loss_fn,
+        params,
+        data,
+        key=key,
+        localization=config.localization if given else None,
+        nbeta=config.nbeta,
+        num_steps=config.num_steps,
+        num_burnin=config.num_burnin,
+        budget=budget,
+        calibrate_on=calibrate_on,
+        batch_size=config.batch_size,
+        estimator=config.estimator,
+        sampler=config.sampler,
+        diagnostic_every=config.diagnostic_every,
+        mesh=mesh,
+        devices=devices,
+    )
+    return dataclasses.replace(config, **setting), record
+
+
+def calibrated_setting(
+    loss_fn,
+    params,
+    data,
+    *,
+    key: jax.Array,
+    localization,
+    nbeta,
+    num_steps: int,
+    num_burnin,
+    budget,
+    calibrate_on: int | None = None,
+    **options,
+) -> tuple[dict, CalibrationRecord]:
+    """Run the automatic calibration and return ``(setting, record)``.
+
+    ``setting`` are the keyword arguments ``step_size``, ``localization`` and ``nbeta``;
+    ``localization`` is calibrated when it is ``None`` or ``"auto"``, else kept fixed.
+
+    Raises:
+      CalibrationError: when no setting passed the health checks (with what to run next).
+    """
+    from slt_jax._src.jobs.calibrate import calibrate
+
+    fixed = None if localization is None or isinstance(localization, str) else [localization]
+    cal = calibrate(  # warns itself when its recommendation is not verified
+        loss_fn,
+        params,
+        data,
+        localizations=fixed,
+        nbetas=[nbeta],
+        num_steps=num_steps,
+        num_burnin=num_burnin,
+        seed=jax.random.fold_in(key, _CALIBRATION_STREAM),
+        budget=budget,
+        **options,
+    )
+    if cal.recommended is None:
+        raise CalibrationError(f"step_size='auto' found no usable setting. {cal.explanation}")
+    setting = dict(cal.recommended)
+    bias, bias_se = cal.step_bias()
+    i = cal.cell(**setting)
+    row = int(np.ravel_multi_index(np.unravel_index(i, cal.shape)[1:], cal.shape[1:]))
+    fit = cal.fits[row]
+    fitted = fit.fitted and all(
+        np.isfinite(v) for v in (bias, bias_se, fit.intercept, fit.intercept_stderr)
+    )  # a NaN would never equal itself once stored: None stands for "not fitted"
+    record = CalibrationRecord(
+        step_size=float(setting["step_size"]),
+        localization=float(setting["localization"]),
+        nbeta=float(setting["nbeta"]),
+        trusted=bool(cal.trusted),
+        explanation=cal.explanation,
+        table=cal.summary(),
+        reference_llc=float(cal.results[i].llc_mean),
+        corrected_llc=float(fit.intercept) if fitted else None,
+        corrected_stderr=float(fit.intercept_stderr) if fitted else None,
+        step_bias=float(bias) if fitted else None,
+        step_bias_stderr=float(bias_se) if fitted else None,
+        chain_steps=int(cal.num_chain_steps),
+        calibrate_on=calibrate_on,
+        budget=budget,
+    )
+    return setting, record

@@ -1,0 +1,350 @@
+"""``estimate_llc_checkpoints``: the LLC of every checkpoint of a training run at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from slt_jax._src import validation
+from slt_jax._src.config import LLCConfig, run_options
+from slt_jax._src.engine import programs
+from slt_jax._src.io.checkpoints import as_checkpoint_set
+from slt_jax._src.io.fingerprint import loss_fingerprint, manifest
+from slt_jax._src.io.store import ResultStore, check_out, read_manifest, stored_chunk_size
+from slt_jax._src.jobs import auto, memory, orchestrate, report
+from slt_jax._src.results import CalibrationRecord, LLCResult, concat_results, stack_results
+
+PyTree = Any
+
+
+@run_options()
+def estimate_llc_checkpoints(
+    loss_fn,
+    checkpoints: Any,
+    data: PyTree,
+    *,
+    config: LLCConfig,
+    steps: Any = None,
+    like: PyTree = None,
+    format: str | None = None,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+    calibrate_on: int | None = None,
+    calibration_budget: int | None = None,
+    mesh: Mesh | None = None,
+    devices: Sequence[jax.Device] | None = None,
+) -> LLCResult:
+    r"""Estimate the LLC of every checkpoint of a training run, all in one compiled program.
+
+    Each checkpoint ``w*_k`` is its own localization centre (and has its own initial loss);
+    for each, ``num_chains`` SGLD chains sample
+    :math:`p_k(w) \propto \exp(-n\beta L_n(w) - \tfrac{\gamma}{2}\lVert w - w^*_k\rVert^2)`
+    and :math:`\hat\lambda_k = n\beta(E_{p_k}[L_n] - L_n(w^*_k))` as in
+    :func:`~slt_jax.estimate_llc`. Checkpoints × chains are vmapped together, ``chunk_size``
+    checkpoints per call of the compiled program.
+
+    Args:
+      loss_fn, data, config, num_chains, num_steps, num_burnin, step_size, localization, nbeta,
+        batch_size, estimator, sampler, diagnostic_every, calibration_budget: as in
+        :func:`~slt_jax.estimate_llc`. ``step_size="auto"`` calibrates on one checkpoint
+        (``calibrate_on``) and uses the chosen setting for all; the result's and the results
+        directory's ``calibration`` record it, and resuming reuses it (no recalibration).
+      calibrate_on: with ``step_size="auto"``, the training step of the checkpoint to
+        calibrate on (default: the last).
+      checkpoints: a :class:`~slt_jax.CheckpointSet`; a directory of snapshots (orbax,
+        safetensors or flax msgpack; see :func:`~slt_jax.load_checkpoint_set`); a list of
+        pytrees; or one pytree whose leaves are stacked along a leading checkpoint axis.
+      seed: an int or a key. The checkpoint at training step ``s`` uses the chain keys
+        ``split(fold_in(key, s), num_chains)``, so ``estimate_llc(..., seed=fold_in(key,
+        s))`` on it alone gives the same chains, however the set is chunked.
+      steps: training steps of in-memory checkpoints (default ``0 … K-1``).
+      like: a template pytree (e.g. the ``params`` from :func:`~slt_jax.nnx_loss`) that
+        snapshots loaded from disk are put into.
+      format: for a directory, ``"safetensors"``, ``"msgpack"`` or ``"orbax"`` picks the
+        snapshots of that format (default: the one present; see
+        :func:`~slt_jax.load_checkpoint_set`).
+      chunk_size: checkpoints per compiled call. ``None`` picks the largest that fits in
+        ``memory_budget`` by XLA's memory analysis of the compiled program.
+      memory_budget: bytes (an int, or an integral float such as ``2e9``); default
+        :func:`default_memory_budget`.
+      out: a results directory. Each chunk is written (netCDF via xarray, atomically) as
+        soon as it finishes; re-running with the same configuration resumes, skipping
+        finished chunks; a different configuration (sampler settings, seed, chunking,
+        checkpoints, data, or the loss function's traced program) is an error. It must be a
+        new or empty directory or one written by this function; it is checked, and locked,
+        before anything is compiled. Read it back with :func:`~slt_jax.load_results`.
+      progress: show a progress bar (checkpoints done, time left).
+      mesh, devices: as in :func:`~slt_jax.estimate_llc`: the (checkpoint × chain) items of
+        each chunk are sharded over them.
+
+    Returns:
+      An :class:`~slt_jax.LLCResult` whose array fields have a leading checkpoint axis and
+      whose ``steps`` are the training steps (ascending). A checkpoint whose chains all
+      diverged gets NaN estimates and a warning (the sweep goes on).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, slt_jax as sj
+      >>> x = jnp.linspace(-1, 1, 256)[:, None]
+      >>> y = 2 * x[:, 0] + 0.1 * jax.random.normal(jax.random.key(0), (256,))
+      >>> loss = lambda w, b: 0.5 * jnp.mean((b[0] @ w - b[1]) ** 2)
+      >>> w_ols = jnp.linalg.lstsq(x, y)[0]  # one parameter, regular: λ = 1/2
+      >>> ckpts = [w_ols, w_ols + 1e-3, w_ols - 1e-3]
+      >>> res = sj.estimate_llc_checkpoints(loss, ckpts, (x, y), steps=[10, 100, 1000],
+      ...                                   num_steps=400, step_size=1e-2,
+      ...                                   localization=1.0, progress=False)
+      >>> res.llc_mean.shape, res.steps.tolist()
+      ((3,), [10, 100, 1000])
+      >>> bool(abs(res.llc_mean - 0.5).max() < 0.15)  # about 0.5 ± 0.03 each
+      True
+    """
+    checkpoint_set = as_checkpoint_set(checkpoints, steps=steps, like=like, format=format)
+    first = jax.tree.map(lambda x: x[0], checkpoint_set.params)
+    wants = auto.wants_auto(config.step_size, config.localization)
+    # Everything is checked before anything is compiled or written (with stand-in numbers
+    # for what a calibration will choose).
+    stand_in = config
+    if wants:
+        given = config.localization is not None and not isinstance(config.localization, str)
+        stand_in = dataclasses.replace(
+            config, step_size=1.0, localization=config.localization if given else 1.0
+        )
+    _, key = orchestrate.prepare(loss_fn, first, data, stand_in)
+    if chunk_size is not None:
+        chunk_size = validation.check_count("chunk_size", chunk_size, minimum=1)
+    if memory_budget is not None:
+        memory_budget = validation.check_bytes("memory_budget", memory_budget)
+    request = None
+    if wants:
+        request = _calibration_request(
+            checkpoint_set, calibrate_on, calibration_budget, config.localization, config.nbeta
+        )
+    elif calibrate_on is not None or calibration_budget is not None:
+        raise ValueError("`calibrate_on` and `calibration_budget` need step_size='auto'.")
+    mesh = programs.resolve_mesh(mesh, devices)
+    # The output directory is checked and locked (and a stored manifest read, which fixes
+    # the chunking and any earlier calibration) before anything is compiled; the manifest
+    # is compared or written after.
+    store = _lock_store(out) if out is not None else None
+    try:
+        record = _stored_calibration(store, out, request) if wants else None
+        if wants and record is None:
+            centre = _checkpoint_at(checkpoint_set, request["calibrate_on"])
+            config, record = auto.resolve_auto(
+                loss_fn,
+                centre,
+                data,
+                config,
+                budget=calibration_budget,
+                mesh=mesh,
+                devices=None,
+                calibrate_on=request["calibrate_on"],
+            )
+        elif wants:
+            config = dataclasses.replace(
+                config,
+                step_size=record.step_size,
+                localization=record.localization,
+                nbeta=record.nbeta,
+            )
+        config, key = orchestrate.prepare(loss_fn, first, data, config)
+        sweep = _Sweep(loss_fn, config, key, checkpoint_set, data, mesh, record, request)
+        result = _run(sweep, store, out, chunk_size, memory_budget, progress)
+    finally:
+        if store is not None:
+            store.close()
+    report.warn_over_checkpoints(result)
+    return result
+
+
+def _calibration_request(checkpoint_set, calibrate_on, budget, localization, nbeta) -> dict:
+    """What an automatic step size was asked for (compared on resume)."""
+    steps = [int(s) for s in checkpoint_set.steps]
+    if calibrate_on is None:
+        calibrate_on = steps[-1]
+    elif isinstance(calibrate_on, bool) or not isinstance(calibrate_on, int | np.integer):
+        raise TypeError(f"`calibrate_on` must be a training step (an int), got {calibrate_on!r}.")
+    elif int(calibrate_on) not in steps:
+        shown = steps if len(steps) <= 12 else [*steps[:6], "…", *steps[-6:]]
+        raise ValueError(
+            f"calibrate_on={calibrate_on} is not a step of the checkpoint set ({shown})."
+        )
+    if budget is not None:
+        budget = validation.check_count("calibration_budget", budget, minimum=1)
+    if localization is None or isinstance(localization, str):
+        localization = "auto"
+    else:
+        localization = validation.check_positive("localization", localization, allow_zero=True)
+    if nbeta is not None:
+        nbeta = validation.check_positive("nbeta", nbeta)
+    return {
+        "calibrate_on": int(calibrate_on),
+        "budget": budget,
+        "localization": localization,
+        "nbeta": nbeta,
+    }
+
+
+def _checkpoint_at(checkpoint_set, step: int):
+    index = int(np.flatnonzero(checkpoint_set.steps == step)[0])
+    return jax.tree.map(lambda x: x[index], checkpoint_set.params)
+
+
+def _stored_calibration(store, out, request) -> CalibrationRecord | None:
+    """The calibration of an earlier run with the same request, so that resuming does not
+    calibrate again (everything else is compared with the manifest as usual)."""
+    if out is None:
+        return None
+    stored = store.stored if store is not None else read_manifest(check_out(out))
+    if not stored:
+        return None
+    now = json.loads(json.dumps(request))
+    if stored.get("calibration_request") != now:
+        # A different run is in this directory: say so before calibrating for nothing.
+        raise ValueError(
+            f"out={str(out)!r} holds results of a different configuration; use another "
+            "output directory, or the same settings to resume:\n  calibration_request: "
+            f"{stored.get('calibration_request', '<missing>')!r} (stored) vs {now!r} (now)"
+        )
+    return CalibrationRecord.from_dict(stored["calibration"])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sweep:
+    """A sweep at numeric settings: what every chunk runs."""
+
+    loss_fn: Any
+    config: LLCConfig
+    key: jax.Array
+    checkpoint_set: Any
+    data: PyTree
+    mesh: Mesh
+    record: CalibrationRecord | None
+    request: dict | None
+
+
+def _run(sweep: _Sweep, store, out, chunk_size, memory_budget, progress) -> LLCResult:
+    """Every checkpoint of the sweep, in chunks (``store`` already locked)."""
+    loss_fn, config, key, data, mesh = (
+        sweep.loss_fn,
+        sweep.config,
+        sweep.key,
+        sweep.data,
+        sweep.mesh,
+    )
+    checkpoint_set, record, request = sweep.checkpoint_set, sweep.record, sweep.request
+    first = jax.tree.map(lambda x: x[0], checkpoint_set.params)
+    num_checkpoints = len(checkpoint_set)
+    labels = [f"checkpoint at step {int(s)}" for s in checkpoint_set.steps]
+
+    def groups(indices):
+        keys = orchestrate.checkpoint_keys(key, checkpoint_set.steps[indices], config.num_chains)
+        return [
+            orchestrate.Group(config, j, keys[j], label=labels[i]) for j, i in enumerate(indices)
+        ]
+
+    def centers(indices):
+        return jax.tree.map(lambda x: x[indices], checkpoint_set.params)
+
+    def measure(chunk):
+        indices = np.zeros(chunk, int)
+        lowered = orchestrate.lower(loss_fn, centers(indices), data, groups(indices), mesh=mesh)
+        return memory.program_bytes(lowered.compile())
+
+    def run_chunk(indices) -> LLCResult:
+        # Pad to the chunk size so that every chunk has the same shapes (one compilation).
+        padded = np.concatenate([indices, np.full(chunk_size - len(indices), indices[-1])])
+        chunk_centers = centers(padded)
+        losses = orchestrate.center_losses(
+            loss_fn,
+            chunk_centers,
+            data,
+            config.batch_size,
+            [labels[i] for i in padded],
+            flag=True,
+        )
+        outcomes = orchestrate.run(
+            loss_fn,
+            chunk_centers,
+            data,
+            groups(padded)[: len(indices)],
+            mesh=mesh,
+            losses=losses,
+            pad_to=chunk_size,
+        )
+        stacked = stack_results([o.result for o in outcomes], checkpoint_set.steps[indices])
+        return dataclasses.replace(stacked, calibration=record)
+
+    if chunk_size is None and out is not None:
+        chunk_size = stored_chunk_size(out) if store is None else store.stored_chunk_size
+    if chunk_size is None:
+        chunk_size = memory.chunk_size_within(measure, num_checkpoints, memory_budget)
+    chunk_size = min(chunk_size, num_checkpoints)
+    if out is not None:
+        loss = loss_fingerprint(loss_fn, first, data, config.batch_size)
+        contents = manifest(config, checkpoint_set, data, key, chunk_size, loss)
+        if record is not None:
+            contents["calibration"] = record.to_dict()
+            contents["calibration_request"] = request
+        store = _start_store(store, out, contents)
+    results = _run_chunks(run_chunk, checkpoint_set.steps, chunk_size, store, progress)
+    return concat_results(results)
+
+
+def _lock_store(out) -> ResultStore | None:
+    """Process 0 writes the results: it opens (checks and locks) the directory at once; the
+    other processes only check the path."""
+    if jax.process_index() == 0:
+        return ResultStore(out)
+    check_out(out)
+    return None
+
+
+def _start_store(store: ResultStore | None, out, manifest) -> ResultStore:
+    """Process 0 compares or writes the manifest; with several processes the others wait
+    for it, then read the same directory (which must be on a file system they all see)."""
+    if store is not None:
+        store.start(manifest)
+    if jax.process_count() == 1:
+        return store
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("slt_jax: results directory open")
+    return store or ResultStore(out, manifest, writer=False)
+
+
+def _run_chunks(run_chunk, steps, chunk_size, store, progress) -> list[LLCResult]:
+    """Run (or read back) every chunk in order, writing each to ``store`` as it finishes.
+
+    The finished chunks are listed once, before any chunk runs, so that every process
+    (each runs every chunk's collective program) skips the same ones.
+    """
+    finished = store.finished_chunks() if store is not None else set()
+    results = []
+    bar = _progress_bar(len(steps), enabled=progress and jax.process_index() == 0)
+    for index, start in enumerate(range(0, len(steps), chunk_size)):
+        indices = np.arange(start, min(start + chunk_size, len(steps)))
+        if index in finished:
+            results.append(store.read_chunk(index))
+        else:
+            results.append(run_chunk(indices))
+            if store is not None and store.writer:
+                store.write_chunk(index, results[-1])
+        bar.update(len(indices))
+        bar.set_postfix_str(f"last step {int(steps[indices[-1]])}")
+    bar.close()
+    return results
+
+
+def _progress_bar(total: int, *, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="ckpt", desc="LLC", disable=not enabled, dynamic_ncols=True)

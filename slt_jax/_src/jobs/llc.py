@@ -1,0 +1,130 @@
+"""``estimate_llc``: the LLC of one trained parameter, from many SGLD chains at once."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+
+from slt_jax._src.config import LLCConfig, run_options
+from slt_jax._src.engine import programs
+from slt_jax._src.jobs import auto, orchestrate, report
+from slt_jax._src.results import LLCResult
+
+PyTree = Any
+
+
+@run_options()
+def estimate_llc(
+    loss_fn,
+    params: PyTree,
+    data: PyTree,
+    *,
+    config: LLCConfig,
+    calibration_budget: int | None = None,
+    mesh: Mesh | None = None,
+    devices: Sequence[jax.Device] | None = None,
+) -> LLCResult:
+    r"""Estimate the local learning coefficient of ``params`` with SGLD.
+
+    Samples the localized, tempered posterior
+
+    .. math:: p(w) \propto \exp\bigl(-n\beta L_n(w) - \tfrac{\gamma}{2}\lVert w-w^*\rVert^2\bigr)
+
+    around ``w* = params`` with ``num_chains`` SGLD chains run together in one compiled
+    program, and returns
+
+    .. math:: \hat\lambda = n\beta\,\bigl(E_p[L_n(w)] - L_n(w^*)\bigr),
+
+    averaged over the chains that did not diverge (Lau et al. 2023, "Quantifying degeneracy
+    in singular models via the learning coefficient", arXiv:2308.12108).
+
+    The run options (``num_chains``, ``num_steps``, …) are those of
+    :class:`~slt_jax.LLCConfig`; pass them one by one or as ``config=sj.LLCConfig(...)``
+    (options given beside it override its fields).
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, the mean loss over ``batch`` (a
+        pytree shaped like ``data`` with ``batch_size`` rows). ``L_n(w*)`` is evaluated in
+        chunks of ``batch_size`` rows and one final chunk of ``n mod batch_size`` rows, so
+        ``loss_fn`` must accept that batch size too (checked before anything is compiled;
+        a ``batch_size`` that divides ``n`` avoids it). For Flax models see
+        :func:`slt_jax.nnx_loss` and :func:`slt_jax.linen_loss`.
+      params: ``w*``, any pytree of floating arrays (NNX ``State``, Linen params, a dict).
+      data: a pytree of arrays whose first axis indexes the ``n`` examples. It is moved to
+        the device once; minibatches are drawn inside the compiled loop.
+      num_chains: independent chains, all started at ``w*``.
+      num_steps: SGLD steps per chain, burn-in included.
+      num_burnin: initial steps whose draws are discarded; default ``num_steps // 4``.
+      step_size: ``ε`` of the update ``w ← w + ε/2·∇log p(w) + N(0, ε)`` (devinterp's ``lr``;
+        for other samplers see :mod:`slt_jax.samplers`), or a schedule ``step -> ε`` such as
+        an optax schedule (e.g. ``optax.cosine_decay_schedule(1e-4, num_steps, 0.1)``),
+        evaluated at every step inside the compiled loop; or ``"auto"``: first run
+        :func:`~slt_jax.calibrate` (automatic grid, at this run's ``num_steps``, burn-in,
+        sampler, batch size, estimator and ``nβ``, within ``calibration_budget``
+        chain-steps), then estimate at its recommended step size (and localization, unless
+        given). The result's ``calibration`` records the setting, the calibration's table
+        and explanation, and its ε → 0 fit (``llc_corrected``). A recommendation that could
+        not be verified is used with a warning; no usable setting at all is a
+        :class:`~slt_jax.CalibrationError` (a ``ValueError``) saying what to run next.
+      localization: ``γ``, the strength of the pull towards ``w*``; default 100, or chosen
+        by the calibration with ``step_size="auto"`` (also ``localization="auto"``).
+      nbeta: ``nβ``; default ``n / log n``.
+      batch_size: minibatch size ``b`` (``b = n`` gives exact gradients).
+      estimator: ``"paired"`` (default) averages ``nβ·(L_B(w_t) − L_B(w*))`` on the same
+        minibatch, cancelling minibatch noise for one extra forward pass per draw;
+        ``"plain"`` averages ``nβ·(L_B(w_t) − L_n(w*))``. See :mod:`slt_jax.estimators`.
+      sampler: ``"sgld"`` (default), ``"rmsprop_sgld"``, ``"sghmc"``, ``"sgnht"``, or an
+        exact-gradient reference sampler ``"mala"``, ``"hmc"``, ``"nuts"`` (these use the
+        whole data set at every step; ``batch_size`` is ignored); or a spec with options
+        from :mod:`slt_jax.samplers`, e.g. ``sj.samplers.SGHMC(friction=50.0)``.
+      diagnostic_every: record the chain diagnostics (MALA acceptance, ``‖w − w*‖``,
+        gradient and noise norms) every this many draws; ``0`` turns them off. For SGLD
+        each costs one extra gradient on the same minibatch.
+      seed: an integer seed or a JAX key; chain ``i`` uses ``jax.random.split(key, C)[i]``.
+      calibration_budget: with ``step_size="auto"``, the most chain-steps the calibration
+        may spend (default: its full two-stage grid, 76 × ``num_steps``: 5 × 4 cells × 2
+        chains, then 3 × 3 cells × 4 chains).
+      mesh, devices: where the chains run: a ``jax.sharding.Mesh`` (all its axes used) or
+        a list of devices; default every device (every process's after
+        ``jax.distributed.initialize()``). Chains are sharded over them, padded to a
+        multiple of their number; the result does not depend on it.
+
+    Returns:
+      An :class:`~slt_jax.LLCResult`. Diverged chains (non-finite loss or parameters) are
+      flagged in ``diverged`` and left out of the estimate, with a warning; if every chain
+      diverged, ``llc_mean`` is NaN (the traces are kept) and the warning suggests a
+      smaller step size.
+
+    Raises:
+      ValueError, TypeError: on bad input, before anything is compiled.
+      FloatingPointError: if the loss at ``w*`` over the data is not finite (checked before
+        sampling: the LLC is undefined there).
+
+    Example:
+      >>> import jax.numpy as jnp, slt_jax as sj
+      >>> x = jnp.linspace(-1, 1, 512)[:, None]; y = 2 * x[:, 0]
+      >>> loss = lambda w, b: 0.5 * jnp.mean((b[0] @ w - b[1]) ** 2)
+      >>> res = sj.estimate_llc(loss, jnp.array([2.0]), (x, y), num_steps=4000,
+      ...                       step_size=5e-3, localization=1.0)
+      >>> round(res.llc_mean, 1)  # a regular model with d = 1: λ = 1/2
+      0.5
+    """
+    config, record = auto.resolve_auto(
+        loss_fn, params, data, config, budget=calibration_budget, mesh=mesh, devices=devices
+    )
+    config, key = orchestrate.prepare(loss_fn, params, data, config)
+    one = jax.tree.map(lambda x: jax.numpy.asarray(x)[None], params)
+    group = orchestrate.Group(config, 0, jax.random.split(key, config.num_chains))
+    losses = orchestrate.center_losses(loss_fn, one, data, config.batch_size, [""])
+    (outcome,) = orchestrate.run(
+        loss_fn, one, data, [group], mesh=programs.resolve_mesh(mesh, devices), losses=losses
+    )
+    result = outcome.result
+    if record is not None:
+        result = dataclasses.replace(result, calibration=record)
+    report.warn(result)
+    return result

@@ -1,0 +1,66 @@
+"""How many checkpoints a compiled sweep call can take: XLA's memory analysis against a
+budget of device (or host) memory."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def default_memory_budget(device: jax.Device | None = None) -> int:
+    """Bytes a sweep may use: 90% of the accelerator's free memory, or on CPU half of the
+    host's available memory (``/proc/meminfo``), or 4 GiB when neither is known."""
+    device = device or jax.local_devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(0.9 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024 // 2
+    except (OSError, KeyError, ValueError):
+        return 4 * 2**30
+
+
+def program_bytes(compiled) -> int | None:
+    """Device memory of a compiled program (arguments, outputs, temporaries) per XLA."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return None
+    return (
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        + stats.temp_size_in_bytes
+        - stats.alias_size_in_bytes
+    )
+
+
+def auto_chunk_size(measure, num_checkpoints: int, budget: int) -> int:
+    """The largest chunk whose compiled program fits in ``budget`` bytes.
+
+    ``measure(chunk)`` returns the program's bytes for a chunk of that many checkpoints.
+    Memory grows about linearly with the chunk: measure all checkpoints at once, scale
+    down, and halve until the estimate fits (one chunk at least).
+    """
+    chunk = num_checkpoints
+    size = measure(chunk)
+    if size is None:
+        return chunk
+    if size > budget:
+        fixed = measure(1)
+        per_checkpoint = max(1, (size - fixed) / max(1, chunk - 1))
+        chunk = int(max(1, min(chunk - 1, 1 + (budget - fixed) // per_checkpoint)))
+        while chunk > 1 and measure(chunk) > budget:
+            chunk //= 2
+    return chunk
+
+
+def chunk_size_within(measure, num_checkpoints: int, memory_budget: int | None) -> int:
+    """:func:`auto_chunk_size` in the budget; with several processes, the smallest."""
+    budget = memory_budget or default_memory_budget()
+    chunk_size = auto_chunk_size(measure, num_checkpoints, budget)
+    if jax.process_count() > 1:  # every process must run the same programs
+        from jax.experimental import multihost_utils
+
+        chunk_size = int(np.min(multihost_utils.process_allgather(np.int32(chunk_size))))
+    return chunk_size

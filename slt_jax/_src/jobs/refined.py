@@ -1,0 +1,293 @@
+"""``estimate_refined_llc``: weight- and data-refined LLCs, observables and probe statistics.
+
+Every refinement (a set of coordinates that move, :mod:`slt_jax.refine`) is its own group
+of chains; refinements × chains are the items of one compiled program, so H attention
+heads cost one compilation and one call. Chain ``i`` of every refinement uses the same
+key (common random numbers: differences between refinements are measured with less
+noise). The chains observe named data sets and a probe set every ``observe_every`` draws
+(:mod:`slt_jax._src.observe`); the estimators on those observations are in
+:mod:`slt_jax.influence`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from slt_jax._src import data as _data
+from slt_jax._src import refine, validation
+from slt_jax._src.config import LLCConfig, run_options
+from slt_jax._src.engine import programs
+from slt_jax._src.estimators.influence import ObservableLLCs, ProbeStatistics
+from slt_jax._src.jobs import orchestrate, report
+from slt_jax._src.observe import Observe, Observed
+from slt_jax._src.results import LLCResult
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinedLLCResult(Mapping[str, LLCResult]):
+    """Refined LLCs keyed by refinement name: ``res["head0"]`` is an
+    :class:`~slt_jax.LLCResult` (the weight-refined LLC on the sampling data).
+
+    Attributes:
+      results: ``{name: LLCResult}``.
+      num_selected: ``{name: number of coordinates that move}``.
+      observables: ``{name: ObservableLLCs}`` (data-refined LLCs of the observable data
+        sets under that refinement), or ``{}`` when no observables were given.
+      probes: ``{name: ProbeStatistics}`` (per-example loss moments of the probe set, for
+        Bayesian influence and susceptibilities), or ``{}`` without a probe.
+    """
+
+    results: dict[str, LLCResult]
+    num_selected: dict[str, int]
+    observables: dict[str, ObservableLLCs]
+    probes: dict[str, ProbeStatistics]
+
+    def __getitem__(self, name: str) -> LLCResult:
+        return self.results[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    @property
+    def llc_mean(self) -> dict[str, float]:
+        return {k: r.llc_mean for k, r in self.results.items()}
+
+    @property
+    def llc_stderr(self) -> dict[str, float]:
+        return {k: r.llc_stderr for k, r in self.results.items()}
+
+    def table(self) -> str:
+        """One row per refinement: coordinates, ``λ̂ ± se``, R-hat, ESS, and the
+        data-refined ``λ̂`` of each observable."""
+        names = next(iter(self.observables.values())).names if self.observables else ()
+        head = f"{'refinement':<16} {'coords':>8} {'llc':>10} {'stderr':>8} {'rhat':>6} {'ess':>7}"
+        head += "".join(f" {('llc:' + n)[:14]:>14}" for n in names)
+        lines = [head, "-" * len(head)]
+        for key, r in self.results.items():
+            row = (
+                f"{key[:16]:<16} {self.num_selected[key]:>8d} {r.llc_mean:>10.4g} "
+                f"{r.llc_stderr:>8.2g} {r.rhat:>6.3f} {r.ess:>7.0f}"
+            )
+            if names:
+                obs = self.observables[key]
+                row += "".join(
+                    f" {m:>8.4g}±{s:<5.2g}"
+                    for m, s in zip(obs.llc_mean, obs.llc_stderr, strict=True)
+                )
+            lines.append(row)
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def to_xarray(self):
+        """An ``xarray.Dataset`` with a ``refinement`` dimension (and ``observable``)."""
+        import xarray as xr
+
+        keys = list(self.results)
+        data = {
+            "llc_mean": ("refinement", [self.results[k].llc_mean for k in keys]),
+            "llc_stderr": ("refinement", [self.results[k].llc_stderr for k in keys]),
+            "rhat": ("refinement", [self.results[k].rhat for k in keys]),
+            "ess": ("refinement", [self.results[k].ess for k in keys]),
+            "num_selected": ("refinement", [self.num_selected[k] for k in keys]),
+        }
+        coords = {"refinement": keys}
+        if self.observables:
+            obs = [self.observables[k] for k in keys]
+            coords["observable"] = list(obs[0].names)
+            data["observable_llc_mean"] = (("refinement", "observable"), [o.llc_mean for o in obs])
+            data["observable_llc_stderr"] = (
+                ("refinement", "observable"),
+                [o.llc_stderr for o in obs],
+            )
+        return xr.Dataset(data, coords=coords)
+
+
+def _check_observed(loss_fn, params, data, observables, probe, batch_size):
+    """Names and data sets of the observables and the probe, checked against ``loss_fn``."""
+    if observables is None:
+        observables = {}
+    if not isinstance(observables, Mapping):
+        raise TypeError("`observables` must be a mapping {name: data set}.")
+    names = tuple(str(k) for k in observables)
+    structure = jax.tree.structure(data)
+    for name, obs in observables.items():
+        if jax.tree.structure(obs) != structure:
+            raise ValueError(
+                f"observable {name!r} does not have the pytree structure of `data` "
+                f"({jax.tree.structure(obs)} vs {structure})."
+            )
+        _data.num_examples(obs)
+        validation.check_data(obs)
+        rows = min(batch_size, _data.num_examples(obs))
+        validation.check_loss_fn(loss_fn, params, validation.batch_like(obs, rows))
+        validation.check_remainder(
+            loss_fn, params, obs, batch_size, f"The loss on observable {name!r}"
+        )
+    if probe is not None:
+        if jax.tree.structure(probe) != structure:
+            raise ValueError("`probe` does not have the pytree structure of `data`.")
+        _data.num_examples(probe)
+        validation.check_data(probe)
+        try:
+            validation.check_loss_fn(loss_fn, params, validation.batch_like(probe, 1))
+        except ValueError as error:
+            raise ValueError(
+                f"per-example losses of the probe set call loss_fn on batches of one example, "
+                f"which failed: {error}"
+            ) from error
+    to_host = lambda tree: jax.tree.map(np.asarray, tree)  # noqa: E731
+    observed = Observed(tuple(to_host(observables[k]) for k in observables), to_host(probe))
+    return names, observed
+
+
+@run_options()
+def estimate_refined_llc(
+    loss_fn,
+    params: PyTree,
+    data: PyTree,
+    refinements: Mapping[str, refine.Selector] | None = None,
+    *,
+    config: LLCConfig,
+    observables: Mapping[str, PyTree] | None = None,
+    probe: PyTree | None = None,
+    observe_every: int = 10,
+    probe_kernel: bool = False,
+    probe_trace: bool = False,
+    mesh: Mesh | None = None,
+    devices: Sequence[jax.Device] | None = None,
+) -> RefinedLLCResult:
+    r"""Weight-refined LLCs of many refinements in one compiled call, with observables.
+
+    For each refinement ``V`` the chains sample the posterior of the selected coordinates
+    with the others held at ``w* = params`` and estimate
+    ``λ̂_V = nβ (E[L_n] − L_n(w*))`` on ``data`` (Wang et al. 2024, arXiv:2410.02984).
+    Unselected coordinates never move; the noise and the localization act on the selected
+    ones only.
+
+    Args:
+      loss_fn, params, data: as for :func:`~slt_jax.estimate_llc`; ``data`` is the data set
+        the chains sample with.
+      refinements: ``{name: selector}``; a selector is a glob pattern on the parameter path
+        (``"layer0/attn/*"``), a list of them, a predicate ``(path, leaf) -> bool | array``,
+        or a boolean mask pytree shaped like ``params`` (which may select part of a tensor);
+        see :mod:`slt_jax.refine` and :func:`slt_jax.refine.head_masks`. Default: one
+        refinement ``"all"`` that selects everything (the ordinary LLC).
+      observables: ``{name: data set}`` (pytrees like ``data``). Every ``observe_every``
+        draws each chain evaluates the mean loss of each on its whole; the result's
+        ``observables[refinement]`` holds their data-refined LLCs
+        ``nβ (E[L_{D_k}] − L_{D_k}(w*))`` and traces.
+      probe: a data set whose per-example losses are observed at the same draws and folded
+        into streaming moments (memory independent of the number of draws): the result's
+        ``probes[refinement]`` gives Bayesian influence and susceptibilities
+        (:class:`~slt_jax.influence.ProbeStatistics`). ``loss_fn`` must accept a batch of
+        one example.
+      observe_every: observe every this many draws.
+      probe_kernel: also keep the ``P × P`` covariance of the probe losses (``P²`` floats
+        per chain and refinement).
+      probe_trace: also keep every observed probe loss (``P`` floats per observation).
+      config, num_chains, …, devices: as for :func:`~slt_jax.estimate_llc`.
+
+    Returns:
+      A :class:`RefinedLLCResult`, a mapping ``name -> LLCResult``.
+
+    Example:
+      >>> import jax.numpy as jnp, slt_jax as sj
+      >>> x = jnp.linspace(-1, 1, 512)[:, None]; y = 2 * x[:, 0]
+      >>> loss = lambda w, b: 0.5 * jnp.mean((b[0] * w["a"] + w["b"] - b[1][:, None]) ** 2)
+      >>> w = {"a": jnp.array([2.0]), "b": jnp.array([0.0])}
+      >>> res = sj.estimate_refined_llc(loss, w, (x, y), {"a": "a", "both": "*"},
+      ...                               num_steps=6000, step_size=2e-3, localization=1.0)
+      >>> res.num_selected
+      {'a': 1, 'both': 2}
+      >>> # a regular model: λ = d/2 for the d coordinates that move
+      >>> within = lambda r, d: bool(abs(r.llc_mean - d / 2) < 4 * r.llc_stderr)
+      >>> within(res["a"], 1), within(res["both"], 2)
+      (True, True)
+    """
+    config, key = orchestrate.prepare(loss_fn, params, data, config)
+    if refinements is None:
+        refinements = {"all": "*"}
+    masks = refine.masks(params, refinements)
+    names, observed = _check_observed(loss_fn, params, data, observables, probe, config.batch_size)
+    observer = _observer(names, probe, observed, observe_every, probe_kernel, probe_trace, config)
+    one = jax.tree.map(lambda x: jax.numpy.asarray(x)[None], params)
+    losses = orchestrate.center_losses(loss_fn, one, data, config.batch_size, [""])
+    keys = orchestrate.chain_keys(key, config.num_chains, len(masks), common=True)
+    groups = [
+        orchestrate.Group(config, 0, k, label=f"refinement {name!r}", args=masks[name])
+        for name, k in zip(masks, keys, strict=True)
+    ]
+    outcomes = orchestrate.run(
+        loss_fn,
+        one,
+        data,
+        groups,
+        mesh=programs.resolve_mesh(mesh, devices),
+        losses=losses,
+        plugins=programs.Plugins(refine.MaskRestriction(), observer),
+        observed=observed if observer is not None else None,
+    )
+    results, observable_llcs, probes = {}, {}, {}
+    for name, outcome in zip(masks, outcomes, strict=True):
+        results[name] = result = outcome.result
+        obs = outcome.trace.observed
+        if names:
+            observable_llcs[name] = ObservableLLCs.from_trace(
+                names, obs.observations, obs.observed_at_center[0], config.nbeta, result.diverged
+            )
+        if probe is not None:
+            probes[name] = _probe_statistics(obs, result, names, config, probe_kernel, probe_trace)
+        report.warn(result, prefix=f"refinement {name!r}: ")
+    return RefinedLLCResult(
+        results=results,
+        num_selected={k: refine.num_selected(m) for k, m in masks.items()},
+        observables=observable_llcs,
+        probes=probes,
+    )
+
+
+def _observer(names, probe, observed, observe_every, probe_kernel, probe_trace, config):
+    """The observer plug-in for these observables and probe (``None``: nothing observed)."""
+    if (probe_kernel or probe_trace) and probe is None:
+        raise ValueError("probe_kernel and probe_trace need a `probe` data set.")
+    if not names and probe is None:
+        return None
+    observe_every = validation.check_count("observe_every", observe_every, minimum=1)
+    if observe_every > config.num_draws:
+        raise ValueError(
+            f"`observe_every` ({observe_every}) exceeds the number of draws "
+            f"({config.num_draws}): no observation would be made."
+        )
+    num_probe = 0 if probe is None else _data.num_examples(observed.probe)
+    return Observe(observe_every, len(names), num_probe, bool(probe_kernel), bool(probe_trace))
+
+
+def _probe_statistics(obs, result, names, config, probe_kernel, probe_trace):
+    healthy = ~result.diverged
+    m = jax.tree.map(lambda x, h=healthy: np.asarray(x, np.float64)[h], obs.moments)
+    return ProbeStatistics(
+        count=m.count,
+        probe_mean=m.probe_mean,
+        observable_mean=m.observable_mean,
+        probe_sq=m.probe_sq,
+        observable_sq=m.observable_sq,
+        cross=m.cross,
+        kernel=m.kernel if probe_kernel else None,
+        probe_at_center=np.asarray(obs.probe_at_center[0], np.float64),
+        observable_names=names,
+        nbeta=config.nbeta,
+        probe_trace=np.asarray(obs.probe_trace)[healthy] if probe_trace else None,
+    )

@@ -1,0 +1,157 @@
+"""The layout keeps its promises: imports only go down the stages, the engine knows no
+feature, public modules only re-export, the compiled-program cache is bounded."""
+
+import ast
+import pathlib
+import warnings
+
+import jax.numpy as jnp
+import pytest
+
+import slt_jax as sj
+from slt_jax._src.engine import programs
+
+ROOT = pathlib.Path(sj.__file__).parent
+# The stages of docs/architecture.md, in order: a module may import its own stage and
+# the ones before it, never a later one.
+STAGES = [
+    ("version", "data", "theory", "validation", "posterior", "io.adapters"),
+    ("samplers",),
+    ("config",),
+    ("engine",),
+    ("refine", "observe"),
+    ("estimators.diagnostics", "estimators.influence"),
+    ("results",),
+    ("estimators.llc",),
+    ("io.checkpoints", "io.store", "io.fingerprint"),
+    ("plots", "dynamics", "training", "models"),
+    ("jobs",),
+    ("examples", "cli"),
+]
+
+
+def _stage(dotted: str) -> int:
+    """The stage of ``slt_jax._src.<dotted>`` (or ``slt_jax.models...``)."""
+    for rank, names in enumerate(STAGES):
+        for name in names:
+            if dotted == name or dotted.startswith(name + "."):
+                return rank
+    raise AssertionError(f"module {dotted!r} is in no stage of the layout")
+
+
+def _is_module(dotted: str) -> bool:
+    base = ROOT / "_src" / pathlib.Path(*dotted.split("."))
+    return base.with_suffix(".py").exists() or (base / "__init__.py").exists()
+
+
+def _imports(path: pathlib.Path):
+    """The ``slt_jax._src`` modules (dotted, below ``_src``) that ``path`` imports."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom) or not node.module:
+            continue
+        if node.module.startswith("slt_jax.models"):
+            yield "models"
+            continue
+        if not (node.module == "slt_jax._src" or node.module.startswith("slt_jax._src.")):
+            continue
+        package = node.module.removeprefix("slt_jax._src").lstrip(".")
+        for alias in node.names:
+            sub = f"{package}.{alias.name}" if package else alias.name
+            yield sub if _is_module(sub) else package
+
+
+def _modules():
+    for path in sorted((ROOT / "_src").rglob("*.py")):
+        rel = path.relative_to(ROOT / "_src").with_suffix("")
+        if rel.name != "__init__":
+            yield ".".join(rel.parts), path
+    for path in sorted((ROOT / "models").glob("*.py")):
+        if path.name != "__init__.py":
+            yield "models", path
+
+
+@pytest.mark.parametrize("name, path", list(_modules()), ids=lambda x: str(x))
+def test_imports_only_go_down_the_stages(name, path):
+    here = _stage(name)
+    for imported in _imports(path):
+        assert _stage(imported) <= here, f"{name} imports {imported}, a later stage"
+
+
+def test_the_engine_imports_no_feature_and_no_job():
+    for path in (ROOT / "_src" / "engine").glob("*.py"):
+        for imported in _imports(path):
+            assert not imported.startswith(("refine", "observe", "jobs", "estimators")), (
+                path.name,
+                imported,
+            )
+
+
+def test_public_modules_only_re_export():
+    for path in [*ROOT.glob("*.py"), ROOT / "kernels" / "__init__.py"]:
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            ok = isinstance(node, ast.ImportFrom | ast.Import) or (
+                isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)  # docstring
+            )
+            ok = ok or (isinstance(node, ast.Assign) and node.targets[0].id == "__all__")
+            ok = ok or (isinstance(node, ast.If) and path.name == "__main__.py")
+            assert ok, f"{path.name}:{node.lineno} is not a re-export"
+
+
+def test_the_compiled_program_cache_evicts(monkeypatch):
+    """Each new loss function is a new program; past the bound the oldest is dropped, and
+    the count of compilations still includes it."""
+    monkeypatch.setattr(programs, "MAX_PROGRAMS", 2)
+    before = programs.num_compiled()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sj.LLCDiagnosticWarning)
+        for scale in (1.0, 2.0, 3.0):
+            sj.estimate_llc(
+                lambda w, b, s=scale: s * 0.5 * jnp.sum(w**2) + 0.0 * jnp.mean(b),
+                jnp.zeros(2),
+                jnp.zeros((8, 1)),
+                num_chains=2,
+                num_steps=20,
+                batch_size=8,
+                nbeta=10.0,
+                step_size=1e-3,
+            )
+    assert len(programs._PROGRAMS) <= 2
+    assert programs.num_compiled() == before + 3
+
+
+def test_options_are_declared_once_and_shown_everywhere():
+    """Every entry point takes the run options as keywords (from LLCConfig) and config=."""
+    import inspect
+
+    options = {"num_chains", "num_steps", "num_burnin", "batch_size", "estimator", "sampler"}
+    for fn in (
+        sj.estimate_llc,
+        sj.estimate_llc_checkpoints,
+        sj.estimate_refined_llc,
+        sj.calibrate,
+        sj.estimate_llc_two_temperature,
+        sj.llc_function,
+    ):
+        parameters = set(inspect.signature(fn).parameters)
+        assert options <= parameters and "config" in parameters, fn.__name__
+    config = sj.LLCConfig(num_chains=3, num_steps=40, step_size=1e-3, batch_size=8, nbeta=10.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sj.LLCDiagnosticWarning)
+        a = sj.estimate_llc(
+            lambda w, b: 0.5 * jnp.sum(w**2), jnp.zeros(2), jnp.zeros((8, 1)), config=config
+        )
+        b = sj.estimate_llc(
+            lambda w, b: 0.5 * jnp.sum(w**2),
+            jnp.zeros(2),
+            jnp.zeros((8, 1)),
+            config=sj.LLCConfig(num_chains=5),
+            num_chains=3,
+            num_steps=40,
+            step_size=1e-3,
+            batch_size=8,
+            nbeta=10.0,
+        )
+    assert a.config == b.config and a.config.num_chains == 3
+    with pytest.raises(TypeError, match="sj.LLCConfig"):
+        sj.estimate_llc(lambda w, b: 0.0, jnp.zeros(2), jnp.zeros((8, 1)), config={"x": 1})
