@@ -23,7 +23,7 @@ STAGES = [
     ("estimators.diagnostics", "estimators.influence"),
     ("results",),
     ("estimators.llc",),
-    ("io.checkpoints", "io.store", "io.fingerprint"),
+    ("io.formats", "io.checkpoints", "io.store", "io.fingerprint"),
     ("plots", "dynamics", "training", "models"),
     ("jobs",),
     ("examples", "cli"),

@@ -15,6 +15,7 @@ from flax import nnx, serialization
 from safetensors.numpy import save_file
 
 import slt_jax._src.io.checkpoints
+import slt_jax._src.io.formats
 from slt_jax._src.io.checkpoints import (
     CheckpointSet,
     as_checkpoint_set,
@@ -207,7 +208,7 @@ def test_save_overwrites_and_checks_arguments(tmp_path):
     ],
 )
 def test_step_from_the_name(name, step):
-    assert slt_jax._src.io.checkpoints._step_from_name(pathlib.Path(name)) == step
+    assert slt_jax._src.io.formats._step_from_name(pathlib.Path(name)) == step
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,6 @@ shown biased at the coarse stage's best localization ``γ*``, localizations ``γ
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
@@ -274,6 +273,48 @@ def plan(
     return max(fits, key=lambda p: (p.coarse[0] * p.coarse[1], p.refined[1], p.refined[2]))
 
 
-def default_nbeta_of(data) -> float:
-    n = _data.num_examples(data)
-    return n / math.log(n)
+def refined_centre(coarse, scales: Scales, tolerance: float) -> tuple[float, float]:
+    """The refined grid's largest step size and its localization.
+
+    At the coarse stage's recommended localization: the largest healthy step size not
+    shown to be biased, and no more than twice the step size where the fitted bias reaches
+    the tolerance (when the fit's slope is significant). With nothing healthy: the largest
+    step size whose chains were stable (not diverged, acceptance in the band), else a
+    quarter of the smallest, at the middle localization (ten times the strongest when most
+    cells wander).
+    """
+    if coarse.recommended is None:
+        # Nothing healthy: below the largest step size whose chains were stable, at the
+        # middle localization.
+        stable = [
+            r.config.step_size
+            for r, p in zip(coarse.results, coarse.problems, strict=True)
+            if not {"diverged", "acceptance", "init_loss"} & set(p)
+        ]
+        wandering = sum("wandering" in p for p in coarse.problems)
+        gamma = float(np.median(coarse.localizations))
+        if wandering > len(coarse.problems) / 2 and coarse.localizations.max() > 0:
+            gamma = 10 * float(coarse.localizations.max())  # chains drift: localize more
+        return (max(stable) if stable else coarse.step_sizes.min() / 4), gamma
+    gamma = coarse.recommended["localization"]
+    i = coarse.cell(**coarse.recommended)
+    _, j, k = np.unravel_index(i, coarse.shape)
+    row = [int(np.ravel_multi_index((a, j, k), coarse.shape)) for a in range(coarse.shape[0])]
+    usable = [
+        r
+        for r in row
+        if not (set(coarse.problems[r]) - {"step_bias", "localization_bias"})
+        and "step_bias" not in coarse.problems[r]
+    ]
+    top = (
+        max(coarse.results[r].config.step_size for r in usable)
+        if usable
+        else (coarse.recommended["step_size"])
+    )
+    fit = coarse.fits[int(np.ravel_multi_index((j, k), coarse.shape[1:]))]
+    if fit.fitted and fit.slope > 0 and fit.intercept > 0:
+        biggest = max(fit.bias, key=lambda c: coarse.results[c].config.step_size)
+        bias, se = fit.bias[biggest]
+        if bias > 2 * se:  # the slope is measured, not noise
+            top = min(top, 2 * tolerance * fit.intercept / fit.slope)
+    return float(top), gamma

@@ -26,7 +26,13 @@ from slt_jax._src.config import LLCConfig, resolve_nbeta, run_options
 from slt_jax._src.estimators.diagnostics import ACCEPTANCE_BAND, LLCDiagnosticWarning
 from slt_jax._src.jobs import orchestrate
 from slt_jax._src.jobs.assess import assess, cell_health
-from slt_jax._src.jobs.autogrid import Scales, coarse_axes, measure_scales, plan, refined_axes
+from slt_jax._src.jobs.autogrid import (
+    coarse_axes,
+    measure_scales,
+    plan,
+    refined_axes,
+    refined_centre,
+)
 from slt_jax._src.jobs.calibration import Calibration
 from slt_jax._src.jobs.grid import run_grid
 
@@ -318,7 +324,7 @@ def _automatic(axes, num_chains, num_steps, budget, key, config, run, judge) -> 
         judge,
         scales=scales,
     )
-    eps_top, gamma_star = _centre(coarse, scales, judge["tolerance"])
+    eps_top, gamma_star = refined_centre(coarse, scales, judge["tolerance"])
     eps2, gamma2 = refined_axes(eps_top, gamma_star, stages.refined[0], stages.refined[1])
     eps2 = axes.get("step_sizes", eps2)
     gamma2 = axes.get("localizations", gamma2)
@@ -345,53 +351,6 @@ def _automatic(axes, num_chains, num_steps, budget, key, config, run, judge) -> 
             f"{refined.explanation})"
         ),
     )
-
-
-def _centre(coarse: Calibration, scales: Scales, tolerance: float) -> tuple[float, float]:
-    """The refined grid's largest step size and its localization.
-
-    At the coarse stage's recommended localization: the largest healthy step size not
-    shown to be biased, and no more than twice the step size where the fitted bias reaches
-    the tolerance (when the fit's slope is significant). With nothing healthy: the largest
-    step size whose chains were stable (not diverged, acceptance in the band), else a
-    quarter of the smallest, at the middle localization (ten times the strongest when most
-    cells wander).
-    """
-    if coarse.recommended is None:
-        # Nothing healthy: below the largest step size whose chains were stable, at the
-        # middle localization.
-        stable = [
-            r.config.step_size
-            for r, p in zip(coarse.results, coarse.problems, strict=True)
-            if not {"diverged", "acceptance", "init_loss"} & set(p)
-        ]
-        wandering = sum("wandering" in p for p in coarse.problems)
-        gamma = float(np.median(coarse.localizations))
-        if wandering > len(coarse.problems) / 2 and coarse.localizations.max() > 0:
-            gamma = 10 * float(coarse.localizations.max())  # chains drift: localize more
-        return (max(stable) if stable else coarse.step_sizes.min() / 4), gamma
-    gamma = coarse.recommended["localization"]
-    i = coarse.cell(**coarse.recommended)
-    _, j, k = np.unravel_index(i, coarse.shape)
-    row = [int(np.ravel_multi_index((a, j, k), coarse.shape)) for a in range(coarse.shape[0])]
-    usable = [
-        r
-        for r in row
-        if not (set(coarse.problems[r]) - {"step_bias", "localization_bias"})
-        and "step_bias" not in coarse.problems[r]
-    ]
-    top = (
-        max(coarse.results[r].config.step_size for r in usable)
-        if usable
-        else (coarse.recommended["step_size"])
-    )
-    fit = coarse.fits[int(np.ravel_multi_index((j, k), coarse.shape[1:]))]
-    if fit.fitted and fit.slope > 0 and fit.intercept > 0:
-        biggest = max(fit.bias, key=lambda c: coarse.results[c].config.step_size)
-        bias, se = fit.bias[biggest]
-        if bias > 2 * se:  # the slope is measured, not noise
-            top = min(top, 2 * tolerance * fit.intercept / fit.slope)
-    return float(top), gamma
 
 
 def _resolved_nbeta(nbeta, data) -> float | None:
