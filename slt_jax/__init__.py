@@ -10,6 +10,7 @@ from slt_jax import influence as influence
 from slt_jax import refine as refine
 from slt_jax import samplers as samplers
 from slt_jax import theory as theory
+from slt_jax._src.compilation import enable_compilation_cache as enable_compilation_cache
 from slt_jax._src.config import LLCConfig as LLCConfig
 from slt_jax._src.dynamics import EssentialDynamics as EssentialDynamics
 from slt_jax._src.dynamics import essential_dynamics as essential_dynamics
@@ -30,6 +31,7 @@ from slt_jax._src.jobs.checkpoints import estimate_llc_checkpoints as estimate_l
 from slt_jax._src.jobs.inline import LLCEstimate as LLCEstimate
 from slt_jax._src.jobs.inline import llc_function as llc_function
 from slt_jax._src.jobs.llc import estimate_llc as estimate_llc
+from slt_jax._src.jobs.plan import RunPlan as RunPlan
 from slt_jax._src.jobs.refined import RefinedLLCResult as RefinedLLCResult
 from slt_jax._src.jobs.refined import estimate_refined_llc as estimate_refined_llc
 from slt_jax._src.jobs.temperatures import TwoTemperatureResult as TwoTemperatureResult
@@ -54,8 +56,10 @@ __all__ = [
     "LLCEstimate",
     "LLCResult",
     "RefinedLLCResult",
+    "RunPlan",
     "TwoTemperatureResult",
     "calibrate",
+    "enable_compilation_cache",
     "essential_dynamics",
     "estimate_llc",
     "estimate_llc_checkpoints",

@@ -1,9 +1,16 @@
+import os
+import tempfile
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import slt_jax as sj
+
+# The command line turns JAX's persistent compilation cache on; in the tests it lives in a
+# directory of this session, not in the user's ~/.cache.
+os.environ.setdefault("SLT_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="slt_jax-test-cache-"))
 
 
 class CountingLoss:

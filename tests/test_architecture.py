@@ -15,7 +15,16 @@ ROOT = pathlib.Path(sj.__file__).parent
 # The stages of docs/architecture.md, in order: a module may import its own stage and
 # the ones before it, never a later one.
 STAGES = [
-    ("version", "data", "theory", "validation", "posterior", "io.adapters"),
+    (
+        "version",
+        "data",
+        "theory",
+        "validation",
+        "posterior",
+        "io.adapters",
+        "compilation",
+        "userwarn",
+    ),
     ("samplers",),
     ("config",),
     ("engine",),
@@ -120,6 +129,38 @@ def test_the_compiled_program_cache_evicts(monkeypatch):
     assert programs.num_compiled() == before + 3
 
 
+def test_an_evicted_loss_function_is_freed(monkeypatch):
+    """Eviction drops the programs that hold a loss function (the chains' and the centre
+    losses'), so the function itself can be collected."""
+    import gc
+    import weakref
+
+    monkeypatch.setattr(programs, "MAX_PROGRAMS", 2)
+
+    def run(loss):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", sj.LLCDiagnosticWarning)
+            sj.estimate_llc(
+                loss,
+                jnp.zeros(2),
+                jnp.zeros((8, 1)),
+                num_chains=2,
+                num_steps=20,
+                batch_size=8,
+                nbeta=10.0,
+                step_size=1e-3,
+            )
+
+    first = lambda w, b: 0.5 * jnp.sum(w**2) + 0.0 * jnp.mean(b)  # noqa: E731
+    alive = weakref.ref(first)
+    run(first)
+    del first
+    for scale in (2.0, 3.0):
+        run(lambda w, b, s=scale: s * jnp.sum(w**2) + 0.0 * jnp.mean(b))
+    gc.collect()
+    assert alive() is None
+
+
 def test_options_are_declared_once_and_shown_everywhere():
     """Every entry point takes the run options as keywords (from LLCConfig) and config=."""
     import inspect
@@ -153,5 +194,41 @@ def test_options_are_declared_once_and_shown_everywhere():
             nbeta=10.0,
         )
     assert a.config == b.config and a.config.num_chains == 3
+    with pytest.raises(TypeError, match="calibrate does not take `step_size`"):
+        sj.calibrate(
+            lambda w, b: 0.0, jnp.zeros(2), jnp.zeros((8, 1)), config=sj.LLCConfig(step_size=1e-3)
+        )
     with pytest.raises(TypeError, match="sj.LLCConfig"):
         sj.estimate_llc(lambda w, b: 0.0, jnp.zeros(2), jnp.zeros((8, 1)), config={"x": 1})
+
+
+def _resolve(dotted: str):
+    """The object a dotted ``slt_jax...`` path names (module, then attributes)."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(dotted)
+
+
+def test_cross_references_in_docstrings_resolve():
+    """Every ``:mod:``/``:func:``/``:class:``/``:meth:``/``:attr:``/``:data:`` reference to
+    a ``slt_jax`` path in the package's docstrings names something that exists."""
+    import re
+
+    pattern = re.compile(r":(?:mod|func|class|meth|attr|data):`~?(slt_jax(?:\.\w+)+)`")
+    missing = []
+    for path in ROOT.rglob("*.py"):
+        for dotted in pattern.findall(path.read_text()):
+            try:
+                _resolve(dotted)
+            except (ImportError, AttributeError):
+                missing.append(f"{path.relative_to(ROOT)}: {dotted}")
+    assert not missing, missing

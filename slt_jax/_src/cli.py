@@ -142,6 +142,34 @@ def _add_sampler_options(p: argparse.ArgumentParser, *, chains=8, steps=1000) ->
         help="bytes, e.g. 2000000000, 2e9, 2GB or 1.5GiB (default: the free memory)",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    m = p.add_argument_group("memory, layout and compilation (see slt_jax.LLCConfig)")
+    m.add_argument(
+        "--microbatch-size",
+        type=int,
+        default=None,
+        help="evaluate each minibatch this many rows at a time, gradient accumulated",
+    )
+    m.add_argument("--remat", action="store_true", help="recompute activations (jax.checkpoint)")
+    m.add_argument("--compute-dtype", default=None, help="e.g. bfloat16: the loss's parameters")
+    m.add_argument(
+        "--chain-layout",
+        choices=("auto", "vmap", "map"),
+        default="auto",
+        help="the chains of a device as one vmap or a map over them (default: by a rule)",
+    )
+    m.add_argument("--chain-batch", type=int, default=1, help="with --chain-layout map")
+    m.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="do not use JAX's persistent compilation cache (default: on, in "
+        "$SLT_JAX_CACHE_DIR or ~/.cache/slt_jax/jax)",
+    )
+    m.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="compile and report memory per device, chunking, layout and time per step; "
+        "do not sample",
+    )
     d = p.add_argument_group("many hosts (see the README: Cloud TPU, multi-GPU)")
     d.add_argument(
         "--distributed",
@@ -172,6 +200,11 @@ def _sampler_kwargs(args) -> dict:
         progress=not args.no_progress,
         calibrate_on=args.calibrate_on,
         calibration_budget=args.calibration_budget,
+        microbatch_size=args.microbatch_size,
+        remat=args.remat,
+        compute_dtype=args.compute_dtype,
+        chain_layout=args.chain_layout,
+        chain_batch=args.chain_batch,
     )
 
 
@@ -199,8 +232,23 @@ def llc(args: argparse.Namespace) -> None:
 
     import slt_jax as sj
 
+    if not args.no_compilation_cache:
+        sj.enable_compilation_cache()
     loss_fn, data, like = _model_from_factory(args.model)
     start = time.perf_counter()
+    if args.dry_run:
+        plan = sj.estimate_llc_checkpoints(
+            loss_fn,
+            args.checkpoints,
+            data,
+            like=like,
+            format=getattr(args, "format", None),
+            dry_run=True,
+            **_sampler_kwargs(args),
+        )
+        if jax.process_index() == 0:
+            print(plan.summary())
+        return
     result = sj.estimate_llc_checkpoints(
         loss_fn,
         args.checkpoints,

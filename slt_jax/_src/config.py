@@ -36,6 +36,18 @@ DEFAULT_LOCALIZATION = 100.0
 AUTO = "auto"
 
 
+#: How the chains of one device are laid out (see :mod:`slt_jax._src.engine.programs`).
+CHAIN_LAYOUTS = ("auto", "vmap", "map")
+#: Options that results record only when set (older results directories resume).
+_RECORDED_IF_SET = {
+    "microbatch_size": None,
+    "remat": False,
+    "compute_dtype": None,
+    "chain_layout": "auto",
+    "chain_batch": 1,
+}
+
+
 class Static(NamedTuple):
     """The part of a configuration that selects the compiled program (hashable)."""
 
@@ -46,6 +58,11 @@ class Static(NamedTuple):
     sampler: Sampler
     schedule: Callable | None  # step t -> a multiplier of the step size; None: 1
     diagnostic_every: int
+    microbatch_size: int | None = None
+    remat: bool = False
+    compute_dtype: str | None = None
+    chain_layout: str = "auto"  # "vmap", "map", or "auto" (decided for the model's size)
+    chain_batch: int = 1  # with "map": chains vmapped together inside the map
 
     @property
     def num_diagnostics(self) -> int:
@@ -93,6 +110,16 @@ class LLCConfig:
       sampler: a name, a spec of :mod:`slt_jax.samplers` (resolved: its description).
       seed: an integer seed or a JAX key (resolved: the integer, or ``None`` for a key).
       diagnostic_every: record chain diagnostics every this many draws (0: none).
+      microbatch_size: evaluate each minibatch this many rows at a time, the gradient
+        accumulated (``None``: at once); must divide the batch size. Same result, less memory.
+      remat: recompute the loss's activations in the backward pass (``jax.checkpoint``).
+      compute_dtype: evaluate the loss with the parameters cast to this float type (e.g.
+        ``"bfloat16"``); the chain stays in at least float32.
+      chain_layout: the chains of a device as one ``"vmap"``, or a ``"map"`` over them
+        (``chain_batch`` vmapped together at each step of the map); ``"auto"`` picks by a
+        measured rule for the backend and the model's size
+        (:func:`slt_jax._src.engine.programs.default_layout`).
+      chain_batch: with ``chain_layout="map"``, the chains vmapped together (default 1).
       step_size_schedule: resolved: a description of the schedule, ``None`` if constant.
       schedule: resolved: the schedule itself (not saved, not compared).
 
@@ -118,6 +145,11 @@ class LLCConfig:
     sampler: Any = "sgld"
     seed: Any = 0
     diagnostic_every: int = 10
+    microbatch_size: int | None = None
+    remat: bool = False
+    compute_dtype: str | None = None
+    chain_layout: str = "auto"
+    chain_batch: int = 1
     step_size_schedule: str | None = None
     schedule: object = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -130,9 +162,13 @@ class LLCConfig:
         return self.num_examples is not None
 
     def to_dict(self) -> dict:
-        """The saved settings (everything but the schedule callable)."""
+        """The saved settings (everything but the schedule callable; the memory and layout
+        options only when set, so that results written before they existed resume)."""
         fields = dataclasses.asdict(self)
         del fields["schedule"]
+        for name, default in _RECORDED_IF_SET.items():
+            if fields[name] == default:
+                del fields[name]
         return fields
 
     def resolve(self, num_examples: int) -> tuple[LLCConfig, jax.Array]:
@@ -150,19 +186,24 @@ class LLCConfig:
         spec = check_sampler(self.sampler)
         batch_size = num_examples if spec.full_batch else self.batch_size
         step_size, schedule, text = self.step_size, None, None
+        if self.schedule is not None:  # a resolved configuration: its schedule, again
+            step_size = self.schedule
         if isinstance(step_size, str):
-            raise TypeError(
-                f"`step_size` must be a number, got str {step_size!r} (a schedule, or the one "
-                "word it takes: 'auto')."
-            )
+            raise TypeError(f"`step_size` must be a number or a schedule, got str {step_size!r}.")
         if callable(step_size):
             schedule = step_size
             step_size, text = check_schedule(schedule, int(num_steps))
         localization = DEFAULT_LOCALIZATION if self.localization is None else self.localization
         if isinstance(localization, str):
             raise TypeError(f"`localization` must be a number, got str {localization!r}.")
+        if self.resolved and self.seed is None:
+            raise TypeError(
+                "this configuration's run was seeded with a JAX key, which results do not "
+                "record (config.seed is None): pass seed= (an int or the key) with it."
+            )
         key = validation.resolve_key(self.seed)
         seed = self.seed
+        memory = _check_memory_options(self, int(batch_size))
         resolved = LLCConfig(
             num_chains=num_chains,
             num_steps=int(num_steps),
@@ -182,6 +223,7 @@ class LLCConfig:
             ),
             step_size_schedule=text,
             schedule=schedule,
+            **memory,
         )
         return resolved, key
 
@@ -195,6 +237,11 @@ class LLCConfig:
             resolve_sampler(self.sampler),
             self.schedule,
             self.diagnostic_every,
+            self.microbatch_size,
+            bool(self.remat),
+            self.compute_dtype,
+            self.chain_layout,
+            self.chain_batch,
         )
 
     def arrays(self) -> Arrays:
@@ -202,6 +249,40 @@ class LLCConfig:
         scale (1), the schedule itself being static."""
         step_size = 1.0 if self.schedule is not None else self.step_size
         return Arrays(*(jnp.float32(v) for v in (step_size, self.localization, self.nbeta)))
+
+
+def _check_memory_options(config: LLCConfig, batch_size: int) -> dict:
+    """The memory and layout options, checked (the microbatch must divide the batch)."""
+    out = {}
+    m = config.microbatch_size
+    if m is not None:
+        m = validation.check_count("microbatch_size", m, minimum=1)
+        if batch_size % m:
+            raise ValueError(
+                f"`microbatch_size` ({m}) does not divide the batch size ({batch_size}); "
+                "the minibatch is evaluated in equal microbatches."
+            )
+    out["microbatch_size"] = m
+    if not isinstance(config.remat, bool | np.bool_):
+        raise TypeError(f"`remat` must be True or False, got {config.remat!r}.")
+    out["remat"] = bool(config.remat)
+    dtype = config.compute_dtype
+    if dtype is not None:
+        try:
+            parsed = jnp.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"`compute_dtype` must be a float dtype, got {dtype!r}.") from None
+        if not jnp.issubdtype(parsed, jnp.floating):
+            raise TypeError(f"`compute_dtype` must be a float dtype, got {dtype!r}.")
+        dtype = parsed.name
+    out["compute_dtype"] = dtype
+    if config.chain_layout not in CHAIN_LAYOUTS:
+        raise ValueError(
+            f"`chain_layout` must be one of {CHAIN_LAYOUTS}, got {config.chain_layout!r}."
+        )
+    out["chain_layout"] = config.chain_layout
+    out["chain_batch"] = validation.check_count("chain_batch", config.chain_batch, minimum=1)
+    return out
 
 
 def check_sampler(sampler) -> Sampler:
@@ -258,6 +339,7 @@ def check_schedule(schedule, num_steps: int) -> tuple[float, str]:
     return float(values[0]), text
 
 
+_DEFAULTS = LLCConfig()
 #: The run options an entry point takes as keywords: the fields a user sets.
 OPTIONS = tuple(
     f.name
@@ -272,8 +354,11 @@ def run_options(*, exclude: tuple[str, ...] = (), **defaults):
     The options are :class:`LLCConfig`'s fields, declared there once: the wrapped function
     takes ``config=`` (an :class:`LLCConfig`), or the options one by one (defaults:
     ``defaults``, else the field's), or both (the options override the config's fields),
-    and receives one ``config``. ``exclude``: options this entry point does not take. The
-    signature shown by ``help()`` and ``inspect.signature`` lists every option.
+    and receives one ``config``. ``exclude``: options this entry point does not take (a
+    ``config=`` that sets one of them to other than its default is an error). A ``config=``
+    brings all its fields: the entry point's own defaults (``defaults``) apply only to the
+    options passed one by one. The signature shown by ``help()`` and ``inspect.signature``
+    lists every option.
     """
     names = [n for n in OPTIONS if n not in exclude]
     unknown = set(defaults) - set(names)
@@ -289,6 +374,13 @@ def run_options(*, exclude: tuple[str, ...] = (), **defaults):
                 config = base
             elif not isinstance(config, LLCConfig):
                 raise TypeError(f"`config` must be an sj.LLCConfig, got {type(config).__name__}.")
+            else:
+                for name in exclude:
+                    if getattr(config, name) != getattr(_DEFAULTS, name):
+                        raise TypeError(
+                            f"{fn.__name__} does not take `{name}`, which this config sets to "
+                            f"{getattr(config, name)!r}; leave it at its default."
+                        )
             if options:
                 config = dataclasses.replace(config, **options)
             return fn(*args, config=config, **kwargs)

@@ -38,7 +38,7 @@ def features(
     Args:
       apply_fn: ``(params, probe_inputs) -> outputs`` (any pytree of arrays).
       checkpoints: a :class:`~slt_jax.CheckpointSet`, a stacked pytree or a sequence of
-        pytrees (see :func:`slt_jax.checkpoints.as_checkpoint_set`).
+        pytrees (see :func:`slt_jax._src.io.checkpoints.as_checkpoint_set`).
       probe: the fixed inputs every checkpoint is evaluated on.
       batch: checkpoints evaluated together (vmapped) at a time; memory is that many
         copies of the outputs.
@@ -137,7 +137,7 @@ def essential_dynamics(
     Args:
       apply_fn: ``(params, probe) -> outputs``.
       checkpoints: a :class:`~slt_jax.CheckpointSet`, a checkpoint directory, a stacked
-        pytree or a sequence of snapshots (:func:`slt_jax.checkpoints.as_checkpoint_set`).
+        pytree or a sequence of snapshots (:func:`slt_jax._src.io.checkpoints.as_checkpoint_set`).
       probe: the fixed inputs.
       num_components: principal components kept.
       like: the parameter template for a checkpoint directory.

@@ -172,7 +172,7 @@ class LLCResult:
         """Diagnostics of this (single) estimate out of their healthy range, by kind:
         ``init_loss``, ``diverged``, ``rhat``, ``ess``, ``negative``, ``acceptance``,
         ``nonstationary``, ``below_init``, ``wandering`` (empty when healthy). See
-        :func:`slt_jax.diagnostics.health_problems`."""
+        :func:`slt_jax._src.estimators.diagnostics.health_problems`."""
         if self.steps is not None:
             raise ValueError("health() is per estimate; use result.checkpoint(k).health().")
         healthy = ~np.asarray(self.diverged)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from slt_jax._src import data as _data
 from slt_jax._src.config import Arrays, Static
+from slt_jax._src.engine import transforms
 from slt_jax._src.engine.interfaces import EVERYTHING, ChainTrace
 from slt_jax._src.posterior import (
     half_square_distance,
@@ -120,7 +121,15 @@ def run_chain(
     samples the others as free Gaussian dummies that never reach the loss). ``observer``
     (a bound observer) is evaluated every ``observer.every`` draws.
     """
-    loss = restriction.loss(loss_fn, center)
+    loss = restriction.loss(
+        transforms.evaluation(
+            loss_fn,
+            microbatch_size=static.microbatch_size,
+            remat=static.remat,
+            compute_dtype=static.compute_dtype,
+        ),
+        center,
+    )
     kernel = static.sampler.build(
         loss, center, nbeta=arrays.nbeta, localization=arrays.localization
     )

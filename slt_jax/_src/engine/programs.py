@@ -85,15 +85,18 @@ def full_loss(loss_fn, center, data, batch_size: int) -> jax.Array:
     return _data.dataset_mean(lambda b: loss_fn(center, b), data, batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "batch_size"))
-def _center_losses(loss_fn, centers, data, batch_size):
-    return jax.vmap(lambda c: full_loss(loss_fn, c, data, batch_size))(centers)
-
-
 def center_losses(loss_fn, centers: PyTree, data: PyTree, batch_size: int) -> np.ndarray:
     """``(M,)`` full-data losses ``L_n(w*)`` of ``M`` distinct centres (leading axis), each
-    evaluated once, ``batch_size`` examples at a time (every process computes them all)."""
-    return np.asarray(_center_losses(loss_fn, centers, data, batch_size))
+    evaluated once, ``batch_size`` examples at a time (every process computes them all).
+    Its compiled program lives in the same bounded cache as the chain programs."""
+    cache_key = ("center losses", loss_fn, batch_size)
+
+    def build():
+        return jax.jit(
+            jax.vmap(lambda c, data: full_loss(loss_fn, c, data, batch_size), in_axes=(0, None))
+        )
+
+    return np.asarray(_cached(cache_key, build)(centers, data))
 
 
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
@@ -102,27 +105,61 @@ _EVICTED = [0]  # compilations of programs no longer cached
 
 def num_compiled() -> int:
     """How many item programs have been compiled (one per loss, configuration, plug-ins,
-    mesh and input shape), those evicted from the cache included."""
-    return _EVICTED[0] + sum(program._cache_size() for program in _PROGRAMS.values())
+    mesh and input shape), those evicted from the cache included (the centre-loss programs
+    are not counted)."""
+    live = [p for k, p in _PROGRAMS.items() if k[0] != "center losses"]
+    return _EVICTED[0] + sum(program._cache_size() for program in live)
 
 
 def program(loss_fn, static: Static, plugins: Plugins, mesh: Mesh):
     """The jitted item program for one loss, static configuration, plug-ins and mesh."""
-    cache_key = (loss_fn, static, plugins, mesh)
+    return _cached((loss_fn, static, plugins, mesh), lambda: _build(loss_fn, static, plugins, mesh))
+
+
+def _cached(cache_key, build):
+    """The program under ``cache_key``, built on first use; the least recently used is
+    evicted past :data:`MAX_PROGRAMS` (dropping its loss function with it)."""
     if cache_key in _PROGRAMS:
         _PROGRAMS.move_to_end(cache_key)
         return _PROGRAMS[cache_key]
-    _PROGRAMS[cache_key] = compiled = _build(loss_fn, static, plugins, mesh)
+    _PROGRAMS[cache_key] = compiled = build()
     while len(_PROGRAMS) > MAX_PROGRAMS:
-        _, evicted = _PROGRAMS.popitem(last=False)
-        _EVICTED[0] += evicted._cache_size()
+        key, evicted = _PROGRAMS.popitem(last=False)
+        if key[0] != "center losses":
+            _EVICTED[0] += evicted._cache_size()
     return compiled
+
+
+#: On CPU, a chain-step of at least this many parameter × batch-row products runs faster
+#: as a map over the chains than as a vmap (measured: benchmarks/bench_chain_layout.py).
+MAP_THRESHOLD = 2**22
+
+
+def default_layout(static: Static, centers: PyTree, num_items: int) -> str:
+    """``"vmap"`` on accelerators; on CPU, ``"map"`` when a chain-step is large (XLA's CPU
+    backend runs batched matmuls of medium size slower than one chain at a time)."""
+    if static.chain_layout != "auto":
+        return static.chain_layout
+    if jax.default_backend() != "cpu":
+        return "vmap"
+    per_chain = sum(np.size(x) for x in jax.tree.leaves(centers)) // max(1, num_items)
+    return "map" if per_chain * static.batch_size >= MAP_THRESHOLD else "vmap"
 
 
 def _build(loss_fn, static: Static, plugins: Plugins, mesh: Mesh):
     spec = P(mesh.axis_names)
     one = functools.partial(item, loss_fn, static, plugins)
-    per_device = jax.vmap(one, in_axes=(0, 0, None, 0, 0, None))
+    if static.chain_layout == "map":
+
+        def per_device(keys, centers, data, arrays, args, observed):
+            def chain(xs):
+                return one(xs[0], xs[1], data, xs[2], xs[3], observed)
+
+            batch = static.chain_batch if static.chain_batch > 1 else None
+            return jax.lax.map(chain, (keys, centers, arrays, args), batch_size=batch)
+
+    else:
+        per_device = jax.vmap(one, in_axes=(0, 0, None, 0, 0, None))
     # No collectives: every device's slice is independent, so the varying-axis type check
     # (which would reject the scan's constant initial carry) has nothing to protect.
     sharded = jax.shard_map(
@@ -185,6 +222,7 @@ def run_items(
     loss_fn, static: Static, items: Items, data, mesh: Mesh, *, plugins=NO_PLUGINS, observed=None
 ) -> ChainTrace:
     """Run the items sharded over ``mesh``: host traces with a leading item axis."""
+    static = static._replace(chain_layout=default_layout(static, items.centers, len(items.keys)))
     placed = place(items, data, mesh, observed)
     traces = _host(program(loss_fn, static, plugins, mesh)(*placed))
     return jax.tree.map(lambda x: x[: len(items.keys)], traces)
@@ -194,4 +232,5 @@ def lower_items(
     loss_fn, static: Static, items: Items, data, mesh: Mesh, *, plugins=NO_PLUGINS, observed=None
 ):
     """The lowered item program for these inputs (for XLA's memory analysis)."""
+    static = static._replace(chain_layout=default_layout(static, items.centers, len(items.keys)))
     return program(loss_fn, static, plugins, mesh).lower(*place(items, data, mesh, observed))

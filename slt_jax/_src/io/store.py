@@ -26,7 +26,6 @@ import json
 import os
 import pathlib
 import re
-import warnings
 from typing import Any
 
 try:
@@ -35,6 +34,7 @@ except ImportError:  # not POSIX: no lock
     fcntl = None
 
 from slt_jax._src.results import LLCResult, concat_results
+from slt_jax._src.userwarn import warn as warn_user
 
 MANIFEST = "manifest.json"
 FORMAT = "slt_jax-llc-checkpoints/1"
@@ -139,10 +139,10 @@ def _compare(stored: dict, now: dict, path: pathlib.Path) -> None:
     """Warn about informational differences; raise ``ValueError`` listing the others."""
     for key in _INFORMATIONAL:
         if stored.get(key) != now.get(key):
-            warnings.warn(
+            warn_user(
                 f"resuming results written with {key}={stored.get(key)}, now "
                 f"{now.get(key)}: new chunks may differ at float precision.",
-                stacklevel=5,
+                UserWarning,
             )
     unchecked = []
     (jax_then, x64_then), (jax_now, x64_now) = _tracing(stored), _tracing(now)
@@ -159,10 +159,10 @@ def _compare(stored: dict, now: dict, path: pathlib.Path) -> None:
         else:
             continue
         unchecked.append(key)
-        warnings.warn(
+        warn_user(
             f"{what} could not be checked against the results in {str(path)!r}: {why}; "
             f"make sure {what} is unchanged, or use another output directory.",
-            stacklevel=5,
+            UserWarning,
         )
     if "key" in stored and stored.get("key") == now.get("key"):
         # The chain keys are what the seed determines: seed=0 and seed=jax.random.key(0)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import numbers
-import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -35,6 +34,7 @@ from slt_jax._src.jobs.autogrid import (
 )
 from slt_jax._src.jobs.calibration import Calibration
 from slt_jax._src.jobs.grid import run_grid
+from slt_jax._src.userwarn import warn as warn_user
 
 PyTree = Any
 
@@ -71,7 +71,7 @@ def calibrate(
     × ``num_chains`` chains run as one vmapped compiled program (the settings are array
     arguments). Left out (``None``), the grid is automatic: the problem's scales are measured
     first (``nβ``, the minibatch gradients at typical distances from ``w*``, the number of
-    parameters; see :mod:`slt_jax._autogrid`), a coarse log grid is run around them with
+    parameters; see :mod:`slt_jax._src.jobs.autogrid`), a coarse log grid is run around them with
     half the chains, then a refined grid around its best cell: two compiled programs. Every
     cell's chain ``i`` uses the same key (common random numbers), so differences between
     cells are measured from the per-draw differences of their traces, with far less noise
@@ -217,7 +217,7 @@ def calibrate(
     else:
         cal = _automatic(axes, num_chains, num_steps, budget, key, resolved, run, judge)
     if not cal.trusted:
-        warnings.warn(f"calibrate: {cal.explanation}", LLCDiagnosticWarning, stacklevel=3)
+        warn_user(f"calibrate: {cal.explanation}", LLCDiagnosticWarning)
     return cal
 
 

@@ -38,7 +38,7 @@ class Calibration:
         ``localizations``, ``num_steps``), else ``None``.
       verified: flat indices of the verified cells.
       fits: per row (localization × nβ, in grid order) the step-size fit
-        (:class:`slt_jax.calibrate.RowFit`): the ε → 0 corrected estimate and the bias of
+        (:class:`slt_jax._src.jobs.assess.RowFit`): the ε → 0 corrected estimate and the bias of
         each usable cell.
       coarse: for an automatic calibration, the coarse stage (a :class:`Calibration`); this
         object is the refined stage. ``None`` for a grid given by hand.
@@ -46,7 +46,7 @@ class Calibration:
         coarse stage did: this object is then the coarse stage, whose verified cell is the
         recommendation, and ``refined`` the stage that could not confirm it.
       scales: for an automatic calibration, the problem's scales measured before sampling
-        (:class:`slt_jax.calibrate.Scales`).
+        (:class:`slt_jax._src.jobs.autogrid.Scales`).
     """
 
     step_sizes: np.ndarray
@@ -84,7 +84,7 @@ class Calibration:
     def corrected_llc(self) -> np.ndarray:
         """The ε → 0 corrected estimate ``λ₀`` per row, shape ``(localizations, nbetas)``
         (NaN where fewer than two step sizes of the row were usable). See
-        :mod:`slt_jax._assess` for the fit."""
+        :mod:`slt_jax._src.jobs.assess` for the fit."""
         return np.asarray([f.intercept for f in self.fits]).reshape(self.shape[1:])
 
     @property

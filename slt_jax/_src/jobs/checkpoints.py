@@ -18,7 +18,7 @@ from slt_jax._src.engine import programs
 from slt_jax._src.io.checkpoints import as_checkpoint_set
 from slt_jax._src.io.fingerprint import loss_fingerprint, manifest
 from slt_jax._src.io.store import ResultStore, check_out, read_manifest, stored_chunk_size
-from slt_jax._src.jobs import auto, memory, orchestrate, report
+from slt_jax._src.jobs import auto, memory, orchestrate, plan, report
 from slt_jax._src.results import CalibrationRecord, LLCResult, concat_results, stack_results
 
 PyTree = Any
@@ -40,6 +40,7 @@ def estimate_llc_checkpoints(
     progress: bool = True,
     calibrate_on: int | None = None,
     calibration_budget: int | None = None,
+    dry_run: bool = False,
     mesh: Mesh | None = None,
     devices: Sequence[jax.Device] | None = None,
 ) -> LLCResult:
@@ -83,6 +84,11 @@ def estimate_llc_checkpoints(
         new or empty directory or one written by this function; it is checked, and locked,
         before anything is compiled. Read it back with :func:`~slt_jax.load_results`.
       progress: show a progress bar (checkpoints done, time left).
+      dry_run: do not sample: compile the sweep's program and return a
+        :class:`~slt_jax._src.jobs.plan.RunPlan` (per-device memory by XLA's memory
+        analysis, the chunking, the mesh and chain layout, the time per step of a short
+        timed run); ``out`` is neither written nor locked, and ``step_size="auto"`` is not
+        calibrated (stand-in numbers; the plan gives the calibration's chain-steps).
       mesh, devices: as in :func:`~slt_jax.estimate_llc`: the (checkpoint × chain) items of
         each chunk are sharded over them.
 
@@ -112,8 +118,8 @@ def estimate_llc_checkpoints(
     # Everything is checked before anything is compiled or written (with stand-in numbers
     # for what a calibration will choose).
     stand_in = config
+    given = config.localization is not None and not isinstance(config.localization, str)
     if wants:
-        given = config.localization is not None and not isinstance(config.localization, str)
         stand_in = dataclasses.replace(
             config, step_size=1.0, localization=config.localization if given else 1.0
         )
@@ -130,6 +136,22 @@ def estimate_llc_checkpoints(
     elif calibrate_on is not None or calibration_budget is not None:
         raise ValueError("`calibrate_on` and `calibration_budget` need step_size='auto'.")
     mesh = programs.resolve_mesh(mesh, devices)
+    if dry_run:
+        resolved, _ = orchestrate.prepare(loss_fn, first, data, stand_in)
+        calibration = None
+        if wants:
+            from slt_jax._src.jobs.autogrid import plan as calibration_plan
+
+            stages = calibration_plan(
+                calibration_budget,
+                resolved.num_steps,
+                4,
+                num_gamma=None if not given else 1,
+                default_budget=0,
+            )
+            calibration = stages.chain_steps()
+        sweep = Sweep(loss_fn, resolved, key, checkpoint_set, data, mesh)
+        return plan.dry_run(sweep, chunk_size, memory_budget, calibration=calibration)
     # The output directory is checked and locked (and a stored manifest read, which fixes
     # the chunking and any earlier calibration) before anything is compiled; the manifest
     # is compared or written after.
@@ -156,7 +178,7 @@ def estimate_llc_checkpoints(
                 nbeta=record.nbeta,
             )
         config, key = orchestrate.prepare(loss_fn, first, data, config)
-        sweep = _Sweep(loss_fn, config, key, checkpoint_set, data, mesh, record, request)
+        sweep = Sweep(loss_fn, config, key, checkpoint_set, data, mesh, record, request)
         result = _run(sweep, store, out, chunk_size, memory_budget, progress)
     finally:
         if store is not None:
@@ -218,7 +240,7 @@ def _stored_calibration(store, out, request) -> CalibrationRecord | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Sweep:
+class Sweep:
     """A sweep at numeric settings: what every chunk runs."""
 
     loss_fn: Any
@@ -227,75 +249,80 @@ class _Sweep:
     checkpoint_set: Any
     data: PyTree
     mesh: Mesh
-    record: CalibrationRecord | None
-    request: dict | None
+    record: CalibrationRecord | None = None
+    request: dict | None = None
 
+    def labels(self, indices) -> list[str]:
+        return [f"checkpoint at step {int(self.checkpoint_set.steps[i])}" for i in indices]
 
-def _run(sweep: _Sweep, store, out, chunk_size, memory_budget, progress) -> LLCResult:
-    """Every checkpoint of the sweep, in chunks (``store`` already locked)."""
-    loss_fn, config, key, data, mesh = (
-        sweep.loss_fn,
-        sweep.config,
-        sweep.key,
-        sweep.data,
-        sweep.mesh,
-    )
-    checkpoint_set, record, request = sweep.checkpoint_set, sweep.record, sweep.request
-    first = jax.tree.map(lambda x: x[0], checkpoint_set.params)
-    num_checkpoints = len(checkpoint_set)
-    labels = [f"checkpoint at step {int(s)}" for s in checkpoint_set.steps]
+    def groups(self, indices, config: LLCConfig | None = None) -> list[orchestrate.Group]:
+        """The groups of these checkpoints: checkpoint ``i`` owns the keys of its step."""
+        config = config or self.config
+        steps = self.checkpoint_set.steps[indices]
+        keys = orchestrate.checkpoint_keys(self.key, steps, config.num_chains)
+        labels = self.labels(indices)
+        return [orchestrate.Group(config, j, keys[j], label=labels[j]) for j in range(len(keys))]
 
-    def groups(indices):
-        keys = orchestrate.checkpoint_keys(key, checkpoint_set.steps[indices], config.num_chains)
-        return [
-            orchestrate.Group(config, j, keys[j], label=labels[i]) for j, i in enumerate(indices)
-        ]
+    def centers(self, indices) -> PyTree:
+        return jax.tree.map(lambda x: x[indices], self.checkpoint_set.params)
 
-    def centers(indices):
-        return jax.tree.map(lambda x: x[indices], checkpoint_set.params)
-
-    def measure(chunk):
+    def lower(self, chunk: int):
+        """The compiled-program-to-be of a chunk of ``chunk`` checkpoints."""
         indices = np.zeros(chunk, int)
-        lowered = orchestrate.lower(loss_fn, centers(indices), data, groups(indices), mesh=mesh)
-        return memory.program_bytes(lowered.compile())
+        return orchestrate.lower(
+            self.loss_fn, self.centers(indices), self.data, self.groups(indices), mesh=self.mesh
+        )
 
-    def run_chunk(indices) -> LLCResult:
-        # Pad to the chunk size so that every chunk has the same shapes (one compilation).
+    def chunk_size(self, chunk_size: int | None, memory_budget: int | None) -> int:
+        """``chunk_size`` as given, else the largest chunk whose program fits the budget."""
+        if chunk_size is None:
+            measure = lambda chunk: memory.program_bytes(self.lower(chunk).compile())  # noqa: E731
+            chunk_size = memory.chunk_size_within(measure, len(self.checkpoint_set), memory_budget)
+        return min(chunk_size, len(self.checkpoint_set))
+
+    def run_chunk(self, indices, chunk_size: int) -> LLCResult:
+        """One chunk's results (padded to ``chunk_size``: every chunk has the same shapes,
+        one compilation)."""
         padded = np.concatenate([indices, np.full(chunk_size - len(indices), indices[-1])])
-        chunk_centers = centers(padded)
+        centers = self.centers(padded)
         losses = orchestrate.center_losses(
-            loss_fn,
-            chunk_centers,
-            data,
-            config.batch_size,
-            [labels[i] for i in padded],
+            self.loss_fn,
+            centers,
+            self.data,
+            self.config.batch_size,
+            self.labels(padded),
             flag=True,
         )
         outcomes = orchestrate.run(
-            loss_fn,
-            chunk_centers,
-            data,
-            groups(padded)[: len(indices)],
-            mesh=mesh,
+            self.loss_fn,
+            centers,
+            self.data,
+            self.groups(padded)[: len(indices)],
+            mesh=self.mesh,
             losses=losses,
             pad_to=chunk_size,
         )
-        stacked = stack_results([o.result for o in outcomes], checkpoint_set.steps[indices])
-        return dataclasses.replace(stacked, calibration=record)
+        steps = self.checkpoint_set.steps[indices]
+        stacked = stack_results([o.result for o in outcomes], steps)
+        return dataclasses.replace(stacked, calibration=self.record)
 
+
+def _run(sweep: Sweep, store, out, chunk_size, memory_budget, progress) -> LLCResult:
+    """Every checkpoint of the sweep, in chunks (``store`` already locked)."""
     if chunk_size is None and out is not None:
         chunk_size = stored_chunk_size(out) if store is None else store.stored_chunk_size
-    if chunk_size is None:
-        chunk_size = memory.chunk_size_within(measure, num_checkpoints, memory_budget)
-    chunk_size = min(chunk_size, num_checkpoints)
+    chunk_size = sweep.chunk_size(chunk_size, memory_budget)
     if out is not None:
-        loss = loss_fingerprint(loss_fn, first, data, config.batch_size)
-        contents = manifest(config, checkpoint_set, data, key, chunk_size, loss)
-        if record is not None:
-            contents["calibration"] = record.to_dict()
-            contents["calibration_request"] = request
+        checkpoint_set, config = sweep.checkpoint_set, sweep.config
+        first = jax.tree.map(lambda x: x[0], checkpoint_set.params)
+        loss = loss_fingerprint(sweep.loss_fn, first, sweep.data, config.batch_size)
+        contents = manifest(config, checkpoint_set, sweep.data, sweep.key, chunk_size, loss)
+        if sweep.record is not None:
+            contents["calibration"] = sweep.record.to_dict()
+            contents["calibration_request"] = sweep.request
         store = _start_store(store, out, contents)
-    results = _run_chunks(run_chunk, checkpoint_set.steps, chunk_size, store, progress)
+    run_chunk = lambda indices: sweep.run_chunk(indices, chunk_size)  # noqa: E731
+    results = _run_chunks(run_chunk, sweep.checkpoint_set.steps, chunk_size, store, progress)
     return concat_results(results)
 
 

@@ -55,8 +55,8 @@ def llc_function(
     """
     # no host-side diagnostics here: do not pay for them
     config = dataclasses.replace(config, diagnostic_every=0)
-    if callable(config.step_size) or isinstance(config.step_size, str):
-        raise TypeError("llc_function takes a numeric step size.")
+    if isinstance(config.step_size, str):
+        raise TypeError("llc_function takes a numeric step size or a schedule, not 'auto'.")
     # Check everything that does not depend on the data now, with a stand-in data size.
     dataclasses.replace(config, batch_size=1, seed=0).resolve(2)
     validation.check_count("batch_size", config.batch_size, minimum=1)

@@ -76,7 +76,7 @@ def estimate_llc(
       batch_size: minibatch size ``b`` (``b = n`` gives exact gradients).
       estimator: ``"paired"`` (default) averages ``nβ·(L_B(w_t) − L_B(w*))`` on the same
         minibatch, cancelling minibatch noise for one extra forward pass per draw;
-        ``"plain"`` averages ``nβ·(L_B(w_t) − L_n(w*))``. See :mod:`slt_jax.estimators`.
+        ``"plain"`` averages ``nβ·(L_B(w_t) − L_n(w*))``. See :mod:`slt_jax._src.estimators.llc`.
       sampler: ``"sgld"`` (default), ``"rmsprop_sgld"``, ``"sghmc"``, ``"sgnht"``, or an
         exact-gradient reference sampler ``"mala"``, ``"hmc"``, ``"nuts"`` (these use the
         whole data set at every step; ``batch_size`` is ignored); or a spec with options

@@ -6,18 +6,16 @@ the health problems of :meth:`slt_jax.LLCResult.health` (``diverged``, ``rhat``,
 ``negative``, ``acceptance``, ``nonstationary``, ``below_init``, ``wandering``). A single
 estimate warns once per kind; a result with many groups prefixes each warning with the
 group (a refinement); a checkpoint sweep groups the warnings by kind and names the steps.
-The default ``stacklevel`` points at the caller of the public entry point (past the entry
-point, its option wrapper and this function).
+Warnings point at the user's line (:func:`slt_jax._src.userwarn.warn`).
 """
 
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 
 from slt_jax._src.estimators import diagnostics
 from slt_jax._src.estimators.diagnostics import LLCDiagnosticWarning
+from slt_jax._src.userwarn import warn as warn_user
 
 
 def center_not_finite(label: str, value: float) -> str:
@@ -41,13 +39,13 @@ def problems(result) -> dict[str, str]:
     return result.health()
 
 
-def warn(result, *, prefix: str = "", stacklevel: int = 4) -> None:
+def warn(result, *, prefix: str = "") -> None:
     """One warning per kind of failure of one result (``prefix``: which group)."""
     for message in problems(result).values():
-        warnings.warn(f"{prefix}{message}", LLCDiagnosticWarning, stacklevel=stacklevel)
+        warn_user(f"{prefix}{message}", LLCDiagnosticWarning)
 
 
-def warn_over_checkpoints(result, *, stacklevel: int = 4) -> None:
+def warn_over_checkpoints(result) -> None:
     """One warning per kind of failure across a checkpoint sweep, naming the steps."""
     by_kind: dict[str, list[tuple[int, str]]] = {}
     for k, step in enumerate(result.steps):
@@ -55,10 +53,9 @@ def warn_over_checkpoints(result, *, stacklevel: int = 4) -> None:
             by_kind.setdefault(kind, []).append((int(step), message))
     for hits in by_kind.values():
         steps = ", ".join(str(s) for s, _ in hits[:10]) + (" …" if len(hits) > 10 else "")
-        warnings.warn(
+        warn_user(
             f"{len(hits)} of {len(result.steps)} checkpoints (steps {steps}); "
             + (f"at step {hits[0][0]}: " if len(hits) > 1 else "")
             + hits[0][1],
             LLCDiagnosticWarning,
-            stacklevel=stacklevel,
         )

@@ -50,7 +50,7 @@ def sgld(logdensity_grad: LogDensityGrad, temperature: float = 1.0) -> Kernel:
 
     Args:
       logdensity_grad: ``(position, batch) -> (loss, grad log p)``, e.g. from
-        :func:`slt_jax.posterior.localized_logdensity_grad`.
+        :func:`slt_jax._src.posterior.localized_logdensity_grad`.
       temperature: scales the injected noise variance; ``0`` turns SGLD into gradient
         ascent on ``log p`` (used by the exactness tests).
     """

@@ -6,11 +6,11 @@ Pass a name (``"sgld"``, ``"rmsprop_sgld"``, ``"sghmc"``, ``"sgnht"``, ``"mala"`
 program; the step size, localization and ``nβ`` stay array arguments.
 
 * Stochastic-gradient samplers (minibatches): :class:`SGLD`, :class:`RMSPropSGLD`,
-  :class:`SGHMC`, :class:`SGNHT` (see :mod:`slt_jax.kernels.langevin`,
-  :mod:`slt_jax.kernels.hamiltonian`).
+  :class:`SGHMC`, :class:`SGNHT` (see :mod:`slt_jax._src.samplers.langevin`,
+  :mod:`slt_jax._src.samplers.hamiltonian`).
 * Exact-gradient reference samplers (the whole data set every step, with a Metropolis-
   Hastings correction): :class:`MALA`, :class:`HMC`, :class:`NUTS` (see
-  :mod:`slt_jax.kernels.exact`). For small models: their estimate is free of minibatch
+  :mod:`slt_jax._src.samplers.exact`). For small models: their estimate is free of minibatch
   and step-size bias, so it measures an SGLD setting's bias.
 
 What ``step_size`` means: ``ε`` of SGLD's ``w + ε/2·∇log p + N(0, ε)`` for SGLD,
