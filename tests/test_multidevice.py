@@ -31,6 +31,20 @@ def test_eight_devices_equal_one_with_uneven_counts_and_one_compilation():
     assert run.returncode == 0 and run.stdout.strip().endswith("OK"), run.stderr[-3000:]
 
 
+def test_a_model_axis_splits_each_chain_and_gives_the_same_chains():
+    """2 × 4 (items × model) and 8-way model meshes, FSDP and tensor-parallel rules, equal
+    one device; XLA's per-device argument bytes fall ~4× with the model axis; bad partition
+    rules are errors before compiling (tests/model_parallel_check.py)."""
+    run = subprocess.run(
+        [sys.executable, str(HERE / "model_parallel_check.py")],
+        env=_env(8),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0 and run.stdout.strip().endswith("OK"), run.stderr[-3000:]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

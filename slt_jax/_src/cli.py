@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import pathlib
 import sys
 import time
@@ -159,6 +160,20 @@ def _add_sampler_options(p: argparse.ArgumentParser, *, chains=8, steps=1000) ->
     )
     m.add_argument("--chain-batch", type=int, default=1, help="with --chain-layout map")
     m.add_argument(
+        "--model-parallel",
+        type=int,
+        default=1,
+        metavar="M",
+        help="split each chain's parameters over M devices (a mesh of (devices/M) x M, "
+        "axes items x model; FSDP unless --partition-rules)",
+    )
+    m.add_argument(
+        "--partition-rules",
+        default=None,
+        metavar="FILE",
+        help='a JSON list of [regex, spec] pairs, e.g. [["attn/.*/kernel", [null, "model"]]]',
+    )
+    m.add_argument(
         "--no-compilation-cache",
         action="store_true",
         help="do not use JAX's persistent compilation cache (default: on, in "
@@ -205,7 +220,31 @@ def _sampler_kwargs(args) -> dict:
         compute_dtype=args.compute_dtype,
         chain_layout=args.chain_layout,
         chain_batch=args.chain_batch,
+        partition_rules=_partition_rules(args),
+        mesh=_mesh(args),
     )
+
+
+def _partition_rules(args):
+    if not getattr(args, "partition_rules", None):
+        return None
+    with open(args.partition_rules) as f:
+        return [tuple(rule) for rule in json.load(f)]
+
+
+def _mesh(args):
+    """``None`` (every device holds items) or an items × model mesh."""
+    size = getattr(args, "model_parallel", 1)
+    if size == 1:
+        return None
+    import jax
+    import numpy as np
+
+    devices = jax.devices()
+    if size < 1 or len(devices) % size:
+        raise SystemExit(f"--model-parallel {size} does not divide the {len(devices)} devices.")
+    grid = np.array(devices).reshape(len(devices) // size, size)
+    return jax.sharding.Mesh(grid, ("items", "model"))
 
 
 def _initialize_distributed(args: argparse.Namespace) -> None:

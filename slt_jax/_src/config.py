@@ -19,7 +19,8 @@ import functools
 import hashlib
 import inspect
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -45,6 +46,7 @@ _RECORDED_IF_SET = {
     "compute_dtype": None,
     "chain_layout": "auto",
     "chain_batch": 1,
+    "partition_rules": None,
 }
 
 
@@ -63,6 +65,7 @@ class Static(NamedTuple):
     compute_dtype: str | None = None
     chain_layout: str = "auto"  # "vmap", "map", or "auto" (decided for the model's size)
     chain_batch: int = 1  # with "map": chains vmapped together inside the map
+    partition_rules: tuple | None = None  # ((regex, spec), ...) over a "model" mesh axis
 
     @property
     def num_diagnostics(self) -> int:
@@ -120,6 +123,11 @@ class LLCConfig:
         measured rule for the backend and the model's size
         (:func:`slt_jax._src.engine.programs.default_layout`).
       chain_batch: with ``chain_layout="map"``, the chains vmapped together (default 1).
+      partition_rules: with a mesh that has a ``"model"`` axis, how each parameter leaf is
+        split over it: pairs ``(regex on the leaf's path, PartitionSpec)``, first match
+        wins; unmatched leaves (and every leaf when ``None``) split FSDP-style along their
+        largest divisible dimension (:mod:`slt_jax._src.engine.sharding`). Same result,
+        less memory per device.
       step_size_schedule: resolved: a description of the schedule, ``None`` if constant.
       schedule: resolved: the schedule itself (not saved, not compared).
 
@@ -150,6 +158,7 @@ class LLCConfig:
     compute_dtype: str | None = None
     chain_layout: str = "auto"
     chain_batch: int = 1
+    partition_rules: Any = None
     step_size_schedule: str | None = None
     schedule: object = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -242,6 +251,7 @@ class LLCConfig:
             self.compute_dtype,
             self.chain_layout,
             self.chain_batch,
+            normalize_rules(self.partition_rules),
         )
 
     def arrays(self) -> Arrays:
@@ -282,7 +292,44 @@ def _check_memory_options(config: LLCConfig, batch_size: int) -> dict:
         )
     out["chain_layout"] = config.chain_layout
     out["chain_batch"] = validation.check_count("chain_batch", config.chain_batch, minimum=1)
+    out["partition_rules"] = normalize_rules(config.partition_rules)
     return out
+
+
+def normalize_rules(rules) -> tuple | None:
+    """Partition rules as a hashable tuple of ``(regex, spec)`` (spec: a tuple of ``None``,
+    an axis name, or a tuple of axis names per dimension). Raises on a malformed rule."""
+    if rules is None:
+        return None
+    if isinstance(rules, dict):
+        rules = list(rules.items())
+    out = []
+    for rule in rules:
+        if not (isinstance(rule, Sequence) and not isinstance(rule, str) and len(rule) == 2):
+            raise TypeError(f"a partition rule is a pair (regex, PartitionSpec), got {rule!r}.")
+        pattern, spec = rule
+        if not isinstance(pattern, str):
+            raise TypeError(f"a partition rule's pattern must be a str, got {pattern!r}.")
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"partition rule {pattern!r} is not a valid regex: {error}.") from None
+        if spec is None:
+            spec = ()
+        if isinstance(spec, str):
+            spec = (spec,)
+        entries = []
+        for entry in tuple(spec):
+            if isinstance(entry, list):
+                entry = tuple(entry)
+            if not (entry is None or isinstance(entry, str) or isinstance(entry, tuple)):
+                raise TypeError(
+                    f"partition rule {pattern!r}: a spec entry is None, an axis name or a tuple "
+                    f"of axis names, got {entry!r}."
+                )
+            entries.append(entry)
+        out.append((pattern, tuple(entries)))
+    return tuple(out)
 
 
 def check_sampler(sampler) -> Sampler:

@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from slt_jax._src import data as _data
 from slt_jax._src.config import Arrays, Static
+from slt_jax._src.engine import sharding
 from slt_jax._src.engine.chain import run_chain
 from slt_jax._src.engine.interfaces import EVERYTHING, ChainTrace
 
@@ -50,15 +51,16 @@ NO_PLUGINS = Plugins()
 
 
 def resolve_mesh(mesh: Mesh | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """The mesh items are sharded over: ``mesh`` as given (all its axes are used, flattened),
-    else a one-axis mesh of ``devices``, else of every device (every process's, after
-    ``jax.distributed.initialize()``)."""
+    """The mesh items are sharded over: ``mesh`` as given (its axes other than ``"model"``
+    hold items, flattened; a ``"model"`` axis shards each chain's parameters: see
+    :mod:`slt_jax._src.engine.sharding`), else a one-axis mesh of ``devices``, else of
+    every device (every process's, after ``jax.distributed.initialize()``)."""
     if mesh is not None and devices is not None:
         raise ValueError("pass `mesh` or `devices`, not both.")
     if mesh is not None:
         if not isinstance(mesh, Mesh):
             raise TypeError(f"`mesh` must be a jax.sharding.Mesh, got {type(mesh).__name__}.")
-        return mesh
+        return sharding.auto_axes(mesh)
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("`devices` is empty.")
@@ -85,10 +87,14 @@ def full_loss(loss_fn, center, data, batch_size: int) -> jax.Array:
     return _data.dataset_mean(lambda b: loss_fn(center, b), data, batch_size)
 
 
-def center_losses(loss_fn, centers: PyTree, data: PyTree, batch_size: int) -> np.ndarray:
+def center_losses(
+    loss_fn, centers: PyTree, data: PyTree, batch_size: int, mesh: Mesh | None = None, rules=None
+) -> np.ndarray:
     """``(M,)`` full-data losses ``L_n(w*)`` of ``M`` distinct centres (leading axis), each
     evaluated once, ``batch_size`` examples at a time (every process computes them all).
-    Its compiled program lives in the same bounded cache as the chain programs."""
+    With a model axis in ``mesh`` the centres are split over it as the chains' are (a model
+    too large for one device is evaluated where it lies). Its compiled program lives in
+    the same bounded cache as the chain programs."""
     cache_key = ("center losses", loss_fn, batch_size)
 
     def build():
@@ -96,7 +102,17 @@ def center_losses(loss_fn, centers: PyTree, data: PyTree, batch_size: int) -> np
             jax.vmap(lambda c, data: full_loss(loss_fn, c, data, batch_size), in_axes=(0, None))
         )
 
-    return np.asarray(_cached(cache_key, build)(centers, data))
+    if mesh is not None and sharding.MODEL_AXIS in mesh.axis_names:
+        one = jax.tree.map(lambda x: np.asarray(x)[0], centers)
+        specs = sharding.parameter_specs(one, mesh, rules)
+        centers = jax.tree.map(
+            lambda x, spec: _global(np.asarray(x), mesh, sharding.stacked(spec, None)),
+            centers,
+            specs,
+            is_leaf=lambda x: isinstance(x, P),
+        )
+        data = jax.tree.map(lambda x: _global(np.asarray(x), mesh, P()), data)
+    return np.asarray(_host(_cached(cache_key, build)(centers, data)))
 
 
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
@@ -147,7 +163,8 @@ def default_layout(static: Static, centers: PyTree, num_items: int) -> str:
 
 
 def _build(loss_fn, static: Static, plugins: Plugins, mesh: Mesh):
-    spec = P(mesh.axis_names)
+    axes = sharding.item_axes(mesh)
+    spec = P(axes)
     one = functools.partial(item, loss_fn, static, plugins)
     if static.chain_layout == "map":
 
@@ -160,13 +177,18 @@ def _build(loss_fn, static: Static, plugins: Plugins, mesh: Mesh):
 
     else:
         per_device = jax.vmap(one, in_axes=(0, 0, None, 0, 0, None))
-    # No collectives: every device's slice is independent, so the varying-axis type check
-    # (which would reject the scan's constant initial carry) has nothing to protect.
+    if not axes:  # a model axis only: XLA partitions the whole program
+        return jax.jit(per_device)
+    # No collectives over the items axes: every slice is independent, so the varying-axis
+    # type check (which would reject the scan's constant initial carry) has nothing to
+    # protect. A model axis stays automatic: the partitioner splits each chain's
+    # parameters as they arrive (see `place`) and communicates within the step.
     sharded = jax.shard_map(
         per_device,
         mesh=mesh,
         in_specs=(spec, spec, P(), spec, spec, P()),
         out_specs=spec,
+        axis_names=set(axes),
         check_vma=False,
     )
     return jax.jit(sharded)
@@ -197,20 +219,31 @@ class Items(NamedTuple):
     args: PyTree = None
 
 
-def place(items: Items, data, mesh: Mesh, observed=None) -> tuple:
-    """Pad the items to a multiple of the mesh size and place everything on the mesh: the
-    items sharded, ``data`` and ``observed`` replicated. Returns the program's arguments."""
+def place(items: Items, data, mesh: Mesh, observed=None, rules=None) -> tuple:
+    """Pad the items to a multiple of the items axes' size and place everything on the
+    mesh: the items sharded over the items axes (each centre's leaves also over a model
+    axis, by ``rules`` or FSDP: :func:`~slt_jax._src.engine.sharding.parameter_specs`),
+    ``data`` and ``observed`` replicated. Returns the program's arguments."""
     num_items = len(items.keys)
-    pad = -num_items % mesh.size
+    pad = -num_items % sharding.num_item_slots(mesh)
     take = np.concatenate([np.arange(num_items), np.full(pad, num_items - 1)]).astype(int)
-    spec = P(mesh.axis_names)
-    per_item = lambda x: _global(np.asarray(x)[take], mesh, spec)  # noqa: E731
+    axes = sharding.item_axes(mesh) or None
+    spec = P(axes)
+    per_item = lambda x, spec=spec: _global(np.asarray(x)[take], mesh, spec)  # noqa: E731
     replicated = lambda x: _global(np.asarray(x), mesh, P())  # noqa: E731
     key_data = np.asarray(jax.random.key_data(items.keys))
     arrays = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (num_items,)), items.arrays)
+    one = jax.tree.map(lambda x: np.asarray(x)[0], items.centers)
+    specs = sharding.parameter_specs(one, mesh, rules)
+    centers = jax.tree.map(
+        lambda x, s: per_item(x, sharding.stacked(s, axes)),
+        items.centers,
+        specs,
+        is_leaf=lambda x: isinstance(x, P),
+    )
     return (
         jax.random.wrap_key_data(per_item(key_data)),
-        jax.tree.map(per_item, items.centers),
+        centers,
         jax.tree.map(replicated, data),
         jax.tree.map(per_item, arrays),
         jax.tree.map(per_item, items.args),
@@ -223,7 +256,7 @@ def run_items(
 ) -> ChainTrace:
     """Run the items sharded over ``mesh``: host traces with a leading item axis."""
     static = static._replace(chain_layout=default_layout(static, items.centers, len(items.keys)))
-    placed = place(items, data, mesh, observed)
+    placed = place(items, data, mesh, observed, static.partition_rules)
     traces = _host(program(loss_fn, static, plugins, mesh)(*placed))
     return jax.tree.map(lambda x: x[: len(items.keys)], traces)
 
@@ -233,4 +266,5 @@ def lower_items(
 ):
     """The lowered item program for these inputs (for XLA's memory analysis)."""
     static = static._replace(chain_layout=default_layout(static, items.centers, len(items.keys)))
-    return program(loss_fn, static, plugins, mesh).lower(*place(items, data, mesh, observed))
+    placed = place(items, data, mesh, observed, static.partition_rules)
+    return program(loss_fn, static, plugins, mesh).lower(*placed)

@@ -289,8 +289,9 @@ class Sweep:
             self.loss_fn,
             centers,
             self.data,
-            self.config.batch_size,
+            self.config,
             self.labels(padded),
+            mesh=self.mesh,
             flag=True,
         )
         outcomes = orchestrate.run(

@@ -51,7 +51,8 @@ def run_grid(
         dataclasses.replace(config, **cell).resolve(first.num_examples)[0] for cell in settings[1:]
     ]
     one = jax.tree.map(lambda x: jax.numpy.asarray(x)[None], params)
-    losses = orchestrate.center_losses(loss_fn, one, data, configs[0].batch_size, [""])
+    mesh = programs.resolve_mesh(mesh, devices)
+    losses = orchestrate.center_losses(loss_fn, one, data, configs[0], [""], mesh=mesh)
     keys = orchestrate.chain_keys(key, configs[0].num_chains, len(configs), common=common_keys)
     groups = [
         orchestrate.Group(
@@ -63,7 +64,5 @@ def run_grid(
         )
         for c, k in zip(configs, keys, strict=True)
     ]
-    outcomes = orchestrate.run(
-        loss_fn, one, data, groups, mesh=programs.resolve_mesh(mesh, devices), losses=losses
-    )
+    outcomes = orchestrate.run(loss_fn, one, data, groups, mesh=mesh, losses=losses)
     return [o.result for o in outcomes]

@@ -119,10 +119,9 @@ def estimate_llc(
     config, key = orchestrate.prepare(loss_fn, params, data, config)
     one = jax.tree.map(lambda x: jax.numpy.asarray(x)[None], params)
     group = orchestrate.Group(config, 0, jax.random.split(key, config.num_chains))
-    losses = orchestrate.center_losses(loss_fn, one, data, config.batch_size, [""])
-    (outcome,) = orchestrate.run(
-        loss_fn, one, data, [group], mesh=programs.resolve_mesh(mesh, devices), losses=losses
-    )
+    mesh = programs.resolve_mesh(mesh, devices)
+    losses = orchestrate.center_losses(loss_fn, one, data, config, [""], mesh=mesh)
+    (outcome,) = orchestrate.run(loss_fn, one, data, [group], mesh=mesh, losses=losses)
     result = outcome.result
     if record is not None:
         result = dataclasses.replace(result, calibration=record)

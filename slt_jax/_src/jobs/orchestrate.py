@@ -106,15 +106,20 @@ def center_losses(
     loss_fn,
     centers: PyTree,
     data: PyTree,
-    batch_size: int,
+    config: LLCConfig,
     labels: Sequence[str],
     *,
+    mesh,
     flag: bool = False,
 ) -> np.ndarray:
-    """``L_n(w*)`` of each stacked centre, before any chain runs. Not finite: a
-    ``FloatingPointError`` (the chain program is neither compiled nor run), or with
-    ``flag`` left in (a sweep goes on; its estimate is NaN and a warning names it)."""
-    losses = programs.center_losses(loss_fn, centers, data, batch_size)
+    """``L_n(w*)`` of each stacked centre, before any chain runs (``config.batch_size``
+    examples at a time; with a model axis in ``mesh``, the centres split over it as the
+    chains' will be). Not finite: a ``FloatingPointError`` (the chain program is neither
+    compiled nor run), or with ``flag`` left in (a sweep goes on; its estimate is NaN and a
+    warning names it)."""
+    losses = programs.center_losses(
+        loss_fn, centers, data, config.batch_size, mesh, config.partition_rules
+    )
     bad = ~np.isfinite(losses)
     if bad.any() and not flag:
         i = int(np.argmax(bad))

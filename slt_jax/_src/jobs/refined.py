@@ -224,7 +224,8 @@ def estimate_refined_llc(
     names, observed = _check_observed(loss_fn, params, data, observables, probe, config.batch_size)
     observer = _observer(names, probe, observed, observe_every, probe_kernel, probe_trace, config)
     one = jax.tree.map(lambda x: jax.numpy.asarray(x)[None], params)
-    losses = orchestrate.center_losses(loss_fn, one, data, config.batch_size, [""])
+    mesh = programs.resolve_mesh(mesh, devices)
+    losses = orchestrate.center_losses(loss_fn, one, data, config, [""], mesh=mesh)
     keys = orchestrate.chain_keys(key, config.num_chains, len(masks), common=True)
     groups = [
         orchestrate.Group(config, 0, k, label=f"refinement {name!r}", args=masks[name])
@@ -235,7 +236,7 @@ def estimate_refined_llc(
         one,
         data,
         groups,
-        mesh=programs.resolve_mesh(mesh, devices),
+        mesh=mesh,
         losses=losses,
         plugins=programs.Plugins(refine.MaskRestriction(), observer),
         observed=observed if observer is not None else None,
