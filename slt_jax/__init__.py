@@ -43,6 +43,9 @@ from slt_jax._src.plots import plot_llc as plot_llc
 from slt_jax._src.plots import plot_trace as plot_trace
 from slt_jax._src.results import CalibrationRecord as CalibrationRecord
 from slt_jax._src.results import LLCResult as LLCResult
+from slt_jax._src.sources import HostDataset as HostDataset
+from slt_jax._src.sources import HostSource as HostSource
+from slt_jax._src.sources import TokenWindows as TokenWindows
 from slt_jax._src.version import __version__ as __version__
 
 __all__ = [
@@ -51,12 +54,15 @@ __all__ = [
     "CalibrationRecord",
     "CheckpointSet",
     "EssentialDynamics",
+    "HostDataset",
+    "HostSource",
     "LLCConfig",
     "LLCDiagnosticWarning",
     "LLCEstimate",
     "LLCResult",
     "RefinedLLCResult",
     "RunPlan",
+    "TokenWindows",
     "TwoTemperatureResult",
     "calibrate",
     "enable_compilation_cache",

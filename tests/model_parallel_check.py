@@ -73,6 +73,17 @@ for name in refinements:
     np.testing.assert_allclose(
         refined[name].llc_trace, plain[name].llc_trace, rtol=2e-4, atol=2e-5, err_msg=name
     )
+# A data set streamed from the host, over the 2 × 4 mesh, in blocks of a few steps.
+source = sj.HostDataset([(x[i], y[i]) for i in range(n)], device_bytes=40_000)
+streamed = sj.estimate_llc(loss_fn, params, source, mesh=mesh, **kw)
+for name in ("llc_trace", "loss_trace", "init_loss"):
+    np.testing.assert_allclose(
+        np.asarray(getattr(streamed, name)),
+        np.asarray(getattr(single, name)),
+        rtol=2e-4,
+        atol=2e-5,
+        err_msg=name,
+    )
 print("same chains", float(split.llc_mean), float(single.llc_mean))
 
 # The default split: FSDP along each leaf's largest divisible dimension.

@@ -17,6 +17,7 @@ ROOT = pathlib.Path(sj.__file__).parent
 STAGES = [
     (
         "version",
+        "sources",
         "data",
         "theory",
         "validation",

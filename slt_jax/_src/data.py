@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slt_jax._src import sources
+
 PyTree = Any
 
 
@@ -31,6 +33,8 @@ def num_examples(data: PyTree) -> int:
       ValueError: if ``data`` has no array leaves, a leaf is a scalar, or the leaves
         disagree on their first-axis length.
     """
+    if sources.is_source(data):
+        return len(data)
     leaves, treedef = jax.tree.flatten(data)
     if not leaves:
         raise ValueError("`data` has no array leaves; pass a pytree of arrays (e.g. (x, y)).")
@@ -53,6 +57,11 @@ def num_examples(data: PyTree) -> int:
     if lengths[0] == 0:
         raise ValueError("`data` has no examples (first axis of length 0).")
     return int(lengths[0])
+
+
+def structure(data: PyTree):
+    """The pytree structure of one example of ``data`` (a host source's too)."""
+    return jax.tree.structure(data.spec if sources.is_source(data) else data)
 
 
 def take(data: PyTree, indices: jax.Array) -> PyTree:
@@ -97,19 +106,26 @@ def permuted_indices(key: jax.Array, positions: jax.Array, n: int) -> jax.Array:
     return x.astype(jnp.int32)
 
 
-def minibatch(key: jax.Array, step: jax.Array, data: PyTree, batch_size: int) -> PyTree:
-    """The minibatch of global step ``step`` for the chain whose batch key is ``key``.
+def minibatch_indices(key: jax.Array, step: jax.Array, n: int, batch_size: int) -> jax.Array:
+    """The ``(batch_size,)`` example indices of global step ``step`` for the chain whose
+    batch key is ``key``: epoch ``e = step // (n // b)`` uses the permutation keyed by
+    ``fold_in(key, e)``; step ``j`` of the epoch takes its slots ``[j*b, (j+1)*b)``. With
+    ``b == n``: ``0 … n−1`` in order. (A host data source draws the same indices.)"""
+    if batch_size == n:
+        return jnp.arange(n, dtype=jnp.int32)
+    epoch, slot = jnp.divmod(step, n // batch_size)
+    positions = slot * batch_size + jnp.arange(batch_size)
+    return permuted_indices(jax.random.fold_in(key, epoch), positions, n)
 
-    Epoch ``e = step // (n // b)`` uses the permutation keyed by ``fold_in(key, e)``; step
-    ``j`` of the epoch takes its slots ``[j*b, (j+1)*b)``. Stateless, so it needs no carry
-    and costs O(b) per step. With ``b == n`` it returns ``data`` itself (exact gradients).
-    """
+
+def minibatch(key: jax.Array, step: jax.Array, data: PyTree, batch_size: int) -> PyTree:
+    """The minibatch of global step ``step`` for the chain whose batch key is ``key``
+    (:func:`minibatch_indices`). Stateless, so it needs no carry and costs O(b) per step.
+    With ``b == n`` it returns ``data`` itself (exact gradients)."""
     n = num_examples(data)
     if batch_size == n:
         return data
-    epoch, slot = jnp.divmod(step, n // batch_size)
-    positions = slot * batch_size + jnp.arange(batch_size)
-    return take(data, permuted_indices(jax.random.fold_in(key, epoch), positions, n))
+    return take(data, minibatch_indices(key, step, n, batch_size))
 
 
 def wide(x: jax.Array) -> jax.Array:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slt_jax._src import sources
 from slt_jax._src.data import num_examples
 
 PyTree = Any
@@ -110,8 +111,13 @@ def check_batch_size(batch_size: int, num_examples: int) -> int:
     return int(batch_size)
 
 
-def check_data(data: PyTree) -> None:
-    """Every floating-point leaf of ``data`` finite (a NaN would read as a divergence)."""
+def check_data(data: PyTree, vocab_size: int | None = None) -> None:
+    """Every floating-point leaf of ``data`` finite (a NaN would read as a divergence); a
+    host data source's examples all of one shape and dtype, its token ids within
+    ``vocab_size`` (:meth:`slt_jax._src.sources.HostSource.check`)."""
+    if sources.is_source(data):
+        data.check(vocab_size)
+        return
     for path, leaf in jax.tree_util.tree_flatten_with_path(data)[0]:
         if jnp.issubdtype(leaf.dtype, jnp.floating) and not np.all(np.isfinite(np.asarray(leaf))):
             raise ValueError(
@@ -122,6 +128,8 @@ def check_data(data: PyTree) -> None:
 
 def batch_like(data: PyTree, batch_size: int) -> PyTree:
     """The shapes and dtypes of one minibatch of ``data`` (for tracing, no copy)."""
+    if sources.is_source(data):
+        return data.like(batch_size)
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct((batch_size, *np.shape(x)[1:]), x.dtype), data
     )

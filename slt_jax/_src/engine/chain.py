@@ -16,7 +16,7 @@ a single run with its key.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -102,25 +102,21 @@ def _wide(x):
     return _data.wide(jnp.asarray(x))
 
 
-def run_chain(
-    loss_fn,
-    static: Static,
-    key: jax.Array,
-    center: PyTree,
-    data: PyTree,
-    arrays: Arrays,
-    restriction=EVERYTHING,
-    observer=None,
-) -> ChainTrace:
-    """One chain started at ``center``: burn-in, then ``num_draws`` recorded steps.
+class Parts(NamedTuple):
+    """One chain taken apart, for a data set streamed from the host: ``init(batch_0)`` is
+    the first carry, ``step(carry, t, batch, record)`` one step (its record: the loss,
+    with the paired reference), ``finish(carry, burnin_loss, records)`` the trace."""
 
-    ``restriction`` (a bound :class:`~slt_jax._src.engine.interfaces.BoundRestriction`)
-    says which coordinates move: the loss reads the others from ``center``, and a
-    stochastic-gradient sampler's moves are put back onto the moving coordinates after
-    every step (a Metropolis sampler, whose projected moves would break detailed balance,
-    samples the others as free Gaussian dummies that never reach the loss). ``observer``
-    (a bound observer) is evaluated every ``observer.every`` draws.
-    """
+    init: Callable
+    step: Callable
+    finish: Callable
+    batch_key: jax.Array
+
+
+def chain_parts(
+    loss_fn, static: Static, key, center, arrays: Arrays, restriction=EVERYTHING, observer=None
+) -> Parts:
+    """The parts of one chain (see :func:`run_chain`, which runs them over on-device data)."""
     loss = restriction.loss(
         transforms.evaluation(
             loss_fn,
@@ -135,13 +131,13 @@ def run_chain(
     )
     project = restriction is not EVERYTHING and not static.sampler.full_batch
     batch_key, noise_key = jax.random.split(key)
-    batch_at, eps_at = minibatch_source(static, data, batch_key), step_size_at(static, arrays)
+    eps_at = step_size_at(static, arrays)
     paired, every = static.estimator == "paired", static.diagnostic_every
     observe_every = observer.every if observer is not None else 0
 
-    def step(carry, t, record):
+    def step(carry, t, batch, record):
         state, diverged, diagnostics, observed = carry
-        batch, eps = batch_at(t), eps_at(t)
+        eps = eps_at(t)
         new_state, info = kernel.step(jax.random.fold_in(noise_key, t), state, batch, eps)
         if project:
             position = restriction.restrict(new_state.position, center)
@@ -169,14 +165,46 @@ def run_chain(
                 )
         return (new_state, diverged | ~finite, diagnostics, observed), out
 
-    start = jax.tree.map(lambda c: c.astype(sampling_dtype(c.dtype)), center)
-    diagnostics = jnp.full((len(DIAGNOSTICS), static.num_diagnostics), jnp.nan, jnp.float32)
-    observed = observer.init() if observer is not None else None
-    carry = (kernel.init(start, batch_at(0)), jnp.asarray(False), diagnostics, observed)
+    def init(batch):
+        start = jax.tree.map(lambda c: c.astype(sampling_dtype(c.dtype)), center)
+        diagnostics = jnp.full((len(DIAGNOSTICS), static.num_diagnostics), jnp.nan, jnp.float32)
+        observed = observer.init() if observer is not None else None
+        return (kernel.init(start, batch), jnp.asarray(False), diagnostics, observed)
+
+    def finish(carry, burnin_loss, records):
+        loss_trace, reference = records if paired else (records, jnp.zeros((0,), records.dtype))
+        outputs = observer.finish(carry[3], center) if observer is not None else None
+        return ChainTrace(loss_trace, reference, burnin_loss, carry[1], *carry[2], observed=outputs)
+
+    return Parts(init, step, finish, batch_key)
+
+
+def run_chain(
+    loss_fn,
+    static: Static,
+    key: jax.Array,
+    center: PyTree,
+    data: PyTree,
+    arrays: Arrays,
+    restriction=EVERYTHING,
+    observer=None,
+) -> ChainTrace:
+    """One chain started at ``center``: burn-in, then ``num_draws`` recorded steps.
+
+    ``restriction`` (a bound :class:`~slt_jax._src.engine.interfaces.BoundRestriction`)
+    says which coordinates move: the loss reads the others from ``center``, and a
+    stochastic-gradient sampler's moves are put back onto the moving coordinates after
+    every step (a Metropolis sampler, whose projected moves would break detailed balance,
+    samples the others as free Gaussian dummies that never reach the loss). ``observer``
+    (a bound observer) is evaluated every ``observer.every`` draws.
+    """
+    parts = chain_parts(loss_fn, static, key, center, arrays, restriction, observer)
+    batch_at = minibatch_source(static, data, parts.batch_key)
     burnin = jnp.arange(static.num_burnin)
     draws = jnp.arange(static.num_burnin, static.num_burnin + static.num_draws)
-    carry, burnin_loss = jax.lax.scan(lambda c, t: step(c, t, False), carry, burnin)
-    carry, records = jax.lax.scan(lambda c, t: step(c, t, True), carry, draws)
-    loss_trace, reference = records if paired else (records, jnp.zeros((0,), records.dtype))
-    outputs = observer.finish(carry[3], center) if observer is not None else None
-    return ChainTrace(loss_trace, reference, burnin_loss, carry[1], *carry[2], observed=outputs)
+    carry = parts.init(batch_at(0))
+    carry, burnin_loss = jax.lax.scan(
+        lambda c, t: parts.step(c, t, batch_at(t), False), carry, burnin
+    )
+    carry, records = jax.lax.scan(lambda c, t: parts.step(c, t, batch_at(t), True), carry, draws)
+    return parts.finish(carry, burnin_loss, records)

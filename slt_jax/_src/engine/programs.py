@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from slt_jax._src import data as _data
+from slt_jax._src import sources
 from slt_jax._src.config import Arrays, Static
 from slt_jax._src.engine import sharding
 from slt_jax._src.engine.chain import run_chain
@@ -102,6 +103,7 @@ def center_losses(
             jax.vmap(lambda c, data: full_loss(loss_fn, c, data, batch_size), in_axes=(0, None))
         )
 
+    replicate = lambda x: x  # noqa: E731
     if mesh is not None and sharding.MODEL_AXIS in mesh.axis_names:
         one = jax.tree.map(lambda x: np.asarray(x)[0], centers)
         specs = sharding.parameter_specs(one, mesh, rules)
@@ -111,8 +113,20 @@ def center_losses(
             specs,
             is_leaf=lambda x: isinstance(x, P),
         )
-        data = jax.tree.map(lambda x: _global(np.asarray(x), mesh, P()), data)
-    return np.asarray(_host(_cached(cache_key, build)(centers, data)))
+        replicate = lambda tree: jax.tree.map(lambda x: _global(np.asarray(x), mesh, P()), tree)  # noqa: E731
+    program = _cached(cache_key, build)
+    if not sources.is_source(data):
+        return np.asarray(_host(program(centers, replicate(data))))
+    # A host source: chunks of whole minibatches, as many as half its device budget holds.
+    n = len(data)
+    rows = max(batch_size, data.device_bytes // 2 // max(1, data.example_bytes))
+    rows = min(n, rows // batch_size * batch_size)
+    total = 0.0
+    for start in range(0, n, rows):
+        chunk = data.gather(np.arange(start, min(n, start + rows)))
+        means = np.asarray(_host(program(centers, replicate(chunk))), np.float64)
+        total = total + means * (min(n, start + rows) - start)
+    return total / n
 
 
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from slt_jax._src import validation
+from slt_jax._src import sources, validation
 from slt_jax._src.version import __version__
 
 PyTree = Any
@@ -63,8 +63,10 @@ def manifest(config, checkpoint_set, data, key, chunk_size, loss) -> dict:
         "chunk_size": int(chunk_size),
         "params": _shapes(first),
         "checkpoint_hashes": [_digest([x[k] for x in leaves]) for k in range(len(checkpoint_set))],
-        "data": _shapes(data),
-        "data_hash": _digest(np.asarray(x) for x in jax.tree.leaves(data)),
+        "data": _shapes(data.like(len(data)) if sources.is_source(data) else data),
+        "data_hash": data.fingerprint()
+        if sources.is_source(data)
+        else _digest(np.asarray(x) for x in jax.tree.leaves(data)),
         "loss_fn": loss,
         "slt_jax_version": __version__,
         "platform": {

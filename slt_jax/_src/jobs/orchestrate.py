@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from slt_jax._src import data as _data
-from slt_jax._src import validation
+from slt_jax._src import sources, validation
 from slt_jax._src.config import LLCConfig
-from slt_jax._src.engine import programs
+from slt_jax._src.engine import programs, stream
 from slt_jax._src.engine.interfaces import ChainTrace
 from slt_jax._src.estimators.llc import summarize
 from slt_jax._src.jobs import report
@@ -43,7 +43,12 @@ def prepare(loss_fn, params, data, config: LLCConfig, *, what="The loss at w*, L
     loss. Returns ``(resolved config, key)``."""
     validation.check_params(params)
     resolved, key = config.resolve(_data.num_examples(data))
-    validation.check_data(data)
+    if sources.is_source(data) and resolved.static().sampler.full_batch:
+        raise ValueError(
+            f"sampler {resolved.sampler!r} uses the whole data set at every step; a "
+            "data source streamed from the host needs a minibatch sampler (e.g. 'sgld')."
+        )
+    validation.check_data(data, getattr(loss_fn, "vocab_size", None))
     validation.check_loss_fn(loss_fn, params, validation.batch_like(data, resolved.batch_size))
     validation.check_remainder(loss_fn, params, data, resolved.batch_size, what)
     return resolved, key
@@ -149,7 +154,8 @@ def run(
     if len(statics) != 1:
         raise ValueError("the groups of one run must share the static configuration.")
     padded = list(groups) + [groups[-1]] * max(0, (pad_to or 0) - len(groups))
-    traces = programs.run_items(
+    runner = stream.run_items if sources.is_source(data) else programs.run_items
+    traces = runner(
         loss_fn,
         statics.pop(),
         items(padded, centers),
@@ -169,7 +175,8 @@ def run(
 
 def lower(loss_fn, centers, data, groups, *, mesh, plugins=programs.NO_PLUGINS, observed=None):
     """The lowered program :func:`run` would compile for these groups (memory analysis)."""
-    return programs.lower_items(
+    lower_items = stream.lower_items if sources.is_source(data) else programs.lower_items
+    return lower_items(
         loss_fn,
         groups[0].config.static(),
         items(groups, centers),

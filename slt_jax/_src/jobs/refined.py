@@ -122,7 +122,7 @@ def _check_observed(loss_fn, params, data, observables, probe, batch_size):
     if not isinstance(observables, Mapping):
         raise TypeError("`observables` must be a mapping {name: data set}.")
     names = tuple(str(k) for k in observables)
-    structure = jax.tree.structure(data)
+    structure = _data.structure(data)
     for name, obs in observables.items():
         if jax.tree.structure(obs) != structure:
             raise ValueError(

@@ -1,0 +1,211 @@
+"""The chain programs for a data set on the host (:class:`~slt_jax._src.sources.HostSource`).
+
+The chains of :mod:`~slt_jax._src.engine.programs` draw their minibatches inside one
+compiled loop; here the loop is cut into blocks of ``K`` steps. For each block the host
+computes every chain's example indices (the same keyed stream as on the device:
+:func:`slt_jax._src.data.minibatch_indices`, evaluated by JAX), gathers those examples from
+the source, and sends the ``(items, K, batch, ...)`` block to the devices, sharded like
+the items, while the previous block runs (a background thread gathers and transfers block
+``k + 1`` while the devices compute block ``k``). Four small programs share the chain's
+parts (:func:`~slt_jax._src.engine.chain.chain_parts`): init (the first carry), a burn-in
+block, a recorded block, and finish (the trace). A block of burn-in or draws shorter than
+``K`` (the remainder) compiles once more; otherwise every block reuses one program.
+
+``K`` is the largest number of steps whose minibatches, for the items of one device, fit
+half of the source's ``device_bytes`` (two blocks are alive at once). The chains of a
+device are vmapped (the ``map`` layout is for on-device data).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from slt_jax._src import data as _data
+from slt_jax._src.config import Static
+from slt_jax._src.engine import programs, sharding
+from slt_jax._src.engine.chain import chain_parts
+from slt_jax._src.engine.interfaces import EVERYTHING
+
+
+def _parts(loss_fn, static, plugins, key, center, arrays, args, observed):
+    restriction = EVERYTHING if plugins.restriction is None else plugins.restriction.bind(args)
+    observer = None
+    if plugins.observer is not None:
+        observer = plugins.observer.bind(loss_fn, static.batch_size, static.num_draws, observed)
+    return chain_parts(loss_fn, static, key, center, arrays, restriction, observer)
+
+
+def _init(loss_fn, static, plugins, key, center, arrays, args, observed, batch):
+    return _parts(loss_fn, static, plugins, key, center, arrays, args, observed).init(batch)
+
+
+def _block(record, loss_fn, static, plugins, key, center, arrays, args, observed, carry, ts, b):
+    parts = _parts(loss_fn, static, plugins, key, center, arrays, args, observed)
+    return jax.lax.scan(lambda c, x: parts.step(c, x[0], x[1], record), carry, (ts, b))
+
+
+def _finish(loss_fn, static, plugins, key, center, arrays, args, observed, carry, burn, recs):
+    parts = _parts(loss_fn, static, plugins, key, center, arrays, args, observed)
+    return parts.finish(carry, burn, recs)
+
+
+#: Which arguments of each program hold one row per item (the others are replicated).
+_PER_ITEM = {
+    "init": (True, True, True, True, False, True),
+    "burnin": (True, True, True, True, False, True, False, True),
+    "draws": (True, True, True, True, False, True, False, True),
+    "finish": (True, True, True, True, False, True, True, True),
+}
+
+
+def _program(phase: str, loss_fn, static: Static, plugins, mesh):
+    def build():
+        fn = {
+            "init": _init,
+            "burnin": functools.partial(_block, False),
+            "draws": functools.partial(_block, True),
+            "finish": _finish,
+        }[phase]
+        one = functools.partial(fn, loss_fn, static, plugins)
+        per_item = _PER_ITEM[phase]
+        per_device = jax.vmap(one, in_axes=tuple(0 if p else None for p in per_item))
+        axes = sharding.item_axes(mesh)
+        if not axes:
+            return jax.jit(per_device)
+        spec = P(axes)
+        return jax.jit(
+            jax.shard_map(
+                per_device,
+                mesh=mesh,
+                in_specs=tuple(spec if p else P() for p in per_item),
+                out_specs=spec,
+                axis_names=set(axes),
+                check_vma=False,
+            )
+        )
+
+    return programs._cached(("stream", phase, loss_fn, static, plugins, mesh), build)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _indices(batch_keys, steps, n: int, batch_size: int):
+    """``(items, steps, batch)`` example indices: every chain's minibatches of ``steps``."""
+    per_step = jax.vmap(_data.minibatch_indices, in_axes=(None, 0, None, None))
+    return jax.vmap(per_step, in_axes=(0, None, None, None))(batch_keys, steps, n, batch_size)
+
+
+def block_steps(source, static: Static, num_items: int, mesh) -> int:
+    """``K``: steps per block (see the module docstring), at least 1."""
+    per_device = math.ceil(num_items / sharding.num_item_slots(mesh))
+    per_step = max(1, per_device * static.batch_size * source.example_bytes)
+    return int(
+        max(1, min(static.num_burnin + static.num_draws, source.device_bytes // 2 // per_step))
+    )
+
+
+def _schedule(static: Static, k: int):
+    """The blocks: ``(phase, first step, length)``."""
+    out = []
+    for phase, start, stop in (
+        ("burnin", 0, static.num_burnin),
+        ("draws", static.num_burnin, static.num_burnin + static.num_draws),
+    ):
+        out += [(phase, t, min(k, stop - t)) for t in range(start, stop, k)]
+    return out
+
+
+class _Feeder:
+    """Gathers and places the blocks' minibatches, one block ahead, in a background thread."""
+
+    def __init__(self, source, batch_keys, take, mesh, batch_size, k):
+        self.source, self.keys, self.take, self.mesh = source, batch_keys, take, mesh
+        self.batch_size, self.k = batch_size, k
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    def _load(self, start, length):
+        steps = jnp.arange(start, start + self.k)  # always K steps: one index program
+        indices = np.asarray(_indices(self.keys, steps, len(self.source), self.batch_size))
+        rows = self.source.gather(indices[self.take, :length])
+        spec = P(sharding.item_axes(self.mesh) or None)
+        return jax.tree.map(lambda x: programs._global(np.asarray(x), self.mesh, spec), rows)
+
+    def submit(self, start, length):
+        return self.pool.submit(self._load, start, length)
+
+    def close(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _placed(static, items, mesh, observed):
+    placed = programs.place(items, None, mesh, observed, static.partition_rules)
+    keys, centers, _, arrays, args, observed = placed
+    num_items = len(items.keys)
+    pad = -num_items % sharding.num_item_slots(mesh)
+    take = np.concatenate([np.arange(num_items), np.full(pad, num_items - 1)]).astype(int)
+    return (keys, centers, arrays, args, observed), take
+
+
+def _start(loss_fn, static, items, source, mesh, plugins, observed):
+    """Placed inputs, the blocks, the feeder with the first block's minibatches submitted,
+    and every chain's first carry (from step 0's minibatch)."""
+    inputs, take = _placed(static, items, mesh, observed)
+    batch_keys = jax.vmap(lambda k: jax.random.split(k)[0])(items.keys)
+    k = block_steps(source, static, len(take), mesh)
+    blocks = _schedule(static, k)
+    feeder = _Feeder(source, batch_keys, take, mesh, static.batch_size, k)
+    pending = feeder.submit(*blocks[0][1:])
+    first = jax.tree.map(lambda x: x[:, 0], pending.result())
+    carry = _program("init", loss_fn, static, plugins, mesh)(*inputs, first)
+    return inputs, take, blocks, feeder, pending, carry
+
+
+def _steps(start, length, mesh):
+    return programs._global(np.arange(start, start + length, dtype=np.int32), mesh, P())
+
+
+def run_items(loss_fn, static: Static, items, source, mesh, *, plugins, observed=None):
+    """Run the items with minibatches streamed from ``source``: host traces with a leading
+    item axis, as :func:`slt_jax._src.engine.programs.run_items` gives for on-device data."""
+    static = static._replace(chain_layout="vmap")
+    started = _start(loss_fn, static, items, source, mesh, plugins, observed)
+    inputs, take, blocks, feeder, pending, carry = started
+    try:
+        outputs = {"burnin": [], "draws": []}
+        for i, (phase, start, length) in enumerate(blocks):
+            batches = pending.result()
+            if i + 1 < len(blocks):
+                pending = feeder.submit(*blocks[i + 1][1:])
+            run = _program(phase, loss_fn, static, plugins, mesh)
+            carry, out = run(*inputs, carry, _steps(start, length, mesh), batches)
+            outputs[phase].append(out)
+    finally:
+        feeder.close()
+    outputs = {k: [programs._host(o) for o in v] for k, v in outputs.items()}
+    join = lambda parts: jax.tree.map(lambda *x: np.concatenate(x, axis=1), *parts)  # noqa: E731
+    burnin = join(outputs["burnin"]) if outputs["burnin"] else np.zeros((len(take), 0), np.float32)
+    spec = P(sharding.item_axes(mesh) or None)
+    place = lambda x: programs._global(np.asarray(x), mesh, spec)  # noqa: E731
+    finish = _program("finish", loss_fn, static, plugins, mesh)
+    trace = finish(*inputs, carry, place(burnin), jax.tree.map(place, join(outputs["draws"])))
+    return jax.tree.map(lambda x: x[: len(items.keys)], programs._host(trace))
+
+
+def lower_items(loss_fn, static: Static, items, source, mesh, *, plugins, observed=None):
+    """The lowered recorded-block program (the largest; for XLA's memory analysis)."""
+    static = static._replace(chain_layout="vmap")
+    started = _start(loss_fn, static, items, source, mesh, plugins, observed)
+    inputs, _, blocks, feeder, _, carry = started
+    try:
+        _, start, length = next(b for b in blocks if b[0] == "draws")
+        batches = feeder.submit(start, length).result()
+    finally:
+        feeder.close()
+    run = _program("draws", loss_fn, static, plugins, mesh)
+    return run.lower(*inputs, carry, _steps(start, length, mesh), batches)
