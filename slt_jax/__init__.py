@@ -43,6 +43,7 @@ from slt_jax._src.plots import plot_llc as plot_llc
 from slt_jax._src.plots import plot_trace as plot_trace
 from slt_jax._src.results import CalibrationRecord as CalibrationRecord
 from slt_jax._src.results import LLCResult as LLCResult
+from slt_jax._src.sources import HostArrays as HostArrays
 from slt_jax._src.sources import HostDataset as HostDataset
 from slt_jax._src.sources import HostSource as HostSource
 from slt_jax._src.sources import TokenWindows as TokenWindows
@@ -54,6 +55,7 @@ __all__ = [
     "CalibrationRecord",
     "CheckpointSet",
     "EssentialDynamics",
+    "HostArrays",
     "HostDataset",
     "HostSource",
     "LLCConfig",

@@ -71,6 +71,16 @@ def test_streamed_equals_in_memory_whatever_the_block_size(estimator):
         assert_same(streamed, memory)
 
 
+def test_host_arrays_and_memmaps_stream(tmp_path):
+    memory = sj.estimate_llc(regression_loss, PARAMS, (X, Y), **KW)
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    memmapped = (np.load(path, mmap_mode="r"), Y)
+    assert_same(sj.estimate_llc(regression_loss, PARAMS, sj.HostArrays(memmapped), **KW), memory)
+    with pytest.raises(ValueError, match="different lengths"):
+        sj.HostArrays((X, Y[:10]))
+
+
 def test_whole_data_batches_and_a_schedule_stream_too():
     kw = dict(KW, batch_size=N, step_size=lambda t: 1e-3 / (1 + t / 100))
     memory = sj.estimate_llc(regression_loss, PARAMS, (X, Y), **kw)
@@ -114,6 +124,27 @@ def test_token_files_raw_and_npy_equal_the_windows_in_memory(tmp_path):
     overlapping = sj.TokenWindows(tokens, 8, stride=4)
     assert len(overlapping) == (len(tokens) - 8) // 4 + 1
     np.testing.assert_array_equal(overlapping.gather(np.array([2]))[0], tokens[8:16])
+
+
+def test_a_hugging_face_dataset_on_disk_streams(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    tokens = token_stream().astype(np.int32)
+    windows = tokens[: len(tokens) // 16 * 16].reshape(-1, 16)
+    table = datasets.Dataset.from_dict({"input_ids": windows, "index": np.arange(len(windows))})
+    table.save_to_disk(str(tmp_path / "ds"))
+    table = datasets.load_from_disk(str(tmp_path / "ds"))
+    source = sj.HostDataset(table, columns=["input_ids"], device_bytes=8192)
+    assert len(source) == len(windows)
+    params = {"table": jnp.zeros((16, 16))}
+    loss = lambda p, batch: bigram_loss(p, batch["input_ids"])  # noqa: E731
+    kw = dict(KW, batch_size=8)
+    memory = sj.estimate_llc(
+        loss, params, {"input_ids": windows.astype(source.spec["input_ids"].dtype)}, **kw
+    )
+    assert_same(sj.estimate_llc(loss, params, source, **kw), memory)
+    ragged = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3]] * 4 + [[1, 2]] + [[1, 2, 3]]})
+    with pytest.raises(ValueError, match=r"example 4 .*shape \(2,\)"):
+        sj.estimate_llc(loss, params, sj.HostDataset(ragged), **dict(KW, batch_size=2))
 
 
 def test_refined_llcs_with_observables_stream():

@@ -10,6 +10,7 @@ transfers it while the previous block runs (:mod:`slt_jax._src.engine.stream`).
 * :class:`TokenWindows`: a token file (a ``numpy`` memmap of ``uint16``/``uint32`` ids, or
   ``.npy``) or array cut into windows of ``seq_len`` tokens; example ``i`` is
   ``tokens[i·stride : i·stride + seq_len]``.
+* :class:`HostArrays`: a pytree of host arrays or memmaps with a leading example axis.
 * :class:`HostDataset`: any indexable of examples (``len`` and ``[i]``): a list of arrays or
   tuples or dicts of arrays, a Hugging Face ``datasets.Dataset`` (Arrow on disk; columns
   read with ``with_format("numpy")``), a ``numpy`` memmap.
@@ -212,6 +213,52 @@ class TokenWindows(HostSource):
         return h.hexdigest()[:24]
 
 
+class HostArrays(HostSource):
+    """A pytree of host arrays (``numpy`` arrays or memmaps) whose leading axis indexes
+    examples, as ``data`` would be on the device, kept on the host.
+
+    Example:
+      >>> import numpy as np, slt_jax as sj
+      >>> data = sj.HostArrays((np.zeros((10, 3), np.float32), np.arange(10)))
+      >>> len(data), data.gather(np.array([4, 5]))[1].tolist()
+      (10, [4, 5])
+    """
+
+    def __init__(self, arrays, *, vocab_size=None, device_bytes=DEFAULT_DEVICE_BYTES):
+        leaves = jax.tree.leaves(arrays)
+        if not leaves or any(np.ndim(x) == 0 for x in leaves):
+            raise ValueError("HostArrays needs array leaves with a leading example axis.")
+        lengths = {len(x) for x in leaves}
+        if len(lengths) != 1:
+            raise ValueError(
+                f"the leaves of HostArrays have different lengths {sorted(lengths)}; every leaf "
+                "must have one row per example."
+            )
+        self.arrays = jax.tree.map(
+            lambda x: x if isinstance(x, np.ndarray) else np.asarray(x), arrays
+        )
+        self.vocab_size, self.device_bytes = vocab_size, int(device_bytes)
+        self._n = lengths.pop()
+        if self._n == 0:
+            raise ValueError("the data source has no examples.")
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def spec(self):
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), self.arrays)
+
+    def gather(self, indices: np.ndarray) -> PyTree:
+        indices = np.asarray(indices)
+        flat = np.sort(np.unique(indices.ravel()))  # one sorted read of a memmap
+        where = np.searchsorted(flat, indices)
+        return jax.tree.map(lambda x: np.asarray(x[flat])[where], self.arrays)
+
+    def check(self, vocab_size: int | None = None) -> None:
+        super().check(self.vocab_size if vocab_size is None else vocab_size)
+
+
 class HostDataset(HostSource):
     """Any indexable of examples (see the module docstring), each a pytree of arrays of the
     same shapes and dtypes (checked for every example before anything is compiled).
@@ -266,16 +313,45 @@ class HostDataset(HostSource):
     def spec(self):
         return self._spec
 
+    def _columns_of(self, rows) -> dict | None:
+        """A ``datasets.Dataset``'s rows (a dict of columns) as arrays of the examples'
+        shapes and dtypes, or ``None`` if they are not (ragged, another dtype)."""
+        out = {}
+        for k in self._columns:
+            column, spec = rows[k], self._spec[k]
+            if not isinstance(column, np.ndarray) or column.dtype == object:
+                return None
+            if column.shape[1:] != spec.shape or column.dtype != spec.dtype:
+                return None
+            out[k] = column
+        return out
+
     def gather(self, indices: np.ndarray) -> PyTree:
         indices = np.asarray(indices)
-        flat = [self._example(i) for i in indices.ravel()]
-        stacked = jax.tree.map(lambda *xs: np.stack(xs), *flat)
+        stacked = None
+        if self._columns is not None:  # one read of the Arrow table for the whole block
+            stacked = self._columns_of(self.examples[indices.ravel().tolist()])
+        if stacked is None:
+            flat = [self._example(i) for i in indices.ravel()]
+            stacked = jax.tree.map(lambda *xs: np.stack(xs), *flat)
         return jax.tree.map(lambda x: x.reshape(*indices.shape, *x.shape[1:]), stacked)
 
     def check(self, vocab_size: int | None = None) -> None:
         vocab = self.vocab_size if vocab_size is None else vocab_size
+        if self._columns is not None:  # Arrow: whole chunks at a time where they are uniform
+            for start in range(0, len(self), _SCAN_ROWS):
+                stop = min(len(self), start + _SCAN_ROWS)
+                rows = self._columns_of(self.examples[start:stop])
+                if rows is None:
+                    self._check_examples(range(start, stop), vocab)
+                else:
+                    _check_rows(rows, start, vocab)
+            return
+        self._check_examples(range(len(self)), vocab)
+
+    def _check_examples(self, indices, vocab) -> None:
         want = _leaves(self._spec)
-        for i in range(len(self)):
+        for i in indices:
             example = self._example(i)
             leaves, treedef = jax.tree.flatten(example)
             if treedef != self._treedef:
