@@ -275,3 +275,23 @@ def test_bad_sources_are_errors_before_compiling(tmp_path):
                 regression_loss, PARAMS, examples(2**20), **dict(KW, sampler="mala")
             )
         )
+
+
+def test_a_calibration_grid_and_the_automatic_grid_read_a_source():
+    grid = dict(
+        step_sizes=[1e-4, 1e-3],
+        localizations=[10.0],
+        num_steps=120,
+        batch_size=32,
+        num_chains=2,
+        nbetas=[100.0],
+    )
+    memory = sj.calibrate(regression_loss, PARAMS, (X, Y), **grid)
+    streamed = sj.calibrate(regression_loss, PARAMS, sj.HostArrays((X, Y)), **grid)
+    for a, b in zip(streamed.results, memory.results, strict=True):
+        assert_same(a, b)
+    # The automatic grid probes gradient scales on rows of the data: a source gives them.
+    auto = sj.calibrate(
+        regression_loss, PARAMS, sj.HostArrays((X, Y)), num_steps=200, batch_size=32
+    )
+    assert len(auto.results) > 0

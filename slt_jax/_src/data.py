@@ -64,6 +64,13 @@ def structure(data: PyTree):
     return jax.tree.structure(data.spec if sources.is_source(data) else data)
 
 
+def rows(data: PyTree, index: np.ndarray) -> PyTree:
+    """Examples ``index`` of ``data`` as host arrays (a host source's too)."""
+    if sources.is_source(data):
+        return data.gather(np.asarray(index))
+    return jax.tree.map(lambda x: np.asarray(x)[index], data)
+
+
 def take(data: PyTree, indices: jax.Array) -> PyTree:
     """Rows ``indices`` of every leaf of ``data``."""
     return jax.tree.map(lambda leaf: jnp.take(leaf, indices, axis=0), data)

@@ -127,9 +127,10 @@ def measure_scales(loss_fn, params, data, *, nbeta: float, batch_size: int, seed
 def _rows(data, rng, count):
     n = _data.num_examples(data)
     if count >= n:
-        return jax.tree.map(jnp.asarray, data)
-    index = np.sort(rng.choice(n, size=count, replace=False))
-    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[index]), data)
+        index = np.arange(n)
+    else:
+        index = np.sort(rng.choice(n, size=count, replace=False))
+    return jax.tree.map(jnp.asarray, _data.rows(data, index))
 
 
 def _radius(rise, target: float) -> float:
