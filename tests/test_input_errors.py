@@ -87,6 +87,86 @@ def test_checkpoint_with_non_finite_loss_at_w_star_is_named():
     assert not any(issubclass(w.category, RuntimeWarning) for w in caught), messages
 
 
+# --- corrupt checkpoint files ---------------------------------------------------------------
+
+DAMAGE = {  # what happens to a file: garbage bytes, cut in half, emptied
+    "garbage": lambda b: np.random.default_rng(0).integers(0, 256, 300, np.uint8).tobytes(),
+    "truncated": lambda b: b[: len(b) // 2],
+    "empty": lambda b: b"",
+}
+
+
+def _damaged_checkpoints(tmp_path, fmt, how, part="_METADATA", params=W):
+    """Checkpoints at steps 1 and 2 in ``fmt``, the second damaged; its path (for orbax, the
+    step directory, whose ``part`` files are damaged: ``_METADATA``, or ``data`` for every
+    file of array data)."""
+    root = tmp_path / "ckpts"
+    sj.save_checkpoint(root, 1, params, format=fmt)
+    path = sj.save_checkpoint(root, 2, params, format=fmt)
+    if fmt == "orbax":
+        files = [path / "_METADATA"] if part == "_METADATA" else list(path.rglob("d/*"))
+    else:
+        files = [path]
+    assert files and all(f.is_file() for f in files)
+    for f in files:
+        f.write_bytes(DAMAGE[how](f.read_bytes()))
+    return root, path
+
+
+CORRUPT = [("safetensors", None), ("msgpack", None), ("orbax", "_METADATA"), ("orbax", "data")]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+@pytest.mark.parametrize(
+    "fmt, part", CORRUPT, ids=["safetensors", "msgpack", "orbax", "orbax-data"]
+)
+def test_a_corrupt_checkpoint_file_is_named(no_chain_program, tmp_path, fmt, part, how):
+    """A checkpoint its format's reader refuses is a ValueError naming it, raised when the set
+    is opened: before anything is compiled."""
+    root, path = _damaged_checkpoints(tmp_path, fmt, how, part)
+    compiled = slt_jax._src.engine.programs.num_compiled()
+    pattern = re.escape(f"{fmt} checkpoint {str(path)!r} is corrupt or truncated")
+    with pytest.raises(ValueError, match=pattern):
+        sj.load_checkpoint_set(root)
+    with pytest.raises(ValueError, match=pattern):
+        sj.estimate_llc_checkpoints(loss, root, make_data(64), progress=False, **KW)
+    with pytest.raises(ValueError, match=pattern):
+        sj.estimate_llc_checkpoints(loss, root, make_data(64), dry_run=True, **KW)
+    assert slt_jax._src.engine.programs.num_compiled() == compiled
+
+
+def test_an_empty_flax_training_checkpoint_is_named(tmp_path):
+    """``flax.training.checkpoints`` files have no suffix; an empty ``checkpoint_<step>`` is
+    still recognised as one, and reported, rather than skipped."""
+    from flax import serialization
+
+    (tmp_path / "checkpoint_1").write_bytes(serialization.to_bytes(W))
+    (tmp_path / "checkpoint_2").write_bytes(b"")
+    (tmp_path / "checkpoint_3").write_bytes(serialization.to_bytes(W)[:10])
+    with pytest.raises(ValueError, match=r"checkpoint_2' is corrupt or truncated.*empty"):
+        sj.load_checkpoint_set(tmp_path)
+    (tmp_path / "checkpoint_2").unlink()
+    with pytest.raises(ValueError, match=r"checkpoint_3' is corrupt or truncated.*incomplete"):
+        sj.load_checkpoint_set(tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "msgpack", "orbax"])
+def test_the_command_line_names_a_corrupt_checkpoint(tmp_path, capsys, fmt):
+    import sweep_factory
+
+    from slt_jax.__main__ import main
+
+    params = sweep_factory.checkpoints(1)[0][0]
+    root, path = _damaged_checkpoints(tmp_path, fmt, "truncated", params=params)
+    argv = ["llc", str(root), "--model", "sweep_factory:factory", "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit:
+        main([*argv, "--steps", "20", "--chains", "2", "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "Traceback" not in err, err
+    assert err.startswith("slt-jax: error: ") and f"{str(path)!r} is corrupt or truncated" in err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(
     "options, error, message",
     [

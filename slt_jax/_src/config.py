@@ -115,7 +115,12 @@ class LLCConfig:
       diagnostic_every: record chain diagnostics every this many draws (0: none).
       microbatch_size: evaluate each minibatch this many rows at a time, the gradient
         accumulated (``None``: at once); must divide the batch size. Same result, less memory.
-      remat: recompute the loss's activations in the backward pass (``jax.checkpoint``).
+      remat: the loss under ``jax.checkpoint`` (its activations recomputed in the backward
+        pass rather than kept from the forward). The whole loss is one checkpoint, so the
+        recomputed forward stores its activations again: this lowers the memory between
+        the forward and backward passes, not the peak of a deep model's backward; for
+        that, checkpoint each layer inside the model (``nnx.remat`` in an ``nnx.scan``
+        over layers; measured in docs/scale.md) or use ``microbatch_size``.
       compute_dtype: evaluate the loss with the parameters cast to this float type (e.g.
         ``"bfloat16"``); the chain stays in at least float32.
       chain_layout: the chains of a device as one ``"vmap"``, or a ``"map"`` over them

@@ -162,14 +162,18 @@ def _step_from_name(path: pathlib.Path) -> int:
 
 
 def _is_flax_msgpack(path: pathlib.Path) -> bool:
-    """A file that starts as flax msgpack does (a map) and whose name gives a step."""
+    """A file that starts as flax msgpack does (a map) and whose name gives a step, or an
+    empty one named as ``flax.training.checkpoints`` names them (``checkpoint_100``), which
+    reading then reports as empty."""
     try:
         _step_from_name(path)
         with open(path, "rb") as f:
             head = f.read(1)
     except (ValueError, OSError):
         return False
-    return len(head) == 1 and (0x80 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF))
+    if not head:
+        return re.fullmatch(r"checkpoint_\d+", path.name) is not None
+    return 0x80 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)
 
 
 def _items(step_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -179,19 +183,50 @@ def _items(step_dir: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in step_dir.iterdir() if p.is_dir() and (p / "_METADATA").is_file())
 
 
+def _corrupt(path: pathlib.Path, format: str, error: BaseException | str) -> ValueError:
+    """The error for a checkpoint that its format's reader refuses (garbage, cut short)."""
+    why = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    why = why if len(why) <= 400 else why[:400] + " …"  # tensorstore's errors hold its spec
+    other = "written by an incompatible orbax" if format == "orbax" else f"not {format} at all"
+    return ValueError(
+        f"{format} checkpoint {str(path)!r} is corrupt or truncated (or {other}): "
+        f"{why.rstrip('. ')}. Re-save it, or move it out of the checkpoint directory."
+    )
+
+
 def _read(path: pathlib.Path, format: str) -> PyTree:
-    """One snapshot as nested dicts (string keys) of host numpy arrays."""
+    """One snapshot as nested dicts (string keys) of host numpy arrays.
+
+    A file its format's reader refuses (garbage, cut short, empty) is a ``ValueError`` that
+    names it; an ``OSError`` (no permission, say) is left as it is.
+    """
     if format == "safetensors":
+        data = path.read_bytes()
+        if not data:
+            raise _corrupt(path, format, "the file is empty")
         try:
-            flat = safetensors.numpy.load(path.read_bytes())
+            flat = safetensors.numpy.load(data)
         except KeyError:  # a dtype safetensors.numpy lacks (BF16): through jax, on the CPU
             from safetensors.flax import load_file
 
-            with jax.default_device(jax.devices("cpu")[0]):
-                flat = {k: np.asarray(x) for k, x in load_file(path).items()}
+            try:
+                with jax.default_device(jax.devices("cpu")[0]):
+                    flat = {k: np.asarray(x) for k, x in load_file(path).items()}
+            except Exception as error:
+                raise _corrupt(path, format, error) from error
+        except Exception as error:  # safetensors.SafetensorError is no ValueError
+            raise _corrupt(path, format, error) from error
         return _nest({tuple(re.split(r"[./]", k)): x for k, x in flat.items()}, str(path))
     if format == "msgpack":
-        tree = serialization.msgpack_restore(path.read_bytes())
+        data = path.read_bytes()
+        if not data:
+            raise _corrupt(path, format, "the file is empty")
+        try:
+            tree = serialization.msgpack_restore(data)
+        except Exception as error:  # msgpack's own errors, or whatever garbage decodes to
+            raise _corrupt(path, format, error) from error
+        if not isinstance(tree, dict | np.ndarray):  # flax writes a state dict (or an array)
+            raise _corrupt(path, format, f"it decodes to type {type(tree).__name__}, not a dict")
     else:
         import orbax.checkpoint as ocp
         from etils import epath
@@ -215,9 +250,7 @@ def _read(path: pathlib.Path, format: str) -> PyTree:
                 epath.Path(item), args=ocp.args.PyTreeRestore(restore_args=restore)
             )
         except Exception as error:
-            raise ValueError(
-                f"could not restore orbax checkpoint {item}: {type(error).__name__}: {error}"
-            ) from error
+            raise _corrupt(item, format, error) from error
         finally:
             handler.close()
     return _nest({k: np.asarray(x) for k, x in _flat(tree).items()}, str(path))
