@@ -116,6 +116,28 @@ print("argument bytes per device", bytes_of, "ratio", ratio)
 assert 3.5 < ratio <= 4.0, bytes_of
 assert bytes_of[(2, 4)][1] < bytes_of[(2, 1)][1], bytes_of
 
+# Activations split too: a wide layer whose activations dwarf its parameters, one chain.
+wide = {"w": jnp.zeros((64, 2048), jnp.float32), "v": jnp.zeros((2048, 4), jnp.float32)}
+wide_loss = lambda p, b: jnp.mean((jnp.tanh(b[0] @ p["w"]) @ p["v"] - b[1]) ** 2)  # noqa: E731
+wide_data = (np.zeros((2048, 64), np.float32), np.zeros((2048, 4), np.float32))
+config, key = orchestrate.prepare(
+    wide_loss,
+    wide,
+    wide_data,
+    sj.LLCConfig(num_chains=1, num_steps=4, batch_size=1024, diagnostic_every=0),
+)
+one = jax.tree.map(lambda a: jnp.asarray(a)[None], wide)
+group = orchestrate.Group(config, 0, jax.random.split(key, 1))
+temps = {}
+for size in (1, 4):
+    m = programs.resolve_mesh(
+        jax.sharding.Mesh(np.array(jax.devices()[:size]).reshape(1, size), ("items", "model"))
+    )
+    lowered = orchestrate.lower(wide_loss, one, wide_data, [group], mesh=m)
+    temps[size] = lowered.compile().memory_analysis().temp_size_in_bytes
+print("temporaries per device, model axis 1 vs 4:", temps)
+assert temps[1] / temps[4] > 3.0, temps  # 8 MiB of activations per forward: split, not copied
+
 # Bad rules: clear errors before anything is compiled.
 compiled = programs.num_compiled()
 for bad, words in (
