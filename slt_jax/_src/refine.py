@@ -33,26 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slt_jax._src.validation import path_string
+
 PyTree = Any
 Selector = str | Sequence[str] | Callable[[str, Any], Any] | PyTree
-
-
-def path_string(path) -> str:
-    """A key path as ``"a/b/0"``: dict keys, attribute names and indices joined by ``/``.
-
-    The ``.value`` attribute that holds a Flax NNX variable's array is left out, so an NNX
-    state's paths read ``layers/0/kernel`` like a Linen or plain-dict tree's."""
-    parts = []
-    for entry in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-        else:
-            parts.append(str(entry))
-    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
-        parts.pop()
-    return "/".join(parts)
 
 
 def leaf_paths(params: PyTree) -> list[str]:

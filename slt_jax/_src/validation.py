@@ -24,6 +24,24 @@ def leaf_name(path) -> str:
     return jax.tree_util.keystr(path) or "<root>"
 
 
+def path_string(path) -> str:
+    """A key path as ``"a/b/0"``: dict keys, attribute names and indices joined by ``/``.
+
+    The ``.value`` attribute that holds a Flax NNX variable's array is left out, so an NNX
+    state's paths read ``layers/0/kernel`` like a Linen or plain-dict tree's."""
+    parts = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+        else:
+            parts.append(str(entry))
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        parts.pop()
+    return "/".join(parts)
+
+
 def check_params(params: PyTree) -> None:
     """Floating-point leaves only, at least one, all finite."""
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]

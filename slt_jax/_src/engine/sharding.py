@@ -36,6 +36,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh
 from jax.sharding import PartitionSpec as P
 
+from slt_jax._src import validation
 from slt_jax._src.config import normalize_rules
 
 PyTree = Any
@@ -69,19 +70,6 @@ def model_size(mesh: Mesh) -> int:
     return int(mesh.shape.get(MODEL_AXIS, 1))
 
 
-def leaf_path(path) -> str:
-    """A leaf's path as rules match it: its keys joined by ``/``."""
-    parts = []
-    for entry in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-        else:
-            parts.append(str(entry))
-    return "/".join(parts)
-
-
 def _axes_of(entry) -> tuple[str, ...]:
     if entry is None:
         return ()
@@ -113,7 +101,7 @@ def parameter_specs(params: PyTree, mesh: Mesh, rules=None) -> PyTree:
     used = [False] * len(rules)
     specs = []
     for path, leaf in flat:
-        name, shape = leaf_path(path), tuple(np.shape(leaf))
+        name, shape = validation.path_string(path), tuple(np.shape(leaf))
         rule = next((i for i, (pattern, _) in enumerate(rules) if re.search(pattern, name)), None)
         if rule is None:
             specs.append(fsdp_spec(shape, size) if MODEL_AXIS in mesh.axis_names else P())
@@ -149,7 +137,7 @@ def parameter_specs(params: PyTree, mesh: Mesh, rules=None) -> PyTree:
         specs.append(P(*spec))
     unused = [rules[i][0] for i, hit in enumerate(used) if not hit]
     if unused:
-        names = ", ".join(leaf_path(p) for p, _ in flat[:6])
+        names = ", ".join(validation.path_string(p) for p, _ in flat[:6])
         raise ValueError(
             f"partition rule {unused[0]!r} matches no parameter (leaf paths look like: "
             f"{names}{', ...' if len(flat) > 6 else ''})."
