@@ -234,12 +234,17 @@ def test_recommended_setting_on_a_deep_linear_network_lands_in_the_aoyagi_band()
     """Widths (5, 4, 5), rank 0, w* = 0: λ = 8; band as in test_known_answers.
 
     Here λ̂ grows with ε at every γ (strong step bias, and chains drifting along the
-    singular set); the checks must keep the biased cells out of the recommendation."""
+    singular set). A verified cell must land in the band. On this grid at 10,000 steps the
+    weak localizations' small steps are still drifting (nonstationary) and their large steps
+    cannot be checked against a healthy smaller one, so no cell can be verified: then the
+    pick must be marked untrusted, warned about, and the next grid must go to smaller steps
+    and longer runs (the automatic grid does land in the band:
+    test_autocalibrate_known.py::test_deep_linear_networks_at_the_origin)."""
     widths, n = (5, 4, 5), 100_000
     lam, m = theory.dln_learning_coefficient(widths, 0)
     params = [jnp.zeros((a, b)) for a, b in zip(widths[:-1], widths[1:], strict=False)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", sj.LLCDiagnosticWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", sj.LLCDiagnosticWarning)
         cal = sj.calibrate(
             _dln_loss,
             params,
@@ -253,11 +258,26 @@ def test_recommended_setting_on_a_deep_linear_network_lands_in_the_aoyagi_band()
         )
     print(cal)
     assert cal.recommended is not None
-    best = cal.result(**cal.recommended)
     beta = 1 / np.log(n)
     center = lam - (m - 1) / np.log(n * beta)
-    band = 3 * np.sqrt(lam * beta / 2) + 4 * best.llc_stderr
-    assert abs(best.llc_mean - center) < band, (cal.recommended, best.llc_mean, center, band)
+
+    def in_band(result):
+        band = 3 * np.sqrt(lam * beta / 2) + 4 * result.llc_stderr
+        return abs(result.llc_mean - center) < band
+
+    for i in cal.verified:  # whatever the grid, no biased cell is ever verified
+        assert in_band(cal.results[i]), (i, cal.results[i].llc_mean, center)
+    best = cal.result(**cal.recommended)
+    if cal.trusted:
+        assert in_band(best), (cal.recommended, best.llc_mean, center)
+    else:
+        messages = [
+            str(w.message) for w in caught if issubclass(w.category, sj.LLCDiagnosticWarning)
+        ]
+        assert any("calibrate: Not verified" in text for text in messages), messages
+        assert "No setting of the grid was shown" in cal.explanation
+        smaller = max(cal.next_grid["step_sizes"]) < cal.recommended["step_size"]
+        assert smaller and cal.next_grid["num_steps"] > 10_000, cal.next_grid
 
 
 # ---- the automatic calibration and step_size='auto' ---------------------------------------

@@ -176,6 +176,20 @@ def default_layout(static: Static, centers: PyTree, num_items: int) -> str:
     return "map" if per_chain * static.batch_size >= MAP_THRESHOLD else "vmap"
 
 
+def map_in_batches(fn, xs, batch: int):
+    """``lax.map`` of ``fn`` over the leading axis, ``batch`` items vmapped at each step (the
+    count padded with the last item, the padding dropped). Unlike ``lax.map(batch_size=)``
+    it allows outputs with a zero-length axis (no burn-in, no diagnostics)."""
+    if batch <= 1:
+        return jax.lax.map(fn, xs)
+    count = jax.tree.leaves(xs)[0].shape[0]
+    steps = -(-count // batch)
+    take = np.minimum(np.arange(steps * batch), count - 1)
+    grouped = jax.tree.map(lambda x: x[take].reshape(steps, batch, *x.shape[1:]), xs)
+    out = jax.lax.map(jax.vmap(fn), grouped)
+    return jax.tree.map(lambda y: y.reshape(steps * batch, *y.shape[2:])[:count], out)
+
+
 def _build(loss_fn, static: Static, plugins: Plugins, mesh: Mesh):
     axes = sharding.item_axes(mesh)
     spec = P(axes)
@@ -186,8 +200,7 @@ def _build(loss_fn, static: Static, plugins: Plugins, mesh: Mesh):
             def chain(xs):
                 return one(xs[0], xs[1], data, xs[2], xs[3], observed)
 
-            batch = static.chain_batch if static.chain_batch > 1 else None
-            return jax.lax.map(chain, (keys, centers, arrays, args), batch_size=batch)
+            return map_in_batches(chain, (keys, centers, arrays, args), static.chain_batch)
 
     else:
         per_device = jax.vmap(one, in_axes=(0, 0, None, 0, 0, None))
