@@ -64,17 +64,20 @@ class HostSource:
     def example_bytes(self) -> int:
         return int(sum(np.prod(s.shape, dtype=int) * s.dtype.itemsize for s in _leaves(self.spec)))
 
+    def chunks(self):
+        """``(first index, examples)`` over the whole source, ``_SCAN_ROWS`` at a time."""
+        for start in range(0, len(self), _SCAN_ROWS):
+            yield start, self.gather(np.arange(start, min(len(self), start + _SCAN_ROWS)))
+
     def check(self, vocab_size: int | None = None) -> None:
         """Raise ``ValueError`` on bad examples (before anything is compiled)."""
-        for start in range(0, len(self), _SCAN_ROWS):
-            rows = self.gather(np.arange(start, min(len(self), start + _SCAN_ROWS)))
+        for start, rows in self.chunks():
             _check_rows(rows, start, vocab_size)
 
     def fingerprint(self) -> str:
         """A digest that identifies the data (results directories compare it on resume)."""
         h = hashlib.sha256(type(self).__name__.encode())
-        for start in range(0, len(self), _SCAN_ROWS):
-            rows = self.gather(np.arange(start, min(len(self), start + _SCAN_ROWS)))
+        for _, rows in self.chunks():
             for leaf in jax.tree.leaves(rows):
                 h.update(np.ascontiguousarray(leaf).tobytes())
         return h.hexdigest()[:24]

@@ -68,12 +68,18 @@ def resolve_mesh(mesh: Mesh | None = None, devices: Sequence[jax.Device] | None 
     return Mesh(np.array(devices), ("items",))
 
 
-def item(loss_fn, static: Static, plugins: Plugins, key, center, data, arrays, args, observed):
-    """One chain with its plug-ins bound: the function every program vmaps."""
+def bind(loss_fn, static: Static, plugins: Plugins, args, observed) -> tuple:
+    """One chain's plug-ins bound to its arguments: ``(restriction, observer)``."""
     restriction = EVERYTHING if plugins.restriction is None else plugins.restriction.bind(args)
     observer = None
     if plugins.observer is not None:
         observer = plugins.observer.bind(loss_fn, static.batch_size, static.num_draws, observed)
+    return restriction, observer
+
+
+def item(loss_fn, static: Static, plugins: Plugins, key, center, data, arrays, args, observed):
+    """One chain with its plug-ins bound: the function every program vmaps."""
+    restriction, observer = bind(loss_fn, static, plugins, args, observed)
     return run_chain(loss_fn, static, key, center, data, arrays, restriction, observer)
 
 
@@ -105,14 +111,7 @@ def center_losses(
 
     replicate = lambda x: x  # noqa: E731
     if mesh is not None and sharding.MODEL_AXIS in mesh.axis_names:
-        one = jax.tree.map(lambda x: np.asarray(x)[0], centers)
-        specs = sharding.parameter_specs(one, mesh, rules)
-        centers = jax.tree.map(
-            lambda x, spec: _global(np.asarray(x), mesh, sharding.stacked(spec, None)),
-            centers,
-            specs,
-            is_leaf=lambda x: isinstance(x, P),
-        )
+        centers = place_centers(centers, mesh, rules, None)
         replicate = lambda tree: jax.tree.map(lambda x: _global(np.asarray(x), mesh, P()), tree)  # noqa: E731
     program = _cached(cache_key, build)
     if not sources.is_source(data):
@@ -190,9 +189,32 @@ def map_in_batches(fn, xs, batch: int):
     return jax.tree.map(lambda y: y.reshape(steps * batch, *y.shape[2:])[:count], out)
 
 
-def _build(loss_fn, static: Static, plugins: Plugins, mesh: Mesh):
+def over_items(per_device, mesh: Mesh, per_item: tuple[bool, ...]):
+    """``per_device`` (a function of one device's items) as a jitted program over ``mesh``:
+    the arguments flagged in ``per_item`` split over the items axes, the others replicated.
+
+    No collectives over the items axes: every slice is independent, so the varying-axis
+    type check (which would reject a scan's constant initial carry) has nothing to protect.
+    A model axis stays automatic: the partitioner splits each chain's parameters as they
+    arrive (see :func:`place_centers`) and communicates within the step; with a model axis
+    only, XLA partitions the whole program.
+    """
     axes = sharding.item_axes(mesh)
-    spec = P(axes)
+    if not axes:
+        return jax.jit(per_device)
+    spec = sharding.item_spec(mesh)
+    sharded = jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=tuple(spec if flag else P() for flag in per_item),
+        out_specs=spec,
+        axis_names=set(axes),
+        check_vma=False,
+    )
+    return jax.jit(sharded)
+
+
+def _build(loss_fn, static: Static, plugins: Plugins, mesh: Mesh):
     one = functools.partial(item, loss_fn, static, plugins)
     if static.chain_layout == "map":
 
@@ -204,21 +226,7 @@ def _build(loss_fn, static: Static, plugins: Plugins, mesh: Mesh):
 
     else:
         per_device = jax.vmap(one, in_axes=(0, 0, None, 0, 0, None))
-    if not axes:  # a model axis only: XLA partitions the whole program
-        return jax.jit(per_device)
-    # No collectives over the items axes: every slice is independent, so the varying-axis
-    # type check (which would reject the scan's constant initial carry) has nothing to
-    # protect. A model axis stays automatic: the partitioner splits each chain's
-    # parameters as they arrive (see `place`) and communicates within the step.
-    sharded = jax.shard_map(
-        per_device,
-        mesh=mesh,
-        in_specs=(spec, spec, P(), spec, spec, P()),
-        out_specs=spec,
-        axis_names=set(axes),
-        check_vma=False,
-    )
-    return jax.jit(sharded)
+    return over_items(per_device, mesh, (True, True, False, True, True, False))
 
 
 def _global(host: np.ndarray, mesh: Mesh, spec: P) -> jax.Array:
@@ -246,31 +254,42 @@ class Items(NamedTuple):
     args: PyTree = None
 
 
+def padded_rows(num_items: int, mesh: Mesh) -> np.ndarray:
+    """Row indices that pad ``num_items`` items to a multiple of the items axes' size (the
+    last item repeated; the padding's results are dropped)."""
+    pad = -num_items % sharding.num_item_slots(mesh)
+    return np.concatenate([np.arange(num_items), np.full(pad, num_items - 1)]).astype(int)
+
+
+def place_centers(centers: PyTree, mesh: Mesh, rules, leading) -> PyTree:
+    """Stacked centres (leading axis split as ``leading``: the items axes, or ``None``) on
+    the mesh, each leaf also split over a model axis by ``rules`` or FSDP
+    (:func:`~slt_jax._src.engine.sharding.parameter_specs`)."""
+    one = jax.tree.map(lambda x: np.asarray(x)[0], centers)
+    specs = sharding.parameter_specs(one, mesh, rules)
+    return jax.tree.map(
+        lambda x, spec: _global(np.asarray(x), mesh, P(leading, *spec)),
+        centers,
+        specs,
+        is_leaf=lambda x: isinstance(x, P),
+    )
+
+
 def place(items: Items, data, mesh: Mesh, observed=None, rules=None) -> tuple:
     """Pad the items to a multiple of the items axes' size and place everything on the
     mesh: the items sharded over the items axes (each centre's leaves also over a model
     axis, by ``rules`` or FSDP: :func:`~slt_jax._src.engine.sharding.parameter_specs`),
     ``data`` and ``observed`` replicated. Returns the program's arguments."""
     num_items = len(items.keys)
-    pad = -num_items % sharding.num_item_slots(mesh)
-    take = np.concatenate([np.arange(num_items), np.full(pad, num_items - 1)]).astype(int)
-    axes = sharding.item_axes(mesh) or None
-    spec = P(axes)
-    per_item = lambda x, spec=spec: _global(np.asarray(x)[take], mesh, spec)  # noqa: E731
+    take = padded_rows(num_items, mesh)
+    per_item = lambda x: _global(np.asarray(x)[take], mesh, sharding.item_spec(mesh))  # noqa: E731
     replicated = lambda x: _global(np.asarray(x), mesh, P())  # noqa: E731
     key_data = np.asarray(jax.random.key_data(items.keys))
     arrays = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (num_items,)), items.arrays)
-    one = jax.tree.map(lambda x: np.asarray(x)[0], items.centers)
-    specs = sharding.parameter_specs(one, mesh, rules)
-    centers = jax.tree.map(
-        lambda x, s: per_item(x, sharding.stacked(s, axes)),
-        items.centers,
-        specs,
-        is_leaf=lambda x: isinstance(x, P),
-    )
+    centers = jax.tree.map(lambda x: np.asarray(x)[take], items.centers)
     return (
         jax.random.wrap_key_data(per_item(key_data)),
-        centers,
+        place_centers(centers, mesh, rules, sharding.item_axes(mesh) or None),
         jax.tree.map(replicated, data),
         jax.tree.map(per_item, arrays),
         jax.tree.map(per_item, items.args),

@@ -60,6 +60,11 @@ def item_axes(mesh: Mesh) -> tuple[str, ...]:
     return tuple(a for a in mesh.axis_names if a != MODEL_AXIS)
 
 
+def item_spec(mesh: Mesh) -> P:
+    """The spec of an array with one row per item: rows split over the items axes."""
+    return P(item_axes(mesh) or None)
+
+
 def num_item_slots(mesh: Mesh) -> int:
     """The number of item shards (the product of the items axes' sizes)."""
     return int(np.prod([mesh.shape[a] for a in item_axes(mesh)], dtype=int))
@@ -143,26 +148,3 @@ def parameter_specs(params: PyTree, mesh: Mesh, rules=None) -> PyTree:
             f"{names}{', ...' if len(flat) > 6 else ''})."
         )
     return jax.tree_util.tree_unflatten(treedef, specs)
-
-
-def stacked(spec: P, leading) -> P:
-    """``spec`` of one leaf behind a leading axis split as ``leading`` (an axis name, a
-    tuple of them, or ``None``)."""
-    return P(leading, *spec)
-
-
-def parameter_bytes_per_device(params: PyTree, mesh: Mesh, rules=None) -> int:
-    """The bytes of one chain's ``params`` held by each device of the model axis."""
-    specs = parameter_specs(params, mesh, rules)
-    size = model_size(mesh)
-    total = 0
-    for leaf, spec in zip(
-        jax.tree.leaves(params), jax.tree.leaves(specs, is_leaf=_is_spec), strict=True
-    ):
-        split = size if any(MODEL_AXIS in _axes_of(e) for e in spec) else 1
-        total += np.size(leaf) * np.dtype(np.asarray(leaf).dtype).itemsize // split
-    return int(total)
-
-
-def _is_spec(x) -> bool:
-    return isinstance(x, P)

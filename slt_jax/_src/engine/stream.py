@@ -31,14 +31,10 @@ from slt_jax._src import data as _data
 from slt_jax._src.config import Static
 from slt_jax._src.engine import programs, sharding
 from slt_jax._src.engine.chain import chain_parts
-from slt_jax._src.engine.interfaces import EVERYTHING
 
 
 def _parts(loss_fn, static, plugins, key, center, arrays, args, observed):
-    restriction = EVERYTHING if plugins.restriction is None else plugins.restriction.bind(args)
-    observer = None
-    if plugins.observer is not None:
-        observer = plugins.observer.bind(loss_fn, static.batch_size, static.num_draws, observed)
+    restriction, observer = programs.bind(loss_fn, static, plugins, args, observed)
     return chain_parts(loss_fn, static, key, center, arrays, restriction, observer)
 
 
@@ -76,20 +72,7 @@ def _program(phase: str, loss_fn, static: Static, plugins, mesh):
         one = functools.partial(fn, loss_fn, static, plugins)
         per_item = _PER_ITEM[phase]
         per_device = jax.vmap(one, in_axes=tuple(0 if p else None for p in per_item))
-        axes = sharding.item_axes(mesh)
-        if not axes:
-            return jax.jit(per_device)
-        spec = P(axes)
-        return jax.jit(
-            jax.shard_map(
-                per_device,
-                mesh=mesh,
-                in_specs=tuple(spec if p else P() for p in per_item),
-                out_specs=spec,
-                axis_names=set(axes),
-                check_vma=False,
-            )
-        )
+        return programs.over_items(per_device, mesh, per_item)
 
     return programs._cached(("stream", phase, loss_fn, static, plugins, mesh), build)
 
@@ -133,7 +116,7 @@ class _Feeder:
         steps = jnp.arange(start, start + self.k)  # always K steps: one index program
         indices = np.asarray(_indices(self.keys, steps, len(self.source), self.batch_size))
         rows = self.source.gather(indices[self.take, :length])
-        spec = P(sharding.item_axes(self.mesh) or None)
+        spec = sharding.item_spec(self.mesh)
         return jax.tree.map(lambda x: programs._global(np.asarray(x), self.mesh, spec), rows)
 
     def submit(self, start, length):
@@ -146,10 +129,7 @@ class _Feeder:
 def _placed(static, items, mesh, observed):
     placed = programs.place(items, None, mesh, observed, static.partition_rules)
     keys, centers, _, arrays, args, observed = placed
-    num_items = len(items.keys)
-    pad = -num_items % sharding.num_item_slots(mesh)
-    take = np.concatenate([np.arange(num_items), np.full(pad, num_items - 1)]).astype(int)
-    return (keys, centers, arrays, args, observed), take
+    return (keys, centers, arrays, args, observed), programs.padded_rows(len(items.keys), mesh)
 
 
 def _start(loss_fn, static, items, source, mesh, plugins, observed):
@@ -190,8 +170,7 @@ def run_items(loss_fn, static: Static, items, source, mesh, *, plugins, observed
     outputs = {k: [programs._host(o) for o in v] for k, v in outputs.items()}
     join = lambda parts: jax.tree.map(lambda *x: np.concatenate(x, axis=1), *parts)  # noqa: E731
     burnin = join(outputs["burnin"]) if outputs["burnin"] else np.zeros((len(take), 0), np.float32)
-    spec = P(sharding.item_axes(mesh) or None)
-    place = lambda x: programs._global(np.asarray(x), mesh, spec)  # noqa: E731
+    place = lambda x: programs._global(np.asarray(x), mesh, sharding.item_spec(mesh))  # noqa: E731
     finish = _program("finish", loss_fn, static, plugins, mesh)
     trace = finish(*inputs, carry, place(burnin), jax.tree.map(place, join(outputs["draws"])))
     return jax.tree.map(lambda x: x[: len(items.keys)], programs._host(trace))
