@@ -1,6 +1,7 @@
 """Checkpoint sets: K snapshots of one model's parameters stacked on a leading axis, the
 input of a batch LLC sweep over a training run. Built from snapshots in memory, from a
-directory that Flax training code wrote (Orbax, safetensors, Flax msgpack), or from whatever
+directory that Flax training code wrote (Orbax, safetensors, Flax msgpack) or of Hugging
+Face model directories (Pythia's revisions, a Trainer's ``checkpoint-N``), or from whatever
 you have (:func:`as_checkpoint_set`). Everything stays on the host, as numpy."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slt_jax._src.io import hf
 from slt_jax._src.io.formats import (
     _SUFFIXES,
     FORMATS,
@@ -234,18 +236,23 @@ def load_checkpoint_set(
     several, or a plain ``StandardCheckpointer`` save ``100/``; restored without a target;
     ``*.orbax-checkpoint-tmp*`` skipped), ``"safetensors"`` (``*.safetensors``, keys joined by
     ``.`` or ``/``), ``"msgpack"`` (``*.msgpack`` from ``flax.serialization``, or files
-    without a suffix such as ``checkpoint_100`` from ``flax.training.checkpoints``) or
-    ``None``, to detect the one present. The step comes from each name, its suffixes
-    dropped: the integer after ``step``, ``checkpoint`` or ``ckpt`` (``step_100.safetensors``,
-    ``ckpt-000100``, ``checkpoint_100/``), else a name that is an integer (``100/``), else
+    without a suffix such as ``checkpoint_100`` from ``flax.training.checkpoints``), ``"hf"``
+    (a Hugging Face model directory per step, ``config.json`` and safetensors, as
+    ``save_pretrained`` writes them: Pythia's revisions ``step143000/``, a ``Trainer``'s
+    ``checkpoint-500/``; leaves named as the native language models name their parameters,
+    the base model's prefix dropped, buffers and a tied head left out; every snapshot's
+    config must have the first one's architecture) or ``None``, to detect the one present.
+    The step comes from each name, its suffixes dropped: the integer after ``step``,
+    ``checkpoint`` or ``ckpt`` (``step_100.safetensors``, ``ckpt-000100``,
+    ``checkpoint_100/``, ``checkpoint-500/``), else a name that is an integer (``100/``), else
     the name's one integer apart from dtype tokens (``epoch5_bf16.msgpack``); a name with
-    several candidates is an error. Snapshots are nested
-    dicts with string keys (list indices as ``"0"``, ``"1"``, …), unless ``like`` is given: a
-    template (dict of arrays, Linen params, ``nnx.State`` from ``nnx.split(model, nnx.Param,
-    ...)`` or :func:`slt_jax.nnx_loss`) matched by key path as strings (``layers.0.kernel``
-    is ``['layers'][0]['kernel'].value``: a trailing ``value`` is ignored on both sides),
-    whose structure each snapshot takes. Missing or extra leaves or other shapes are errors
-    that name the file.
+    several candidates is an error. Snapshots are nested dicts with string keys (list
+    indices as ``"0"``, ``"1"``, …), unless ``like`` is given: a template (dict of arrays,
+    Linen params, ``nnx.State`` from ``nnx.split(model, nnx.Param, ...)`` or
+    :func:`slt_jax.nnx_loss`) matched by key path as strings (``layers.0.kernel`` is
+    ``['layers'][0]['kernel'].value``: a trailing ``value`` is ignored on both sides), whose
+    structure each snapshot takes. Missing or extra leaves or other shapes are errors that
+    name the file.
 
     Example:
       >>> import tempfile, numpy as np
@@ -263,10 +270,15 @@ def load_checkpoint_set(
         raise ValueError(f"unknown format {format!r}; choose one of {FORMATS} or None.")
     found: dict[str, list[pathlib.Path]] = {f: [] for f in FORMATS}
     seen = [p.name + "/" * p.is_dir() for p in sorted(root.iterdir())]
+    is_model = hf.is_hf_directory(root)  # a Trainer's output_dir: the final model, then steps
     for entry in sorted(root.iterdir()):
         if entry.name.startswith(".") or ".orbax-checkpoint-tmp" in entry.name:
             continue
-        if entry.is_file() and entry.suffix in _SUFFIXES:
+        if is_model and entry.is_file() and hf.is_weight_file(entry.name):
+            continue
+        if entry.is_dir() and hf.has_weights(entry):
+            found["hf"].append(entry)
+        elif entry.is_file() and entry.suffix in _SUFFIXES:
             found[_SUFFIXES[entry.suffix]].append(entry)
         elif entry.is_file() and not entry.suffix and _is_flax_msgpack(entry):
             found["msgpack"].append(entry)  # flax.training.checkpoints: checkpoint_100
@@ -281,14 +293,32 @@ def load_checkpoint_set(
         )
     if not kinds or not found[kinds[0]]:
         expected = kinds[0] if kinds else "safetensors, msgpack or orbax"
+        expected = "hf (Hugging Face model directory)" if expected == "hf" else expected
         raise ValueError(f"no {expected} checkpoints in {root}; it holds {_preview(seen)}.")
     entries = sorted((_step_from_name(p), p.name, p) for p in found[kinds[0]])
+    if kinds[0] == "hf":
+        _same_architecture([e[2] for e in entries])
     snapshots = []
     for _, _, path in entries:
-        tree = _read(path, kinds[0])
+        tree = _read(path, kinds[0], like)
         snapshots.append(tree if like is None else _conform(tree, like, str(path)))
     steps, sources = [e[0] for e in entries], [str(e[2]) for e in entries]
     return stack_checkpoints(snapshots, steps=steps, sources=sources)
+
+
+def _same_architecture(directories: Sequence[pathlib.Path]) -> None:
+    """Every model directory's config.json has the first one's architecture."""
+    first = hf.architecture(hf.read_config(directories[0]))
+    for directory in directories[1:]:
+        other = hf.architecture(hf.read_config(directory))
+        if other != first:
+            keys = ["model_type", *sorted(first.keys() | other.keys())]
+            key = next(k for k in keys if first.get(k) != other.get(k))
+            raise ValueError(
+                f"{directory / hf.CONFIG} differs from {directories[0] / hf.CONFIG} in {key} "
+                f"({other.get(key)!r} vs {first.get(key)!r}): the snapshots of a checkpoint set "
+                "must share one architecture."
+            )
 
 
 def _finish(treedef, names, arrays, steps, labels, where: Callable[[int], str]) -> CheckpointSet:

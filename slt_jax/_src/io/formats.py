@@ -1,6 +1,7 @@
 """Checkpoint files: the formats Flax training code writes (safetensors with ``.``-joined
-keys, Flax msgpack, Orbax step directories), read into nested dicts of host numpy arrays,
-written atomically, and the training step read from each file's name."""
+keys, Flax msgpack, Orbax step directories) and Hugging Face model directories (``hf``, read
+by :mod:`slt_jax._src.io.hf`), read into nested dicts of host numpy arrays, written
+atomically, and the training step read from each file's name."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ import numpy as np
 import safetensors.numpy
 from flax import serialization
 
+from slt_jax._src.io import hf
 from slt_jax._src.validation import leaf_name
 
 PyTree = Any
 Parts = tuple[str, ...]
-FORMATS = ("safetensors", "msgpack", "orbax")
+FORMATS = ("safetensors", "msgpack", "orbax", "hf")
 _SUFFIXES = {".safetensors": "safetensors", ".msgpack": "msgpack"}
 
 
@@ -43,8 +45,13 @@ def save_checkpoint(
       ...     print(save_checkpoint(d, 7, {"w": np.ones(3)}).name)
       step_00000007.safetensors
     """
+    if format == "hf":
+        raise ValueError(
+            "format='hf' needs a model's config.json: write Hugging Face model directories "
+            "with slt_jax.lm.save_model (or transformers' save_pretrained)."
+        )
     if format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; choose one of {FORMATS}.")
+        raise ValueError(f"unknown format {format!r}; choose one of {FORMATS[:3]}.")
     if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
         raise ValueError(f"`step` must be a non-negative integer, got {step!r}.")
     flat: dict[Parts, np.ndarray] = {}
@@ -194,12 +201,22 @@ def _corrupt(path: pathlib.Path, format: str, error: BaseException | str) -> Val
     )
 
 
-def _read(path: pathlib.Path, format: str) -> PyTree:
+def _read(path: pathlib.Path, format: str, like: PyTree = None) -> PyTree:
     """One snapshot as nested dicts (string keys) of host numpy arrays.
 
     A file its format's reader refuses (garbage, cut short, empty) is a ``ValueError`` that
-    names it; an ``OSError`` (no permission, say) is left as it is.
+    names it; an ``OSError`` (no permission, say) is left as it is. For ``hf``, ``like``
+    (the template of :func:`load_checkpoint_set`) gives the tensors expected, and errors name
+    each tensor that is missing, extra, mis-shaped or not finite, with its file.
     """
+    if format == "hf":  # parameter names as the native language models have them
+        shapes = None
+        if like is not None:
+            shapes = {
+                "/".join(p): tuple(np.shape(x)) for p, x in _flat(like, canonical=True).items()
+            }
+        _, params = hf.read_params(path, shapes)
+        return _nest({tuple(name.split("/")): x for name, x in params.items()}, str(path))
     if format == "safetensors":
         data = path.read_bytes()
         if not data:
