@@ -18,7 +18,10 @@ parameters by :func:`mask`:
 * a predicate ``(path, leaf) -> bool | array``: ``True``/``False`` selects the whole leaf,
   a boolean array shaped like the leaf selects part of it;
 * a mask pytree with the structure of the parameters: each leaf ``True``/``False`` or a
-  boolean array shaped like the parameter leaf (e.g. one head inside a fused QKV weight).
+  boolean array shaped like the parameter leaf (e.g. one head inside a fused QKV weight);
+* with ``layout=`` (:func:`mask`, :func:`masks`), component names of a language model
+  (``"l0h1"``, ``"l0g0"``, ``"l1 mlp"``, ``"embed"``, lists of them): see
+  :class:`slt_jax.refine.Layout` and :func:`slt_jax.refine.components`.
 
 :func:`head_masks` builds one mask per attention head of fused weights.
 """
@@ -61,13 +64,30 @@ def _leaf_mask(value, leaf, where: str) -> np.ndarray:
         ) from None
 
 
-def mask(params: PyTree, selector: Selector, *, name: str = "refinement") -> PyTree:
+def mask(
+    params: PyTree, selector: Selector, *, name: str = "refinement", layout: Any = None
+) -> PyTree:
     """The boolean mask pytree (shaped like ``params``) that ``selector`` picks.
+
+    With a ``layout`` (a :class:`slt_jax.refine.Layout`), a string selector (or list of
+    them) that parses as component names (``"l0h1"``, ``"l1 mlp"``, ``"embed"``) is
+    resolved through the layout instead of as glob patterns (a list that mixes names and
+    patterns is an error); any other selector is read as without it.
 
     Raises:
       ValueError, TypeError: if the selector matches no coordinate, or a mask pytree does
         not match the parameters' structure or shapes.
     """
+    if layout is not None and _is_strings(selector):
+        strings = [selector] if isinstance(selector, str) else list(selector)
+        names = [layout.parses(s) for s in strings]
+        if all(names):
+            return layout.mask(params, selector, name=name)
+        if any(names):
+            raise ValueError(
+                f"refinement {name!r} mixes component names and glob patterns: {strings}; "
+                "give a list of one kind (or combine their masks yourself)."
+            )
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths = [path_string(p) for p, _ in flat]
     leaves = [leaf for _, leaf in flat]
@@ -103,11 +123,19 @@ def mask(params: PyTree, selector: Selector, *, name: str = "refinement") -> PyT
     return jax.tree.unflatten(treedef, masks)
 
 
-def masks(params: PyTree, refinements: Mapping[str, Selector]) -> dict[str, PyTree]:
-    """``{name: mask}`` for a mapping of named selectors."""
+def _is_strings(selector) -> bool:
+    if isinstance(selector, str):
+        return True
+    return isinstance(selector, Sequence) and all(isinstance(s, str) for s in selector)
+
+
+def masks(
+    params: PyTree, refinements: Mapping[str, Selector], *, layout: Any = None
+) -> dict[str, PyTree]:
+    """``{name: mask}`` for a mapping of named selectors (``layout``: as for :func:`mask`)."""
     if not isinstance(refinements, Mapping) or not refinements:
         raise TypeError("`refinements` must be a non-empty mapping {name: selector}.")
-    return {str(k): mask(params, v, name=str(k)) for k, v in refinements.items()}
+    return {str(k): mask(params, v, name=str(k), layout=layout) for k, v in refinements.items()}
 
 
 def num_selected(mask_tree: PyTree) -> int:

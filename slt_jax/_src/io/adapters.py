@@ -1,8 +1,9 @@
-"""Adapters from Flax models to ``(loss_fn, params)``: Flax stays at the edge.
+"""Adapters from Flax and Equinox models to ``(loss_fn, params)``: the framework stays at
+the edge.
 
-Both adapters expect ``data = (inputs, targets)`` (each a pytree with a leading example axis)
-and a per-example loss ``per_example_loss(outputs, targets) -> (batch,)``; the returned
-``loss_fn(params, batch)`` is its mean over the batch.
+Every adapter expects ``data = (inputs, targets)`` (each a pytree with a leading example
+axis) and a per-example loss ``per_example_loss(outputs, targets) -> (batch,)``; the
+returned ``loss_fn(params, batch)`` is its mean over the batch.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 PyTree = Any
@@ -88,3 +90,80 @@ def linen_loss(module, variables: dict, per_example_loss: PerExampleLoss, **appl
         return _mean_loss(per_example_loss, outputs, targets)
 
     return loss_fn, variables["params"]
+
+
+def eqx_loss(
+    model,
+    per_example_loss: PerExampleLoss,
+    *,
+    inference: bool = True,
+    batched: bool = False,
+    filter_spec: Any = None,
+):
+    r"""``(loss_fn, params)`` for an Equinox module.
+
+    The module is split by ``eqx.partition(model, filter_spec)`` into ``params`` (the
+    arrays the LLC is taken over) and a static rest held fixed; ``loss_fn`` combines them
+    again and returns
+
+    .. math::
+
+        L(w, \{(x_i, y_i)\}_{i=1}^b) = \frac1b \sum_{i=1}^b \ell(f_w(x_i), y_i),
+
+    the mean of ``per_example_loss`` over the batch.
+
+    Args:
+      model: an ``eqx.Module``. Equinox layers act on one example (``eqx.nn.Linear`` maps
+        ``(in,)`` to ``(out,)``), so by default the model is ``jax.vmap``-ed over the
+        leading axis of ``inputs``.
+      per_example_loss: ``(outputs, targets) -> (batch,)`` losses.
+      inference: evaluate ``eqx.nn.inference_mode(model)`` (Dropout off), so the loss is
+        a deterministic mean of per-example losses, as the estimators need. ``False``
+        keeps the module's own mode; a Dropout in training mode then fails, as the loss
+        passes it no key.
+      batched: ``True`` if the model takes a whole batch itself (``model(inputs)`` gives
+        the outputs of every example); no vmap is added.
+      filter_spec: what ``eqx.partition`` puts in ``params``; default
+        ``eqx.is_inexact_array`` (every floating-point array). A pytree of bools shaped
+        like the model selects some of them (the others are held fixed, like the static
+        fields). Stateful layers (``eqx.nn.BatchNorm``, ``eqx.nn.State``) are not
+        supported: wrap the model in a module that closes over its state.
+
+    Returns:
+      ``(loss_fn, params)``: ``params`` is the array part of the module (an ``eqx.Module``
+      pytree whose non-parameter fields are ``None``) and ``loss_fn(params, (inputs,
+      targets))`` evaluates the recombined module.
+
+    Example:
+      >>> import equinox as eqx, jax, jax.numpy as jnp
+      >>> from slt_jax._src.io.adapters import eqx_loss
+      >>> model = eqx.nn.MLP(3, 1, width_size=8, depth=1, key=jax.random.key(0))
+      >>> se = lambda out, y: 0.5 * jnp.sum((out - y) ** 2, axis=-1)
+      >>> loss_fn, params = eqx_loss(model, se)
+      >>> loss_fn(params, (jnp.ones((5, 3)), jnp.zeros((5, 1)))).shape
+      ()
+    """
+    try:
+        import equinox as eqx
+    except ImportError:
+        raise ImportError(
+            'eqx_loss needs Equinox: pip install "slt-jax[equinox]" (or pip install equinox).'
+        ) from None
+
+    if inference:
+        model = eqx.nn.inference_mode(model, value=True)
+    params, static = eqx.partition(
+        model, eqx.is_inexact_array if filter_spec is None else filter_spec
+    )
+    if not jax.tree.leaves(params):
+        raise ValueError(
+            "eqx_loss: the filter selects no array of the model; params would be empty."
+        )
+
+    def loss_fn(params, batch):
+        inputs, targets = batch
+        module = eqx.combine(params, static)
+        outputs = module(inputs) if batched else jax.vmap(module)(inputs)
+        return _mean_loss(per_example_loss, outputs, targets)
+
+    return loss_fn, params
