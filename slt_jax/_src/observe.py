@@ -4,7 +4,9 @@ Every ``observe_every`` draws a chain evaluates, at its current parameter ``w_t`
 
 * the mean loss of each *observable* data set ``D_k`` (``φ_k(w_t) = L_{D_k}(w_t)``), kept
   as a trace (``K`` numbers per observation);
-* the per-example losses ``ℓ_p(w_t)`` of a *probe* set of ``P`` examples, folded into
+* the per-example losses ``ℓ_p(w_t)`` of a *probe* set of ``P`` examples (or, for a
+  language model's loss with ``per_token=True``, its per-token losses ``ℓ_{p,t}(w_t)``,
+  ``P·T`` of them, treated as ``P·T`` examples), folded into
   streaming moments (Welford's one-pass update): their means, variances and their
   covariances with the observables, and optionally with each other (the ``P × P`` loss
   kernel). Memory is ``O(P·K)`` (``O(P²)`` with the kernel) whatever the number of draws;
@@ -95,30 +97,41 @@ def update_moments(m: Moments, probe: jax.Array, observables: jax.Array) -> Mome
     )
 
 
-def per_example_losses(loss_fn, params: PyTree, data: PyTree, chunk_size: int) -> jax.Array:
-    """``(n,)`` losses of each example of ``data`` alone: ``loss_fn`` on batches of one
-    example, vmapped ``chunk_size`` examples at a time."""
+def _by_rows(fn, data: PyTree, chunk_size: int) -> jax.Array:
+    """``fn(rows) -> (rows, ...)`` over all of ``data``, ``chunk_size`` rows at a time,
+    flattened to one vector (``(n·...,)``)."""
     n = _data.num_examples(data)
     chunk_size = min(chunk_size, n)
-
-    def one(example):
-        return loss_fn(params, jax.tree.map(lambda x: x[None], example))
-
-    def chunk(rows):
-        return jax.vmap(one)(rows)
-
     num_full, remainder = divmod(n, chunk_size)
     head = jax.tree.map(
         lambda x: x[: num_full * chunk_size].reshape(num_full, chunk_size, *x.shape[1:]), data
     )
-    parts = [jax.lax.map(chunk, head).reshape(-1)]
+    parts = [jax.lax.map(fn, head).reshape(-1)]
     if remainder:
-        parts.append(chunk(jax.tree.map(lambda x: x[num_full * chunk_size :], data)))
+        parts.append(fn(jax.tree.map(lambda x: x[num_full * chunk_size :], data)).reshape(-1))
     return jnp.concatenate(parts).astype(float_dtype())
 
 
-def evaluate(loss_fn, params: PyTree, observed: Observed, chunk_size: int):
-    """``(φ, ℓ)`` at ``params``: ``(K,)`` observable losses and ``(P,)`` probe losses."""
+def per_example_losses(loss_fn, params: PyTree, data: PyTree, chunk_size: int) -> jax.Array:
+    """``(n,)`` losses of each example of ``data`` alone: ``loss_fn`` on batches of one
+    example, vmapped ``chunk_size`` examples at a time."""
+
+    def one(example):
+        return loss_fn(params, jax.tree.map(lambda x: x[None], example))
+
+    return _by_rows(jax.vmap(one), data, chunk_size)
+
+
+def per_token_losses(loss_fn, params: PyTree, data: PyTree, chunk_size: int) -> jax.Array:
+    """``(n·T,)`` per-token losses ``ℓ_{p,t}`` of a language model's loss (one with a
+    ``per_token(params, batch) -> (B, T)``: :func:`slt_jax._src.lm.next_token_loss`),
+    example-major (``p·T + t``), ``chunk_size`` examples at a time."""
+    return _by_rows(lambda rows: loss_fn.per_token(params, rows), data, chunk_size)
+
+
+def evaluate(loss_fn, params: PyTree, observed: Observed, chunk_size: int, per_token=False):
+    """``(φ, ℓ)`` at ``params``: ``(K,)`` observable losses and the probe's losses, ``(P,)``
+    per example or (``per_token``) ``(P·T,)`` per token."""
     phis = [
         _data.dataset_mean(lambda b: loss_fn(params, b), data, chunk_size)
         for data in observed.observables
@@ -126,7 +139,8 @@ def evaluate(loss_fn, params: PyTree, observed: Observed, chunk_size: int):
     phi = jnp.stack(phis).astype(float_dtype()) if phis else jnp.zeros((0,), float_dtype())
     if observed.probe is None:
         return phi, jnp.zeros((0,), float_dtype())
-    return phi, per_example_losses(loss_fn, params, observed.probe, chunk_size)
+    losses = per_token_losses if per_token else per_example_losses
+    return phi, losses(loss_fn, params, observed.probe, chunk_size)
 
 
 class Observations(NamedTuple):
@@ -134,7 +148,7 @@ class Observations(NamedTuple):
 
     observations: jax.Array  # (K, num_observations) observable losses φ_k(w_t)
     observed_at_center: jax.Array  # (K,) φ_k(w*)
-    probe_at_center: jax.Array  # (P,) per-example probe losses at w*
+    probe_at_center: jax.Array  # (P,) probe losses at w* (P = examples × T per token)
     moments: Moments | None  # streaming moments of (ℓ, φ), with a probe
     probe_trace: jax.Array | None  # (P, num_observations) if asked for
 
@@ -144,7 +158,10 @@ class Observe:
     """The observer plug-in: observable losses and probe moments every ``every`` draws.
 
     Static (it selects the program); the data sets come at run time as an
-    :class:`Observed` (replicated on every device).
+    :class:`Observed` (replicated on every device). With ``per_token`` (a language
+    model's loss, which has ``per_token``) the probe's observation is its ``(P, T)`` matrix
+    of per-token losses, flattened example-major into ``num_probe = P·T`` entries: every
+    moment, kernel and trace below is then per token.
     """
 
     every: int
@@ -152,6 +169,7 @@ class Observe:
     num_probe: int
     probe_kernel: bool = False
     probe_trace: bool = False
+    per_token: bool = False
 
     def bind(self, loss_fn, batch_size: int, num_draws: int, observed: Observed):
         return _Bound(self, loss_fn, batch_size, -(-num_draws // self.every), observed)
@@ -177,7 +195,9 @@ class _Bound:
 
     def observe(self, state, params, column):
         trace, moments, probes = state
-        phi, ell = evaluate(self.loss_fn, params, self.observed, self.batch_size)
+        phi, ell = evaluate(
+            self.loss_fn, params, self.observed, self.batch_size, self.spec.per_token
+        )
         trace = trace.at[:, column].set(phi)
         if moments is not None:
             moments = update_moments(moments, ell, phi)
@@ -187,5 +207,7 @@ class _Bound:
 
     def finish(self, state, center):
         trace, moments, probes = state
-        at_center, probe_at_center = evaluate(self.loss_fn, center, self.observed, self.batch_size)
+        at_center, probe_at_center = evaluate(
+            self.loss_fn, center, self.observed, self.batch_size, self.spec.per_token
+        )
         return Observations(trace, at_center, probe_at_center, moments, probes)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from slt_jax._src import lm
 from slt_jax._src.config import LLCConfig
 from slt_jax._src.estimators.diagnostics import ACCEPTANCE_BAND, health_problems
 from slt_jax._src.version import __version__
@@ -227,6 +228,16 @@ class LLCResult:
         if self.calibration is not None:
             attrs["calibration"] = json.dumps(self.calibration.to_dict())
         return xr.Dataset(variables, coords=coords, attrs=attrs)
+
+    def to_zarr(self, path) -> None:
+        """:meth:`to_xarray` written to a Zarr store; ``LLCResult.from_xarray(
+        xarray.open_zarr(path))`` reads it back. Needs ``pip install "slt-jax[lm]"``."""
+        lm.to_zarr(self.to_xarray(), path)
+
+    def to_netcdf(self, path) -> None:
+        """:meth:`to_xarray` written to a netCDF-4 file; ``LLCResult.from_xarray(
+        xarray.open_dataset(path))`` reads it back."""
+        lm.to_netcdf(self.to_xarray(), path)
 
     @classmethod
     def from_xarray(cls, dataset) -> LLCResult:

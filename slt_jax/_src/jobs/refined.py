@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from slt_jax._src import data as _data
-from slt_jax._src import refine, validation
+from slt_jax._src import lm, refine, sources, validation
 from slt_jax._src.config import LLCConfig, run_options
 from slt_jax._src.engine import programs
 from slt_jax._src.estimators.influence import ObservableLLCs, ProbeStatistics
@@ -92,7 +92,14 @@ class RefinedLLCResult(Mapping[str, LLCResult]):
         return self.table()
 
     def to_xarray(self):
-        """An ``xarray.Dataset`` with a ``refinement`` dimension (and ``observable``)."""
+        """An ``xarray.Dataset`` with a ``refinement`` dimension (and ``observable``).
+
+        With a probe it also holds each refinement's probe LLCs ``probe_llc_mean`` and
+        ``probe_llc_stderr`` ``(refinement, batch[, token_pos])``, the probe's
+        ``probe_init_loss`` ``(batch[, token_pos])`` and, per token, ``input_ids``
+        ``(batch, token)`` (devinterp 2.x's names). One refinement's full probe statistics,
+        traces included, are ``res.probes[name].to_xarray()``.
+        """
         import xarray as xr
 
         keys = list(self.results)
@@ -112,15 +119,54 @@ class RefinedLLCResult(Mapping[str, LLCResult]):
                 ("refinement", "observable"),
                 [o.llc_stderr for o in obs],
             )
+        if self.probes:
+            stats = [self.probes[k] for k in keys]
+            first = stats[0]
+            ex = ("batch", "token_pos") if first.token_shape is not None else ("batch",)
+            data["probe_llc_mean"] = (("refinement", *ex), [s.llc() for s in stats])
+            data["probe_llc_stderr"] = (("refinement", *ex), [s.llc_stderr() for s in stats])
+            data["probe_init_loss"] = (ex, first.init_loss())
+            if first.input_ids is not None:
+                data["input_ids"] = (("batch", "token"), first.input_ids)
         return xr.Dataset(data, coords=coords)
+
+    def to_zarr(self, path) -> None:
+        """:meth:`to_xarray` written to a Zarr store (``xarray.open_zarr(path)`` reads it);
+        needs ``pip install "slt-jax[lm]"``."""
+        lm.to_zarr(self.to_xarray(), path)
+
+    def to_netcdf(self, path) -> None:
+        """:meth:`to_xarray` written to a netCDF-4 file (``xarray.open_dataset(path)``)."""
+        lm.to_netcdf(self.to_xarray(), path)
+
+
+def _in_memory(data):
+    """A host source's examples as host arrays (an observed set is held on the device)."""
+    if data is not None and sources.is_source(data):
+        return _data.rows(data, np.arange(len(data)))
+    return data
 
 
 def _check_observed(loss_fn, params, data, observables, probe, batch_size):
-    """Names and data sets of the observables and the probe, checked against ``loss_fn``."""
+    """Names and data sets of the observables and the probe, checked against ``loss_fn``
+    (a language model's token ids and masks by value, :func:`slt_jax._src.lm.check_tokens`)."""
     if observables is None:
         observables = {}
     if not isinstance(observables, Mapping):
         raise TypeError("`observables` must be a mapping {name: data set}.")
+    observables = {k: _in_memory(v) for k, v in observables.items()}
+    probe = _in_memory(probe)
+    check_tokens = getattr(loss_fn, "check_tokens", None)
+    if check_tokens is not None:
+        named = {"`data`": None if sources.is_source(data) else data, "`probe`": probe}
+        named.update({f"observable {k!r}": v for k, v in observables.items()})
+        for what, tokens in named.items():
+            if tokens is None:
+                continue
+            try:
+                check_tokens(tokens)
+            except (ValueError, TypeError) as error:
+                raise type(error)(f"{what}: {error}") from error
     names = tuple(str(k) for k in observables)
     structure = _data.structure(data)
     for name, obs in observables.items():
@@ -166,6 +212,7 @@ def estimate_refined_llc(
     observe_every: int = 10,
     probe_kernel: bool = False,
     probe_trace: bool = False,
+    per_token: bool = False,
     mesh: Mesh | None = None,
     devices: Sequence[jax.Device] | None = None,
 ) -> RefinedLLCResult:
@@ -198,6 +245,14 @@ def estimate_refined_llc(
       probe_kernel: also keep the ``P × P`` covariance of the probe losses (``P²`` floats
         per chain and refinement).
       probe_trace: also keep every observed probe loss (``P`` floats per observation).
+      per_token: with a language model's loss (``sj.lm.next_token_loss``, which has
+        ``loss_fn.per_token``), observe the probe's per-token losses ``ℓ_{p,t}``, a
+        ``(P, T)`` matrix at each observation, in place of its ``P`` per-example losses:
+        ``probes[refinement]`` then gives per-token LLCs ``nβ (E[ℓ_{p,t}] − ℓ_{p,t}(w*))``,
+        the BIF between tokens and per-token susceptibilities, shaped ``(P, T)``, and
+        :meth:`~slt_jax.influence.ProbeStatistics.to_xarray` uses devinterp 2.x's dims
+        (``chain, draw, batch, token_pos``). Moments grow as ``P·T`` (the kernel as
+        ``(P·T)²``).
       config, num_chains, …, devices: as for :func:`~slt_jax.estimate_llc`.
 
     Returns:
@@ -222,7 +277,9 @@ def estimate_refined_llc(
         refinements = {"all": "*"}
     masks = refine.masks(params, refinements)
     names, observed = _check_observed(loss_fn, params, data, observables, probe, config.batch_size)
-    observer = _observer(names, probe, observed, observe_every, probe_kernel, probe_trace, config)
+    tokens = _token_shape(loss_fn, params, observed.probe, per_token)
+    token_fields = _token_fields(loss_fn, observed.probe, tokens)
+    observer = _observer(names, observed, observe_every, probe_kernel, probe_trace, config, tokens)
     one = jax.tree.map(lambda x: jax.numpy.asarray(x)[None], params)
     mesh = programs.resolve_mesh(mesh, devices)
     losses = orchestrate.center_losses(loss_fn, one, data, config, [""], mesh=mesh)
@@ -250,7 +307,9 @@ def estimate_refined_llc(
                 names, obs.observations, obs.observed_at_center[0], config.nbeta, result.diverged
             )
         if probe is not None:
-            probes[name] = _probe_statistics(obs, result, names, config, probe_kernel, probe_trace)
+            probes[name] = _probe_statistics(
+                obs, result, names, config, probe_kernel, probe_trace, token_fields
+            )
         report.warn(result, prefix=f"refinement {name!r}: ")
     return RefinedLLCResult(
         results=results,
@@ -260,8 +319,26 @@ def estimate_refined_llc(
     )
 
 
-def _observer(names, probe, observed, observe_every, probe_kernel, probe_trace, config):
+def _token_shape(loss_fn, params, probe, per_token):
+    """``(P, T)`` of a per-token probe (``None`` per example), checked before compiling."""
+    if not per_token:
+        return None
+    if probe is None:
+        raise ValueError("per_token=True observes the per-token losses of a `probe` data set.")
+    if not callable(getattr(loss_fn, "per_token", None)):
+        raise TypeError(
+            "per_token=True needs a language model's loss with per-token losses "
+            "(loss_fn.per_token(params, batch) -> (B, T)), as sj.lm.next_token_loss builds."
+        )
+    shape = jax.eval_shape(loss_fn.per_token, params, validation.batch_like(probe, 1)).shape
+    if len(shape) != 2 or shape[0] != 1:
+        raise ValueError(f"loss_fn.per_token must return (batch, T) losses, got {shape}.")
+    return _data.num_examples(probe), int(shape[1])
+
+
+def _observer(names, observed, observe_every, probe_kernel, probe_trace, config, tokens):
     """The observer plug-in for these observables and probe (``None``: nothing observed)."""
+    probe = observed.probe
     if (probe_kernel or probe_trace) and probe is None:
         raise ValueError("probe_kernel and probe_trace need a `probe` data set.")
     if not names and probe is None:
@@ -272,11 +349,29 @@ def _observer(names, probe, observed, observe_every, probe_kernel, probe_trace, 
             f"`observe_every` ({observe_every}) exceeds the number of draws "
             f"({config.num_draws}): no observation would be made."
         )
-    num_probe = 0 if probe is None else _data.num_examples(observed.probe)
-    return Observe(observe_every, len(names), num_probe, bool(probe_kernel), bool(probe_trace))
+    num_probe = 0 if probe is None else _data.num_examples(probe)
+    if tokens is not None:
+        num_probe = tokens[0] * tokens[1]
+    return Observe(
+        observe_every,
+        len(names),
+        num_probe,
+        bool(probe_kernel),
+        bool(probe_trace),
+        per_token=tokens is not None,
+    )
 
 
-def _probe_statistics(obs, result, names, config, probe_kernel, probe_trace):
+def _token_fields(loss_fn, probe, tokens) -> dict:
+    """The per-token view of the probe statistics (``{}`` per example)."""
+    if tokens is None:
+        return {}
+    ids = probe["input_ids"] if isinstance(probe, Mapping) else probe
+    mask = np.asarray(loss_fn.token_mask(probe), bool)
+    return dict(token_shape=tokens, token_mask=mask, input_ids=np.asarray(ids))
+
+
+def _probe_statistics(obs, result, names, config, probe_kernel, probe_trace, token_fields):
     healthy = ~result.diverged
     m = jax.tree.map(lambda x, h=healthy: np.asarray(x, np.float64)[h], obs.moments)
     return ProbeStatistics(
@@ -291,4 +386,5 @@ def _probe_statistics(obs, result, names, config, probe_kernel, probe_trace):
         observable_names=names,
         nbeta=config.nbeta,
         probe_trace=np.asarray(obs.probe_trace)[healthy] if probe_trace else None,
+        **token_fields,
     )
