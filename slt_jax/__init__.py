@@ -7,6 +7,7 @@ public names, one per line.
 
 from slt_jax import examples as examples
 from slt_jax import influence as influence
+from slt_jax import lm as lm
 from slt_jax import refine as refine
 from slt_jax import samplers as samplers
 from slt_jax import theory as theory
@@ -18,6 +19,7 @@ from slt_jax._src.dynamics import joint_essential_dynamics as joint_essential_dy
 from slt_jax._src.dynamics import plot_development as plot_development
 from slt_jax._src.dynamics import plot_essential_dynamics as plot_essential_dynamics
 from slt_jax._src.estimators.diagnostics import LLCDiagnosticWarning as LLCDiagnosticWarning
+from slt_jax._src.io.adapters import eqx_loss as eqx_loss
 from slt_jax._src.io.adapters import linen_loss as linen_loss
 from slt_jax._src.io.adapters import nnx_loss as nnx_loss
 from slt_jax._src.io.checkpoints import CheckpointSet as CheckpointSet
@@ -34,6 +36,10 @@ from slt_jax._src.jobs.llc import estimate_llc as estimate_llc
 from slt_jax._src.jobs.plan import RunPlan as RunPlan
 from slt_jax._src.jobs.refined import RefinedLLCResult as RefinedLLCResult
 from slt_jax._src.jobs.refined import estimate_refined_llc as estimate_refined_llc
+from slt_jax._src.jobs.refined_sweep import (
+    estimate_refined_llc_checkpoints as estimate_refined_llc_checkpoints,
+)
+from slt_jax._src.jobs.refined_sweep import load_refined_results as load_refined_results
 from slt_jax._src.jobs.temperatures import TwoTemperatureResult as TwoTemperatureResult
 from slt_jax._src.jobs.temperatures import (
     estimate_llc_two_temperature as estimate_llc_two_temperature,
@@ -68,17 +74,21 @@ __all__ = [
     "TwoTemperatureResult",
     "calibrate",
     "enable_compilation_cache",
+    "eqx_loss",
     "essential_dynamics",
     "estimate_llc",
     "estimate_llc_checkpoints",
     "estimate_llc_two_temperature",
     "estimate_refined_llc",
+    "estimate_refined_llc_checkpoints",
     "examples",
     "influence",
     "joint_essential_dynamics",
     "linen_loss",
     "llc_function",
+    "lm",
     "load_checkpoint_set",
+    "load_refined_results",
     "load_results",
     "nnx_loss",
     "plot_calibration",

@@ -273,12 +273,28 @@ def llc(args: argparse.Namespace) -> None:
 
     if not args.no_compilation_cache:
         sj.enable_compilation_cache()
-    loss_fn, data, like = _model_from_factory(args.model)
+    heads = None
+    if args.model is not None:
+        if args.tokens is not None or args.heads is not None:
+            raise ValueError(
+                "--tokens and --heads are for a Hugging Face run directory; "
+                "with --model the factory gives the loss and the data."
+            )
+        loss_fn, data, like = _model_from_factory(args.model)
+        checkpoints = args.checkpoints
+    elif args.tokens is None:
+        raise ValueError(
+            "give --model MODULE:FACTORY, or --tokens FILE for a directory of Hugging Face "
+            "checkpoints (GPT-2, GPT-NeoX)."
+        )
+    else:
+        loss_fn, checkpoints, data, heads = _language_model(args)
+        like = None
     start = time.perf_counter()
     if args.dry_run:
         plan = sj.estimate_llc_checkpoints(
             loss_fn,
-            args.checkpoints,
+            checkpoints,
             data,
             like=like,
             format=getattr(args, "format", None),
@@ -290,7 +306,7 @@ def llc(args: argparse.Namespace) -> None:
         return
     result = sj.estimate_llc_checkpoints(
         loss_fn,
-        args.checkpoints,
+        checkpoints,
         data,
         like=like,
         format=getattr(args, "format", None),
@@ -310,6 +326,53 @@ def llc(args: argparse.Namespace) -> None:
             f"{len(result.steps)} checkpoints in {time.perf_counter() - start:.1f}s on "
             f"{jax.device_count()} device(s); results in {args.out} (slt_jax.load_results)"
         )
+    if heads:
+        _head_sweep(args, loss_fn, checkpoints, data, heads, result)
+
+
+def _language_model(args):
+    """The loss, checkpoints, token windows and head refinements of a Hugging Face run."""
+    import slt_jax as sj
+
+    model, checkpoints = sj.lm.load_checkpoints(args.checkpoints)
+    loss_fn, _ = sj.lm.next_token_loss(model)
+    data = sj.TokenWindows(
+        args.tokens,
+        seq_len=args.seq_len + 1,
+        stride=args.stride,
+        dtype=args.token_dtype,
+        vocab_size=model.config.vocab_size,
+    )
+    heads = None
+    if args.heads is not None:
+        import jax
+
+        first = jax.tree.map(lambda x: x[0], checkpoints.params)
+        layout = sj.lm.layout(model)
+        if args.heads.strip().lower() == "all":
+            heads = sj.refine.heads(first, layout)
+        else:
+            names = [n.strip() for n in args.heads.split(",") if n.strip()]
+            heads = sj.refine.components(first, names, layout)
+    return loss_fn, checkpoints, data, heads
+
+
+def _head_sweep(args, loss_fn, checkpoints, data, heads, result) -> None:
+    """Refined LLCs of ``heads`` at every checkpoint, with the sweep's setting."""
+    import dataclasses
+
+    import slt_jax as sj
+
+    config = dataclasses.replace(
+        result.config, num_examples=None, schedule=None, step_size_schedule=None
+    )
+    out = pathlib.Path(args.out) / "heads"
+    table = sj.estimate_refined_llc_checkpoints(
+        loss_fn, checkpoints, data, heads, config=config, out=out, progress=not args.no_progress
+    )
+    print(
+        f"refined LLCs of {table.sizes['refinement']} heads in {out} (slt_jax.load_refined_results)"
+    )
 
 
 def plot(args: argparse.Namespace) -> None:
@@ -385,16 +448,34 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=demo)
 
     p = commands.add_parser("llc", help="LLC of every checkpoint in a directory")
-    p.add_argument("checkpoints", help="checkpoint directory (orbax, safetensors, msgpack)")
+    p.add_argument(
+        "checkpoints",
+        help="checkpoint directory (orbax, safetensors, msgpack), or a directory of Hugging "
+        "Face model directories (step100/, checkpoint-1000/: config.json + safetensors)",
+    )
     p.add_argument(
         "--model",
-        required=True,
-        help="MODULE:FACTORY or FILE.py:FACTORY returning (loss_fn, data[, like])",
+        default=None,
+        help="MODULE:FACTORY or FILE.py:FACTORY returning (loss_fn, data[, like]); "
+        "not needed for Hugging Face checkpoints with --tokens",
+    )
+    lm = p.add_argument_group("language models (Hugging Face GPT-2 / GPT-NeoX checkpoints)")
+    lm.add_argument("--tokens", default=None, help="token file: .npy, or raw ids of --token-dtype")
+    lm.add_argument("--token-dtype", default="uint16", help="ids of a raw token file")
+    lm.add_argument("--seq-len", type=int, default=128, help="predicted tokens per window")
+    lm.add_argument(
+        "--stride", type=int, default=None, help="tokens between windows (default: no overlap)"
+    )
+    lm.add_argument(
+        "--heads",
+        default=None,
+        help="also the refined LLC of these components at every checkpoint: 'all' (every "
+        "attention head) or names such as 'l0h1,l1h0,l0 mlp,embed'; written to OUT/heads",
     )
     p.add_argument("--out", required=True, help="results directory (resumable)")
     p.add_argument(
         "--format",
-        choices=("safetensors", "msgpack", "orbax"),
+        choices=("safetensors", "msgpack", "orbax", "hf"),
         default=None,
         help="read only checkpoints of this format (default: the one in the directory)",
     )

@@ -26,11 +26,12 @@ from flax import nnx
 from slt_jax._src.io import hf
 from slt_jax._src.io.checkpoints import CheckpointSet, load_checkpoint_set
 from slt_jax._src.io.formats import _step_from_name
+from slt_jax._src.layouts import Layout
 from slt_jax._src.validation import path_string
 from slt_jax.models.gpt2 import GPT2, GPT2Config
 from slt_jax.models.gpt_neox import GPTNeoX, GPTNeoXConfig
 
-__all__ = ["MODELS", "load_checkpoints", "load_model", "save_model"]
+__all__ = ["MODELS", "layout", "load_checkpoints", "load_model", "save_model"]
 
 MODELS = {"gpt2": (GPT2, GPT2Config), "gpt_neox": (GPTNeoX, GPTNeoXConfig)}
 
@@ -142,3 +143,19 @@ def load_checkpoints(directory: str | os.PathLike) -> tuple[nnx.Module, Checkpoi
     checkpoints = load_checkpoint_set(root, like=nnx.state(abstract, nnx.Param), format="hf")
     flat = jax.tree_util.tree_flatten_with_path(checkpoints.params)[0]
     return _filled(abstract, {path_string(p): x[0] for p, x in flat}), checkpoints
+
+
+def layout(model: nnx.Module):
+    """Where the heads, layers, MLPs and embeddings of ``model`` (a native
+    :class:`~slt_jax.models.gpt2.GPT2` or :class:`~slt_jax.models.gpt_neox.GPTNeoX`) are in
+    its parameters: the :class:`~slt_jax.refine.Layout` that :func:`slt_jax.refine.heads`
+    and :func:`slt_jax.refine.components` read names such as ``"l0h1"`` or ``"l1 mlp"``
+    with.
+
+    Example::
+
+      refinements = sj.refine.heads(params, sj.lm.layout(model))   # {"l0h0": mask, ...}
+    """
+    if not isinstance(model, GPT2 | GPTNeoX):
+        raise TypeError(f"`model` must be a GPT2 or GPTNeoX, not {type(model).__name__}.")
+    return Layout.from_hf_config(model.config.to_dict())

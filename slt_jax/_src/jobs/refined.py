@@ -25,6 +25,7 @@ from slt_jax._src.config import LLCConfig, run_options
 from slt_jax._src.engine import programs
 from slt_jax._src.estimators.influence import ObservableLLCs, ProbeStatistics
 from slt_jax._src.jobs import orchestrate, report
+from slt_jax._src.layouts import Layout
 from slt_jax._src.observe import Observe, Observed
 from slt_jax._src.results import LLCResult
 
@@ -213,6 +214,7 @@ def estimate_refined_llc(
     probe_kernel: bool = False,
     probe_trace: bool = False,
     per_token: bool = False,
+    layout: Layout | None = None,
     mesh: Mesh | None = None,
     devices: Sequence[jax.Device] | None = None,
 ) -> RefinedLLCResult:
@@ -253,6 +255,9 @@ def estimate_refined_llc(
         :meth:`~slt_jax.influence.ProbeStatistics.to_xarray` uses devinterp 2.x's dims
         (``chain, draw, batch, token_pos``). Moments grow as ``P·T`` (the kernel as
         ``(P·T)²``).
+      layout: a :class:`~slt_jax.refine.Layout` (e.g. ``sj.lm.layout(model)``): string
+        selectors that are component names (``"l0h1"``, ``"l1 mlp"``, ``"embed"``) resolve
+        through it, so ``refinements={"l0h1": "l0h1", "mlp": ["l0 mlp", "l1 mlp"]}`` works.
       config, num_chains, …, devices: as for :func:`~slt_jax.estimate_llc`.
 
     Returns:
@@ -275,7 +280,7 @@ def estimate_refined_llc(
     config, key = orchestrate.prepare(loss_fn, params, data, config)
     if refinements is None:
         refinements = {"all": "*"}
-    masks = refine.masks(params, refinements)
+    masks = refine.masks(params, refinements, layout=layout)
     names, observed = _check_observed(loss_fn, params, data, observables, probe, config.batch_size)
     tokens = _token_shape(loss_fn, params, observed.probe, per_token)
     token_fields = _token_fields(loss_fn, observed.probe, tokens)

@@ -25,6 +25,7 @@ from slt_jax._src.config import LLCConfig, run_options
 from slt_jax._src.io.checkpoints import as_checkpoint_set
 from slt_jax._src.io.store import check_out
 from slt_jax._src.jobs.refined import estimate_refined_llc
+from slt_jax._src.layouts import Layout
 
 PyTree = Any
 FORMAT = "slt_jax-refined-checkpoints/1"
@@ -46,6 +47,7 @@ def estimate_refined_llc_checkpoints(
     format: str | None = None,
     out: str | os.PathLike | None = None,
     progress: bool = True,
+    layout: Layout | None = None,
     mesh: Mesh | None = None,
     devices: Sequence[jax.Device] | None = None,
 ):
@@ -67,6 +69,8 @@ def estimate_refined_llc_checkpoints(
         ``step_size="auto"``: calibrate first (:func:`~slt_jax.calibrate`) and pass the
         chosen numbers.
       progress: print one line per finished checkpoint.
+      layout: as for :func:`~slt_jax.estimate_refined_llc` (component names such as
+        ``"l0h1"``).
 
     Returns:
       An ``xarray.Dataset`` with dimensions ``(step, refinement)``: ``llc_mean``,
@@ -94,7 +98,7 @@ def estimate_refined_llc_checkpoints(
     if refinements is None:
         refinements = {"all": "*"}
     first = jax.tree.map(lambda x: x[0], checkpoint_set.params)
-    masks = refine.masks(first, refinements)  # checked before anything runs
+    masks = refine.masks(first, refinements, layout=layout)  # checked before anything runs
     names = list(masks)
     counts = [refine.num_selected(masks[k]) for k in names]
     path = None if out is None else check_out(out)
