@@ -26,6 +26,10 @@ from slt_jax._src.io.checkpoints import CheckpointSet as CheckpointSet
 from slt_jax._src.io.checkpoints import load_checkpoint_set as load_checkpoint_set
 from slt_jax._src.io.checkpoints import save_checkpoint as save_checkpoint
 from slt_jax._src.io.store import load_results as load_results
+from slt_jax._src.io.tlens import tlens_forward as tlens_forward
+from slt_jax._src.io.tlens import tlens_loss as tlens_loss
+from slt_jax._src.io.torch_bridge import torch_forward as torch_forward
+from slt_jax._src.io.torch_bridge import torch_loss as torch_loss
 from slt_jax._src.jobs.auto import CalibrationError as CalibrationError
 from slt_jax._src.jobs.calibrate import calibrate as calibrate
 from slt_jax._src.jobs.calibration import Calibration as Calibration
@@ -100,4 +104,8 @@ __all__ = [
     "samplers",
     "save_checkpoint",
     "theory",
+    "tlens_forward",
+    "tlens_loss",
+    "torch_forward",
+    "torch_loss",
 ]

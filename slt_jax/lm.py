@@ -2,8 +2,8 @@
 Hugging Face model directories, a training run's checkpoint directories as a checkpoint
 set, the next-token loss over token windows, and the layout that names their heads
 (``"l0h1"``, ``"l1 mlp"``) for refined LLCs. PyTorch modules come in through
-``slt_jax.torch_forward``, TransformerLens models through ``slt_jax.tlens_forward``
-(the ``torch`` and ``tlens`` extras).
+:func:`slt_jax.torch_forward`, TransformerLens models through
+:func:`slt_jax.tlens_forward` (the ``torch`` and ``tlens`` extras).
 """
 
 from slt_jax._src.lm import check_tokens as check_tokens

@@ -8,6 +8,10 @@ import pytest
 NAMES = [
     "slt_jax._src.jobs.llc",
     "slt_jax._src.io.adapters",
+    "slt_jax._src.io.torch_bridge",
+    "slt_jax._src.io.tlens",
+    "slt_jax._src.lm",
+    "slt_jax._src.jobs.refined_sweep",
     "slt_jax._src.jobs.checkpoints",
     "slt_jax._src.jobs.inline",
     "slt_jax._src.jobs.calibrate",

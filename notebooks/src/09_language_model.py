@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 9. A language model end to end: Hugging Face checkpoints in, the LLC and per-head refined LLCs out
+# # 9. A language model end to end: HF checkpoints in, LLCs and per-head refined LLCs out
 #
 # **What this notebook shows.** The path a researcher with a training run of a Pythia-style
 # model takes, at laptop size and with nothing downloaded:
