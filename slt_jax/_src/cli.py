@@ -274,15 +274,16 @@ def llc(args: argparse.Namespace) -> None:
     if not args.no_compilation_cache:
         sj.enable_compilation_cache()
     heads = None
+    tokens, wanted_heads = getattr(args, "tokens", None), getattr(args, "heads", None)
     if args.model is not None:
-        if args.tokens is not None or args.heads is not None:
+        if tokens is not None or wanted_heads is not None:
             raise ValueError(
                 "--tokens and --heads are for a Hugging Face run directory; "
                 "with --model the factory gives the loss and the data."
             )
         loss_fn, data, like = _model_from_factory(args.model)
         checkpoints = args.checkpoints
-    elif args.tokens is None:
+    elif tokens is None:
         raise ValueError(
             "give --model MODULE:FACTORY, or --tokens FILE for a directory of Hugging Face "
             "checkpoints (GPT-2, GPT-NeoX)."
