@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -117,6 +118,8 @@ def test_two_processes_joined_by_jax_distributed_equal_one_process(tmp_path):
     ]
 
 
+@pytest.mark.slow  # ~2-4 min; test_two_processes_joined_by_jax_distributed_equal_one_process
+# covers the join itself in the default suite
 def test_cli_distributed_flags_join_two_processes(tmp_path):
     import sweep_factory
 
