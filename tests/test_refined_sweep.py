@@ -91,6 +91,15 @@ def test_it_resumes_and_refuses_other_settings(tmp_path, monkeypatch):
             out=out,
             **{**SETTINGS, "num_steps": 400},
         )
+    with pytest.raises(ValueError, match="data differ"):
+        estimate_refined_llc_checkpoints(
+            loss, CHECKPOINTS, (X, 2 * Y), REFINEMENTS, steps=[5, 50, 500], out=out, **SETTINGS
+        )
+    moved = [CHECKPOINTS[0], CHECKPOINTS[2], CHECKPOINTS[1]]  # other params at steps 50, 500
+    with pytest.raises(ValueError, match="other checkpoints at steps"):
+        estimate_refined_llc_checkpoints(
+            loss, moved, (X, Y), REFINEMENTS, steps=[5, 50, 500], out=out, **SETTINGS
+        )
 
 
 def test_bad_input_is_refused_before_sampling(tmp_path):

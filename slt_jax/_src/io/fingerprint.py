@@ -52,21 +52,31 @@ def loss_fingerprint(loss_fn, params: PyTree, data: PyTree, batch_size: int) -> 
     }
 
 
+def checkpoint_hashes(checkpoint_set) -> list[str]:
+    """A content hash of each checkpoint of ``checkpoint_set``."""
+    leaves = [np.asarray(x) for x in jax.tree.leaves(checkpoint_set.params)]
+    return [_digest([x[k] for x in leaves]) for k in range(len(checkpoint_set))]
+
+
+def data_hash(data: PyTree) -> str:
+    """A content hash of a data set (a host source fingerprints itself)."""
+    if sources.is_source(data):
+        return data.fingerprint()
+    return _digest(np.asarray(x) for x in jax.tree.leaves(data))
+
+
 def manifest(config, checkpoint_set, data, key, chunk_size, loss) -> dict:
     """Everything that determines the results (compared on resume), and the platform."""
     first = jax.tree.map(lambda x: np.asarray(x[0]), checkpoint_set.params)
-    leaves = [np.asarray(x) for x in jax.tree.leaves(checkpoint_set.params)]
     return {
         "config": config.to_dict(),
         "key": np.asarray(jax.random.key_data(key)).tolist(),
         "steps": [int(s) for s in checkpoint_set.steps],
         "chunk_size": int(chunk_size),
         "params": _shapes(first),
-        "checkpoint_hashes": [_digest([x[k] for x in leaves]) for k in range(len(checkpoint_set))],
+        "checkpoint_hashes": checkpoint_hashes(checkpoint_set),
         "data": _shapes(data.like(len(data)) if sources.is_source(data) else data),
-        "data_hash": data.fingerprint()
-        if sources.is_source(data)
-        else _digest(np.asarray(x) for x in jax.tree.leaves(data)),
+        "data_hash": data_hash(data),
         "loss_fn": loss,
         "slt_jax_version": __version__,
         "platform": {

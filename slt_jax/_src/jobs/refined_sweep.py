@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 from slt_jax._src import refine
 from slt_jax._src.config import LLCConfig, run_options
 from slt_jax._src.io.checkpoints import as_checkpoint_set
+from slt_jax._src.io.fingerprint import checkpoint_hashes, data_hash
 from slt_jax._src.io.store import check_out
 from slt_jax._src.jobs.refined import estimate_refined_llc
 from slt_jax._src.layouts import Layout
@@ -108,7 +109,11 @@ def estimate_refined_llc_checkpoints(
         "refinements": names,
         "num_selected": counts,
     }
-    done = _start(path, wanted) if path is not None else {}
+    done = {}
+    if path is not None:
+        steps_here = [int(s) for s in checkpoint_set.steps]
+        hashes = dict(zip(steps_here, checkpoint_hashes(checkpoint_set), strict=True))
+        done = _start(path, {**wanted, "data_hash": data_hash(data)}, hashes)
     tables = []
     for k, step in enumerate(checkpoint_set.steps):
         step = int(step)
@@ -164,8 +169,10 @@ def _write(target: pathlib.Path, table: np.ndarray) -> None:
     os.replace(tmp, target)
 
 
-def _start(path: pathlib.Path, wanted: dict) -> dict[int, np.ndarray]:
-    """Check or write the manifest of ``path``; the tables of the finished checkpoints."""
+def _start(path: pathlib.Path, wanted: dict, hashes: dict[int, str]) -> dict[int, np.ndarray]:
+    """Check or write the manifest of ``path`` (the settings, the data's hash and each
+    checkpoint's; checkpoints may be added between runs); the tables of the finished
+    checkpoints."""
     path.mkdir(parents=True, exist_ok=True)
     manifest = path / MANIFEST
     if manifest.exists():
@@ -180,16 +187,31 @@ def _start(path: pathlib.Path, wanted: dict) -> dict[int, np.ndarray]:
             )
         differ = [k for k in wanted if stored.get(k) != wanted[k]]
         if differ:
+            what = ", ".join("data" if k == "data_hash" else k for k in differ)
             raise ValueError(
-                f"{path} holds refined LLCs of other settings ({', '.join(differ)} differ); "
+                f"{path} holds refined LLCs of other settings ({what} differ); "
                 "use another output directory, or the settings it was written with."
             )
+        known = {int(k): v for k, v in stored.get("checkpoints", {}).items()}
+        changed = [s for s, h in hashes.items() if s in known and known[s] != h]
+        if changed:
+            raise ValueError(
+                f"{path} holds refined LLCs of other checkpoints at steps {changed[:6]}: "
+                "their parameters differ from these; use another output directory."
+            )
+        wanted = {**stored, "checkpoints": {str(k): v for k, v in {**known, **hashes}.items()}}
     else:
         if any(p.name != MANIFEST for p in path.iterdir()):
             raise ValueError(f"out={str(path)!r} is not empty and holds no refined-LLC results.")
-        tmp = path / f".{MANIFEST}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(wanted, indent=1))
-        os.replace(tmp, manifest)
+        wanted = {**wanted, "checkpoints": {str(k): v for k, v in hashes.items()}}
+    tmp = path / f".{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(wanted, indent=1))
+    os.replace(tmp, manifest)
+    return _tables(path)
+
+
+def _tables(path: pathlib.Path) -> dict[int, np.ndarray]:
+    """``{step: table}`` of the checkpoints finished in ``path``."""
     done = {}
     for entry in path.glob("step-*.npy"):
         with open(entry, "rb") as f:
@@ -207,7 +229,7 @@ def load_refined_results(path: str | os.PathLike):
     stored = json.loads(manifest.read_text())
     if stored.get("format") != FORMAT:
         raise ValueError(f"{manifest} was not written by estimate_refined_llc_checkpoints.")
-    done = _start(path, stored)
+    done = _tables(path)
     steps = sorted(done)
     return _dataset(
         steps,
