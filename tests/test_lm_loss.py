@@ -461,7 +461,7 @@ def test_bad_token_input_raises_before_compiling():
         sj.estimate_refined_llc(loss_fn, w, source, probe=bad_source, per_token=True, **options)
     with pytest.raises(TypeError, match="integer array"):
         loss_fn(w, windows.astype(np.float32))
-    with pytest.raises(ValueError, match="token ids must be an integer array"):
+    with pytest.raises(TypeError, match="`data`: token ids must be an integer array"):
         sj.estimate_llc(loss_fn, w, windows.astype(np.float32), **options)
     with pytest.raises(ValueError, match="at least 2 tokens"):
         sj.estimate_llc(loss_fn, w, windows[:, :1], **options)

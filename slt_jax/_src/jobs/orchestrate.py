@@ -51,7 +51,10 @@ def prepare(loss_fn, params, data, config: LLCConfig, *, what="The loss at w*, L
     validation.check_data(data, getattr(loss_fn, "vocab_size", None))
     check_values = getattr(loss_fn, "check_tokens", None)  # a loss's own check of its data
     if check_values is not None and not sources.is_source(data):
-        check_values(data)
+        try:
+            check_values(data)
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"`data`: {error}") from error
     validation.check_loss_fn(loss_fn, params, validation.batch_like(data, resolved.batch_size))
     validation.check_remainder(loss_fn, params, data, resolved.batch_size, what)
     return resolved, key

@@ -159,7 +159,7 @@ def _check_observed(loss_fn, params, data, observables, probe, batch_size):
     probe = _in_memory(probe)
     check_tokens = getattr(loss_fn, "check_tokens", None)
     if check_tokens is not None:
-        named = {"`data`": None if sources.is_source(data) else data, "`probe`": probe}
+        named = {"`probe`": probe}  # `data` is checked by orchestrate.prepare
         named.update({f"observable {k!r}": v for k, v in observables.items()})
         for what, tokens in named.items():
             if tokens is None:
