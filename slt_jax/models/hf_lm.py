@@ -9,7 +9,7 @@ Example::
   import slt_jax as sj
   model = sj.lm.load_model("pythia-70m")         # a directory save_pretrained wrote
   model, checkpoints = sj.lm.load_checkpoints("pythia-70m-revisions")  # step0/, step1000/, ...
-  loss_fn, params = sj.nnx_loss(model, per_token_loss)
+  loss_fn, params = sj.lm.next_token_loss(model)
   sj.lm.save_model(model, "copy")                # AutoModelForCausalLM.from_pretrained("copy")
 """
 
@@ -125,7 +125,7 @@ def load_checkpoints(directory: str | os.PathLike) -> tuple[nnx.Module, Checkpoi
     Example::
 
       model, checkpoints = sj.lm.load_checkpoints("pythia-14m")
-      loss_fn, params = sj.nnx_loss(model, per_token_loss)
+      loss_fn, params = sj.lm.next_token_loss(model)
       result = sj.estimate_llc_checkpoints(loss_fn, checkpoints, data)
     """
     root = pathlib.Path(directory)
