@@ -9,7 +9,6 @@ import contextlib
 import os
 import pathlib
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -83,13 +82,8 @@ def save_checkpoint(
     else:
         data = serialization.msgpack_serialize(_nest(flat, "params"))
     target = root / f"step_{int(step):08d}.{format}"
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{target.name}.", suffix=".tmp")
+    tmp = hf.write_temp(root, target.name, data)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -419,7 +419,7 @@ def write(
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         files[INDEX] = (json.dumps(index, indent=2) + "\n").encode()
     files[CONFIG] = (json.dumps(dict(config), indent=2, sort_keys=True) + "\n").encode()
-    temps = {name: _write_temp(root, name, data) for name, data in files.items()}
+    temps = {name: write_temp(root, name, data) for name, data in files.items()}
     try:
         for name, tmp in temps.items():  # config.json last, once its weights are in place
             os.replace(tmp, root / name)
@@ -433,7 +433,10 @@ def write(
     return root
 
 
-def _write_temp(root: pathlib.Path, name: str, data: bytes) -> str:
+def write_temp(root: pathlib.Path, name: str, data: bytes) -> str:
+    """``data`` written and flushed to disk in a temporary file of ``root`` (named after
+    ``name``), for an atomic ``os.replace`` onto ``root / name``; its path. A failed write
+    leaves no temporary file."""
     fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

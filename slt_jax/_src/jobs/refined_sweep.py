@@ -10,6 +10,7 @@ measured with less noise than two independent runs would give).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
@@ -24,6 +25,7 @@ from slt_jax._src import refine
 from slt_jax._src.config import LLCConfig, run_options
 from slt_jax._src.io.checkpoints import as_checkpoint_set
 from slt_jax._src.io.fingerprint import checkpoint_hashes, data_hash
+from slt_jax._src.io.hf import write_temp
 from slt_jax._src.io.store import check_out
 from slt_jax._src.jobs.refined import estimate_refined_llc
 from slt_jax._src.layouts import Layout
@@ -161,12 +163,9 @@ def _dataset(steps, names, counts, tables, config: dict):
 
 
 def _write(target: pathlib.Path, table: np.ndarray) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, table)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    buffer = io.BytesIO()
+    np.save(buffer, table)
+    os.replace(write_temp(target.parent, target.name, buffer.getvalue()), target)
 
 
 def _start(path: pathlib.Path, wanted: dict, hashes: dict[int, str]) -> dict[int, np.ndarray]:
