@@ -116,3 +116,28 @@ def test_bad_input_is_refused_before_sampling(tmp_path):
         )
     with pytest.raises(ValueError, match="no refined-LLC results"):
         load_refined_results(tmp_path)
+
+
+def test_a_host_source_is_checked_once_for_the_whole_sweep(monkeypatch):
+    tokens = np.random.default_rng(0).integers(0, 5, 40 * 4).astype(np.uint16)
+    windows = sj.TokenWindows(tokens, seq_len=4, vocab_size=5)
+    calls = []
+    real = sj.TokenWindows.check
+    monkeypatch.setattr(
+        sj.TokenWindows, "check", lambda self, v=None: calls.append(v) or real(self, v)
+    )
+
+    def token_loss(w, b):
+        return 0.5 * jnp.sum(w["a"] ** 2) + 0.0 * jnp.mean(b)
+
+    estimate_refined_llc_checkpoints(
+        token_loss, CHECKPOINTS, windows, REFINEMENTS, progress=False,
+        **{**SETTINGS, "batch_size": 8},
+    )  # fmt: skip
+    assert calls == [None]  # three checkpoints, one read of the source
+    bad = sj.TokenWindows(np.full(16, 9, np.uint16), seq_len=4, vocab_size=5)
+    for _ in range(2):  # a failed check is not remembered
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            estimate_refined_llc_checkpoints(
+                token_loss, CHECKPOINTS, bad, REFINEMENTS, **{**SETTINGS, "batch_size": 4}
+            )

@@ -74,6 +74,14 @@ class HostSource:
         for start, rows in self.chunks():
             _check_rows(rows, start, vocab_size)
 
+    def check_once(self, vocab_size: int | None = None) -> None:
+        """:meth:`check`, remembered for this source: a source's examples do not change, so
+        the runs of a sweep (one per checkpoint, a calibration and its run) read it once."""
+        passed = self.__dict__.setdefault("_passed_checks", set())
+        if vocab_size not in passed:
+            self.check(vocab_size)
+            passed.add(vocab_size)
+
     def fingerprint(self) -> str:
         """A digest that identifies the data (results directories compare it on resume)."""
         h = hashlib.sha256(type(self).__name__.encode())

@@ -134,7 +134,7 @@ def check_data(data: PyTree, vocab_size: int | None = None) -> None:
     host data source's examples all of one shape and dtype, its token ids within
     ``vocab_size`` (:meth:`slt_jax._src.sources.HostSource.check`)."""
     if sources.is_source(data):
-        data.check(vocab_size)
+        data.check_once(vocab_size)
         return
     for path, leaf in jax.tree_util.tree_flatten_with_path(data)[0]:
         if jnp.issubdtype(leaf.dtype, jnp.floating) and not np.all(np.isfinite(np.asarray(leaf))):
