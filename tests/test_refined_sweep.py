@@ -62,9 +62,9 @@ def test_it_resumes_and_refuses_other_settings(tmp_path, monkeypatch):
         **SETTINGS,
     )
     calls = []
-    real = refined_sweep.estimate_refined_llc
+    real = refined_sweep.RefinedSweep.run_chunk
     monkeypatch.setattr(
-        refined_sweep, "estimate_refined_llc", lambda *a, **k: calls.append(1) or real(*a, **k)
+        refined_sweep.RefinedSweep, "run_chunk", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     full = estimate_refined_llc_checkpoints(
         loss,
