@@ -372,7 +372,7 @@ def _head_sweep(args, loss_fn, checkpoints, data, heads, result) -> None:
         loss_fn, checkpoints, data, heads, config=config, out=out, progress=not args.no_progress
     )
     print(
-        f"refined LLCs of {table.sizes['refinement']} heads in {out} (slt_jax.load_refined_results)"
+        f"refined LLCs of {len(table)} heads in {out} (slt_jax.load_refined_results)"
     )
 
 
