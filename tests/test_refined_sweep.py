@@ -149,13 +149,14 @@ def test_a_host_source_is_checked_once_for_the_whole_sweep(monkeypatch):
 def test_chunks_share_one_compilation_and_equal_the_unchunked_sweep():
     from slt_jax._src.engine import programs
 
+    settings = {**SETTINGS, "num_chains": 5}  # shapes no other test compiles
     whole = estimate_refined_llc_checkpoints(
-        loss, CHECKPOINTS, (X, Y), REFINEMENTS, steps=[5, 50, 500], progress=False, **SETTINGS
+        loss, CHECKPOINTS, (X, Y), REFINEMENTS, steps=[5, 50, 500], progress=False, **settings
     )
     before = programs.num_compiled()
     chunked = estimate_refined_llc_checkpoints(
         loss, CHECKPOINTS, (X, Y), REFINEMENTS, steps=[5, 50, 500], progress=False,
-        chunk_size=2, **SETTINGS,
+        chunk_size=2, **settings,
     )  # fmt: skip
     assert programs.num_compiled() - before == 1  # chunks [5, 50] and [500 + padding]
     assert isinstance(chunked, sj.RefinedCheckpointsResult)

@@ -9,8 +9,9 @@ Layout of an output directory::
 A chunk holds a result over checkpoints of the type the store was opened with (an
 :class:`~slt_jax.LLCResult` for :func:`~slt_jax.estimate_llc_checkpoints`, a
 ``RefinedCheckpointsResult`` for :func:`~slt_jax.estimate_refined_llc_checkpoints`), whose
-``format`` the manifest records. Each chunk file is written to a temporary name in the same directory, flushed to disk and
-renamed into place, so a crash at any moment leaves either the whole file or none of it.
+``format`` the manifest records. Each chunk file is written to a temporary name in the same
+directory, flushed to disk and renamed into place, so a crash at any moment leaves either
+the whole file or none of it.
 Re-opening the directory with the same configuration skips the chunks already there; a
 different configuration is an error, never a silent mix. The manifest holds content hashes
 of every checkpoint and of the data set, so re-training into the same checkpoint directory
@@ -427,7 +428,13 @@ def load_results(path: str | os.PathLike) -> LLCResult:
     Returns an :class:`~slt_jax.LLCResult` over the checkpoints finished so far (sorted
     by step); ``.to_xarray()`` gives the labelled dataset.
     """
+    return read_results(path)
+
+
+def read_results(path: str | os.PathLike, result_type: type = LLCResult) -> Any:
+    """The finished chunks of the results directory ``path`` holding ``result_type``
+    results, joined and sorted by step (no lock is taken: a running sweep may add more)."""
     path = pathlib.Path(path)
-    if read_manifest(path) is None:
+    if not path.is_dir() or read_manifest(path, format_of(result_type)) is None:
         raise ValueError(f"{str(path)!r} is not a results directory (no {MANIFEST}).")
-    return _read_all(path)
+    return _read_all(path, result_type)

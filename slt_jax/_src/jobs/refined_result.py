@@ -292,13 +292,16 @@ class RefinedCheckpointsResult:
     def from_xarray(cls, dataset) -> RefinedCheckpointsResult:
         """The inverse of :meth:`to_xarray`."""
         names = [str(n) for n in dataset["refinement"].values]
-        results = {n: LLCResult.from_xarray(dataset.isel(refinement=i)) for i, n in enumerate(names)}
+        results = {
+            n: LLCResult.from_xarray(dataset.isel(refinement=i)) for i, n in enumerate(names)
+        }
         selected = {n: int(c) for n, c in zip(names, dataset["num_selected"].values, strict=True)}
         observe = json.loads(dataset.attrs.get("observe", "{}"))
         observed, token_fields = None, {}
         if "observed_observations" in dataset:
             observed = {
-                n: _observations(dataset, i, bool(observe.get("probe"))) for i, n in enumerate(names)
+                n: _observations(dataset, i, bool(observe.get("probe")))
+                for i, n in enumerate(names)
             }
             if observe.get("token_shape") is not None:
                 token_fields = {

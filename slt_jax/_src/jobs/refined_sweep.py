@@ -31,7 +31,7 @@ from slt_jax._src.config import LLCConfig, run_options
 from slt_jax._src.engine import programs
 from slt_jax._src.io.checkpoints import as_checkpoint_set
 from slt_jax._src.io.fingerprint import checkpoint_hashes, data_hash, loss_fingerprint, manifest
-from slt_jax._src.io.store import MANIFEST, _read_all, read_manifest
+from slt_jax._src.io.store import MANIFEST, read_manifest, read_results
 from slt_jax._src.jobs import orchestrate, refined, report
 from slt_jax._src.jobs.checkpoints import Sweep, _lock_store, _run
 from slt_jax._src.jobs.refined_result import RefinedCheckpointsResult
@@ -283,9 +283,7 @@ class RefinedSweep(Sweep):
         extend."""
         first = _first(self.checkpoint_set)
         loss = loss_fingerprint(self.loss_fn, first, self.data, self.config.batch_size)
-        contents = manifest(
-            self.config, self.checkpoint_set, self.data, self.key, chunk_size, loss
-        )
+        contents = manifest(self.config, self.checkpoint_set, self.data, self.key, chunk_size, loss)
         steps = contents.pop("steps")
         hashes = contents.pop("checkpoint_hashes", None) or checkpoint_hashes(self.checkpoint_set)
         contents["checkpoints"] = {str(s): h for s, h in zip(steps, hashes, strict=True)}
@@ -309,4 +307,4 @@ def load_refined_results(path: str | os.PathLike) -> RefinedCheckpointsResult:
     path = pathlib.Path(path)
     if not path.is_dir() or read_manifest(path, RefinedCheckpointsResult.store_format) is None:
         raise ValueError(f"{str(path)!r} holds no refined-LLC results (no {MANIFEST}).")
-    return _read_all(path, RefinedCheckpointsResult)
+    return read_results(path, RefinedCheckpointsResult)
