@@ -12,6 +12,7 @@ NAMES = [
     "slt_jax._src.io.tlens",
     "slt_jax._src.lm",
     "slt_jax._src.jobs.refined_sweep",
+    "slt_jax._src.jobs.refined_result",
     "slt_jax._src.jobs.checkpoints",
     "slt_jax._src.jobs.inline",
     "slt_jax._src.jobs.calibrate",
