@@ -315,3 +315,28 @@ def test_per_token_probe_statistics_at_every_checkpoint(tmp_path):
     ds = back.to_xarray()
     assert ds.probe_llc_mean.dims == ("checkpoint", "refinement", "batch", "token_pos")
     assert ds.probe_init_loss.dims == ("checkpoint", "batch", "token_pos")
+
+
+def test_more_checkpoints_rerun_only_the_chunks_whose_steps_changed(tmp_path, monkeypatch):
+    from slt_jax._src.jobs import refined_sweep
+
+    out = tmp_path / "grow"
+    more = [*CHECKPOINTS, {"a": np.array([2.1]), "b": np.array([0.0])}]
+    settings = {**SETTINGS, "num_chains": 2}
+    first = estimate_refined_llc_checkpoints(
+        loss, CHECKPOINTS, (X, Y), REFINEMENTS, steps=[5, 50, 500], chunk_size=2, out=out,
+        progress=False, **settings,
+    )  # fmt: skip
+    real = refined_sweep.RefinedSweep.run_chunk
+    calls = []
+    monkeypatch.setattr(
+        refined_sweep.RefinedSweep, "run_chunk", lambda *a: calls.append(a[1].tolist()) or real(*a)
+    )
+    grown = estimate_refined_llc_checkpoints(
+        loss, more, (X, Y), REFINEMENTS, steps=[5, 50, 500, 5000], out=out, progress=False,
+        **settings,
+    )  # fmt: skip
+    assert calls == [[2, 3]]  # the stored chunk [500] became [500, 5000]; [5, 50] is kept
+    assert load_refined_results(out).steps.tolist() == [5, 50, 500, 5000]
+    for name in REFINEMENTS:
+        np.testing.assert_allclose(grown[name].llc_mean[:3], first[name].llc_mean, rtol=1e-6)

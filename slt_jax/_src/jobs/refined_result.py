@@ -5,6 +5,7 @@ them and as a results directory stores them, one chunk of checkpoints per file."
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -137,6 +138,10 @@ class RefinedCheckpointsResult:
         """An ``xarray.Dataset`` with dims ``(step, refinement)``: ``llc_mean``,
         ``llc_stderr``, ``llc_std``, ``rhat``, ``ess``, ``num_diverged``, ``init_loss``, and
         ``num_selected`` over ``refinement``; the settings in its ``config`` attribute."""
+        return self._table.copy()
+
+    @functools.cached_property
+    def _table(self):
         import xarray as xr
 
         names = self.names
@@ -159,24 +164,23 @@ class RefinedCheckpointsResult:
     @property
     def llc_mean(self):
         """``λ̂`` of each (step, refinement), an ``xarray.DataArray``."""
-        return self.table_dataset()["llc_mean"]
+        return self._table["llc_mean"]
 
     @property
     def llc_stderr(self):
         """The Monte-Carlo standard error of each (step, refinement)."""
-        return self.table_dataset()["llc_stderr"]
+        return self._table["llc_stderr"]
 
     @property
     def num_selected(self):
         """Coordinates that move, per refinement (an ``xarray.DataArray``)."""
-        return self.table_dataset()["num_selected"]
+        return self._table["num_selected"]
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name in {f.name for f in dataclasses.fields(self)}:
             raise AttributeError(name)
-        table = self.table_dataset()
         try:
-            return getattr(table, name)
+            return getattr(self._table, name)
         except AttributeError:
             raise AttributeError(
                 f"{type(self).__name__!r} object has no attribute {name!r}"
