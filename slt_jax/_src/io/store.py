@@ -18,7 +18,10 @@ of every checkpoint and of the data set, so re-training into the same checkpoint
 or changing the data is caught too, and a fingerprint of the loss function's traced program
 (compared only under the JAX version and precision that wrote it: otherwise a warning says it
 could not be checked). A writer holds an exclusive lock on ``out/.lock``: a second run on the
-same directory is refused. A directory is used only if it is new, empty (but for the lock
+same directory is refused. A store may declare manifest keys *growing* (the refined sweep's
+``checkpoints``, ``{step: hash}``): a later run may add entries, never change one, and a
+finished chunk counts only if it holds exactly the steps of that chunk of the current run
+(others are run again and replaced). A directory is used only if it is new, empty (but for the lock
 and torn temporary files of a killed run) or has this library's manifest: one holding other
 files, or another program's ``manifest.json``, is an error. Only the library's own
 temporary files (``.chunk-00000.nc.tmp-PID``, ``.manifest.json.tmp-PID``) are ever deleted.
