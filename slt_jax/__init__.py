@@ -40,6 +40,7 @@ from slt_jax._src.jobs.llc import estimate_llc as estimate_llc
 from slt_jax._src.jobs.plan import RunPlan as RunPlan
 from slt_jax._src.jobs.refined import RefinedLLCResult as RefinedLLCResult
 from slt_jax._src.jobs.refined import estimate_refined_llc as estimate_refined_llc
+from slt_jax._src.jobs.refined_result import RefinedCheckpointsResult as RefinedCheckpointsResult
 from slt_jax._src.jobs.refined_sweep import (
     estimate_refined_llc_checkpoints as estimate_refined_llc_checkpoints,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "LLCDiagnosticWarning",
     "LLCEstimate",
     "LLCResult",
+    "RefinedCheckpointsResult",
     "RefinedLLCResult",
     "RunPlan",
     "TokenWindows",

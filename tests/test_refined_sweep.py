@@ -62,9 +62,9 @@ def test_it_resumes_and_refuses_other_settings(tmp_path, monkeypatch):
         **SETTINGS,
     )
     calls = []
-    real = refined_sweep.estimate_refined_llc
+    real = refined_sweep.RefinedSweep.run_chunk
     monkeypatch.setattr(
-        refined_sweep, "estimate_refined_llc", lambda *a, **k: calls.append(1) or real(*a, **k)
+        refined_sweep.RefinedSweep, "run_chunk", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     full = estimate_refined_llc_checkpoints(
         loss,
@@ -141,3 +141,202 @@ def test_a_host_source_is_checked_once_for_the_whole_sweep(monkeypatch):
             estimate_refined_llc_checkpoints(
                 token_loss, CHECKPOINTS, bad, REFINEMENTS, **{**SETTINGS, "batch_size": 4}
             )
+
+
+# ---- batched across checkpoints (issue 25, item 3) ------------------------------------------
+
+
+def test_chunks_share_one_compilation_and_equal_the_unchunked_sweep():
+    from slt_jax._src.engine import programs
+
+    settings = {**SETTINGS, "num_chains": 5}  # shapes no other test compiles
+    whole = estimate_refined_llc_checkpoints(
+        loss, CHECKPOINTS, (X, Y), REFINEMENTS, steps=[5, 50, 500], progress=False, **settings
+    )
+    before = programs.num_compiled()
+    chunked = estimate_refined_llc_checkpoints(
+        loss, CHECKPOINTS, (X, Y), REFINEMENTS, steps=[5, 50, 500], progress=False,
+        chunk_size=2, **settings,
+    )  # fmt: skip
+    assert programs.num_compiled() - before == 1  # chunks [5, 50] and [500 + padding]
+    assert isinstance(chunked, sj.RefinedCheckpointsResult)
+    for name in REFINEMENTS:
+        assert chunked[name].steps.tolist() == [5, 50, 500]
+        np.testing.assert_allclose(chunked[name].llc_mean, whole[name].llc_mean, rtol=1e-6)
+        np.testing.assert_allclose(
+            chunked[name].llc_per_chain, whole[name].llc_per_chain, rtol=1e-6
+        )
+    one = chunked.checkpoint(2)
+    assert isinstance(one, sj.RefinedLLCResult) and one.num_selected == {"a": 1, "both": 2}
+    ds = chunked.to_xarray()
+    assert ds.llc_per_chain.dims == ("checkpoint", "refinement", "chain")
+    assert ds.step.values.tolist() == [5, 50, 500]
+    assert ds.num_selected.values.tolist() == [1, 2]
+    assert "step" in chunked.table() and chunked.table().count("\n") == 2 + 3 * 2 - 1
+
+
+def test_an_interrupted_sweep_resumes_with_the_missing_chunks_only(tmp_path, monkeypatch):
+    from slt_jax._src.jobs import refined_sweep
+
+    out = tmp_path / "heads"
+    args = (loss, CHECKPOINTS, (X, Y), REFINEMENTS)
+    options = dict(steps=[5, 50, 500], progress=False, chunk_size=1, **SETTINGS)
+    real = refined_sweep.RefinedSweep.run_chunk
+    calls = []
+
+    def crash_on_second(self, indices, chunk_size):
+        calls.append(indices.tolist())
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, indices, chunk_size)
+
+    monkeypatch.setattr(refined_sweep.RefinedSweep, "run_chunk", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        estimate_refined_llc_checkpoints(*args, out=out, **options)
+    assert load_refined_results(out).steps.tolist() == [5]  # the finished chunk is kept
+    monkeypatch.setattr(
+        refined_sweep.RefinedSweep, "run_chunk", lambda *a: calls.append(a[1].tolist()) or real(*a)
+    )
+    calls.clear()
+    resumed = estimate_refined_llc_checkpoints(*args, out=out, **options)
+    assert calls == [[1], [2]]  # steps 50 and 500 only
+    monkeypatch.undo()
+    whole = estimate_refined_llc_checkpoints(*args, **options)
+    back = load_refined_results(out)
+    for name in REFINEMENTS:
+        np.testing.assert_allclose(resumed[name].llc_mean, whole[name].llc_mean, rtol=1e-6)
+        np.testing.assert_array_equal(back[name].llc_mean, resumed[name].llc_mean)
+        np.testing.assert_array_equal(back[name].loss_trace, resumed[name].loss_trace)
+
+
+def test_a_second_writer_and_other_refinements_are_refused(tmp_path):
+    from slt_jax._src.io.store import ResultStore
+    from slt_jax._src.jobs.refined_sweep import RefinedSweep
+
+    out = tmp_path / "heads"
+    args = (loss, CHECKPOINTS, (X, Y))
+    estimate_refined_llc_checkpoints(*args, REFINEMENTS, out=out, progress=False, **SETTINGS)
+    with ResultStore(out, **RefinedSweep.store_options()):  # another run holds the lock
+        with pytest.raises(ValueError, match="being written by another run"):
+            estimate_refined_llc_checkpoints(*args, REFINEMENTS, out=out, **SETTINGS)
+    with pytest.raises(ValueError, match="refinements"):
+        estimate_refined_llc_checkpoints(*args, {"a": "a"}, out=out, **SETTINGS)
+    with pytest.raises(ValueError, match="masks_sha256"):  # same names, other coordinates
+        estimate_refined_llc_checkpoints(*args, {"a": "b", "both": "*"}, out=out, **SETTINGS)
+    with pytest.raises(ValueError, match="observe"):
+        estimate_refined_llc_checkpoints(*args, REFINEMENTS, out=out, probe=(X[:3], Y[:3]),
+                                         **SETTINGS)  # fmt: skip
+    # an estimate_llc_checkpoints directory is not read as refined results, nor the reverse
+    with pytest.raises(ValueError, match="slt_jax-refined-checkpoints"):
+        sj.load_results(out)
+
+
+def test_a_selector_that_selects_nothing_is_refused_before_compiling(monkeypatch):
+    from slt_jax._src.engine import programs
+
+    monkeypatch.setattr(programs, "lower_items", None)
+    monkeypatch.setattr(programs, "run_items", None)
+    before = programs.num_compiled()
+    with pytest.raises(ValueError, match="'none'.*selects no coordinate"):
+        estimate_refined_llc_checkpoints(
+            loss, CHECKPOINTS, (X, Y), {"a": "a", "none": "nothing*"}, **SETTINGS
+        )
+    assert programs.num_compiled() == before
+
+
+def test_probe_statistics_at_every_checkpoint_equal_the_single_checkpoint_call(tmp_path):
+    probe = (X[::32], Y[::32])  # 8 examples
+    observables = {"left": (X[:128], Y[:128]), "right": (X[128:], Y[128:])}
+    options = dict(probe=probe, observables=observables, observe_every=5, probe_kernel=True)
+    settings = {**SETTINGS, "num_chains": 3}
+    res = estimate_refined_llc_checkpoints(
+        loss, CHECKPOINTS, (X, Y), REFINEMENTS, steps=[5, 50, 500], chunk_size=2,
+        out=tmp_path / "probe", progress=False, **options, **settings,
+    )  # fmt: skip
+    back = load_refined_results(tmp_path / "probe")
+    for k, centre in enumerate(CHECKPOINTS):
+        one = sj.estimate_refined_llc(loss, centre, (X, Y), REFINEMENTS, **options, **settings)
+        for view in (res.checkpoint(k), back.checkpoint(k)):
+            for name in REFINEMENTS:
+                mine, theirs = view.probes[name], one.probes[name]
+                np.testing.assert_allclose(mine.llc(), theirs.llc(), rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(
+                    mine.susceptibility(), theirs.susceptibility(), rtol=1e-5, atol=1e-6
+                )
+                np.testing.assert_allclose(
+                    mine.kernel_influence(), theirs.kernel_influence(), rtol=1e-5, atol=1e-6
+                )
+                np.testing.assert_allclose(
+                    view.observables[name].llc_mean,
+                    one.observables[name].llc_mean,
+                    rtol=1e-5,
+                )
+    ds = res.to_xarray()
+    assert ds.probe_llc_mean.dims == ("checkpoint", "refinement", "batch")
+    assert ds.susceptibility.dims == ("checkpoint", "refinement", "observable", "batch")
+    assert ds.probe_llc_mean.shape == (3, 2, 8)
+    assert len(res.probes["a"]) == 3 and res.observables["both"][0].names == ("left", "right")
+
+
+def _bigram(w, input_ids, attention_mask=None):
+    del attention_mask
+    return w["logits"][input_ids]
+
+
+def test_per_token_probe_statistics_at_every_checkpoint(tmp_path):
+    """The "embryology" workload on a bigram LM: per-token LLCs and susceptibilities of one
+    probe set at every checkpoint, equal to the single-checkpoint call's, and read back."""
+    rng = np.random.default_rng(0)
+    windows = rng.integers(0, 4, (64, 7)).astype(np.int32)
+    loss_fn, w = sj.lm.next_token_loss(_bigram, {"logits": jnp.zeros((4, 4))})
+    checkpoints = [{"logits": rng.normal(size=(4, 4)).astype(np.float32)} for _ in range(2)]
+    row0 = {"logits": np.arange(16).reshape(4, 4) < 4}
+    refinements = {"row0": row0, "all": "*"}
+    options = dict(probe=windows[:3], per_token=True, observables={"probe": windows[:3]})
+    settings = dict(num_chains=2, num_steps=60, step_size=1e-3, localization=10.0,
+                    batch_size=16, nbeta=20.0, diagnostic_every=0)  # fmt: skip
+    out = tmp_path / "tokens"
+    res = estimate_refined_llc_checkpoints(
+        loss_fn, checkpoints, windows, refinements, out=out, progress=False, **options,
+        **settings,
+    )  # fmt: skip
+    back = load_refined_results(out)
+    for k, centre in enumerate(checkpoints):
+        one = sj.estimate_refined_llc(loss_fn, centre, windows, refinements, **options, **settings)
+        for view in (res.checkpoint(k), back.checkpoint(k)):
+            for name in refinements:
+                mine, theirs = view.probes[name], one.probes[name]
+                assert mine.llc().shape == (3, 6)
+                np.testing.assert_allclose(mine.llc(), theirs.llc(), rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(
+                    mine.susceptibility(), theirs.susceptibility(), rtol=1e-5, atol=1e-6
+                )
+                np.testing.assert_array_equal(mine.input_ids, theirs.input_ids)
+    ds = back.to_xarray()
+    assert ds.probe_llc_mean.dims == ("checkpoint", "refinement", "batch", "token_pos")
+    assert ds.probe_init_loss.dims == ("checkpoint", "batch", "token_pos")
+
+
+def test_more_checkpoints_rerun_only_the_chunks_whose_steps_changed(tmp_path, monkeypatch):
+    from slt_jax._src.jobs import refined_sweep
+
+    out = tmp_path / "grow"
+    more = [*CHECKPOINTS, {"a": np.array([2.1]), "b": np.array([0.0])}]
+    settings = {**SETTINGS, "num_chains": 2}
+    first = estimate_refined_llc_checkpoints(
+        loss, CHECKPOINTS, (X, Y), REFINEMENTS, steps=[5, 50, 500], chunk_size=2, out=out,
+        progress=False, **settings,
+    )  # fmt: skip
+    real = refined_sweep.RefinedSweep.run_chunk
+    calls = []
+    monkeypatch.setattr(
+        refined_sweep.RefinedSweep, "run_chunk", lambda *a: calls.append(a[1].tolist()) or real(*a)
+    )
+    grown = estimate_refined_llc_checkpoints(
+        loss, more, (X, Y), REFINEMENTS, steps=[5, 50, 500, 5000], out=out, progress=False,
+        **settings,
+    )  # fmt: skip
+    assert calls == [[2, 3]]  # the stored chunk [500] became [500, 5000]; [5, 50] is kept
+    assert load_refined_results(out).steps.tolist() == [5, 50, 500, 5000]
+    for name in REFINEMENTS:
+        np.testing.assert_allclose(grown[name].llc_mean[:3], first[name].llc_mean, rtol=1e-6)

@@ -371,9 +371,7 @@ def _head_sweep(args, loss_fn, checkpoints, data, heads, result) -> None:
     table = sj.estimate_refined_llc_checkpoints(
         loss_fn, checkpoints, data, heads, config=config, out=out, progress=not args.no_progress
     )
-    print(
-        f"refined LLCs of {table.sizes['refinement']} heads in {out} (slt_jax.load_refined_results)"
-    )
+    print(f"refined LLCs of {len(table)} heads in {out} (slt_jax.load_refined_results)")
 
 
 def plot(args: argparse.Namespace) -> None:

@@ -6,15 +6,22 @@ Layout of an output directory::
                            the library version (written first, atomically)
     chunk-00000.nc …       one netCDF file per finished chunk (xarray, h5netcdf engine)
 
-Each chunk file is written to a temporary name in the same directory, flushed to disk and
-renamed into place, so a crash at any moment leaves either the whole file or none of it.
+A chunk holds a result over checkpoints of the type the store was opened with (an
+:class:`~slt_jax.LLCResult` for :func:`~slt_jax.estimate_llc_checkpoints`, a
+``RefinedCheckpointsResult`` for :func:`~slt_jax.estimate_refined_llc_checkpoints`), whose
+``format`` the manifest records. Each chunk file is written to a temporary name in the same
+directory, flushed to disk and renamed into place, so a crash at any moment leaves either
+the whole file or none of it.
 Re-opening the directory with the same configuration skips the chunks already there; a
 different configuration is an error, never a silent mix. The manifest holds content hashes
 of every checkpoint and of the data set, so re-training into the same checkpoint directory
 or changing the data is caught too, and a fingerprint of the loss function's traced program
 (compared only under the JAX version and precision that wrote it: otherwise a warning says it
 could not be checked). A writer holds an exclusive lock on ``out/.lock``: a second run on the
-same directory is refused. A directory is used only if it is new, empty (but for the lock
+same directory is refused. A store may declare manifest keys *growing* (the refined sweep's
+``checkpoints``, ``{step: hash}``): a later run may add entries, never change one, and a
+finished chunk counts only if it holds exactly the steps of that chunk of the current run
+(others are run again and replaced). A directory is used only if it is new, empty (but for the lock
 and torn temporary files of a killed run) or has this library's manifest: one holding other
 files, or another program's ``manifest.json``, is an error. Only the library's own
 temporary files (``.chunk-00000.nc.tmp-PID``, ``.manifest.json.tmp-PID``) are ever deleted.
@@ -61,11 +68,11 @@ def check_out(out: Any) -> pathlib.Path:
     return path
 
 
-def read_manifest(path: pathlib.Path) -> dict[str, Any] | None:
+def read_manifest(path: pathlib.Path, format: str = FORMAT) -> dict[str, Any] | None:
     """The manifest of the results directory ``path``, or ``None`` if it has none.
 
-    A ``manifest.json`` that this library did not write (not JSON, or without its
-    ``format``) is a ``ValueError`` naming the file.
+    A ``manifest.json`` that this library did not write (not JSON, or without the
+    ``format`` of the results read, ``format``) is a ``ValueError`` naming the file.
     """
     manifest_path = path / MANIFEST
     if not manifest_path.exists():
@@ -75,9 +82,11 @@ def read_manifest(path: pathlib.Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         problem = f"it cannot be read as JSON ({type(error).__name__}: {error})"
     else:
-        if isinstance(stored, dict) and stored.get("format") == FORMAT:
+        if isinstance(stored, dict) and stored.get("format") == format:
             return stored
-        problem = f'it has no "format": {FORMAT!r}'
+        problem = f'it has no "format": {format!r}'
+        if isinstance(stored, dict) and str(stored.get("format", "")).startswith("slt_jax-"):
+            problem += f" (it holds {stored['format']!r} results)"
     raise ValueError(
         f"{str(manifest_path)!r} is not a slt_jax results manifest: {problem}. The directory "
         "holds something else; use another output directory."
@@ -125,8 +134,8 @@ def _differences(stored: dict, now: dict, prefix: str = "", skip=()) -> list[str
     return out
 
 
-def _normalise(manifest: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps({"format": FORMAT, **manifest}))
+def _normalise(manifest: dict[str, Any], format: str = FORMAT) -> dict[str, Any]:
+    return json.loads(json.dumps({"format": format, **manifest}))
 
 
 def _tracing(manifest: dict) -> tuple:
@@ -135,8 +144,13 @@ def _tracing(manifest: dict) -> tuple:
     return platform.get("jax"), platform.get("x64")
 
 
-def _compare(stored: dict, now: dict, path: pathlib.Path) -> None:
-    """Warn about informational differences; raise ``ValueError`` listing the others."""
+# How a differing top-level manifest key is named in the one-line summary of an error.
+_SHOWN = {"data_hash": "data", "checkpoint_hashes": "checkpoints", "loss_fn": "loss function"}
+
+
+def _compare(stored: dict, now: dict, path: pathlib.Path, skip=()) -> None:
+    """Warn about informational differences; raise ``ValueError`` listing the others
+    (``skip``: keys compared elsewhere)."""
     for key in _INFORMATIONAL:
         if stored.get(key) != now.get(key):
             warn_user(
@@ -171,17 +185,39 @@ def _compare(stored: dict, now: dict, path: pathlib.Path) -> None:
             {**m, "config": {k: v for k, v in m.get("config", {}).items() if k != "seed"}}
             for m in (stored, now)
         )
-    differences = _differences(stored, now, skip=unchecked)
+    differences = _differences(stored, now, skip=(*unchecked, *skip))
     if differences:
+        keys = dict.fromkeys(d.split(":")[0].split(".")[0] for d in differences)
+        what = ", ".join(_SHOWN.get(k, k) for k in keys)
         raise ValueError(
-            f"out={str(path)!r} holds results of a different configuration; "
-            "use another output directory, or the same settings to resume:\n  "
-            + "\n  ".join(differences)
+            f"out={str(path)!r} holds results of a different configuration (other settings: "
+            f"{what} differ); use another output directory, or the same settings to "
+            "resume:\n  " + "\n  ".join(differences)
         )
 
 
+def _grown(stored: dict, now: dict, path: pathlib.Path, growing: dict[str, str]) -> dict:
+    """The stored manifest with the entries of ``now``'s growing keys added.
+
+    A growing key holds a mapping (e.g. ``{step: checkpoint hash}``) that a later run may
+    extend; an entry that both hold with different values is a ``ValueError``."""
+    merged = dict(stored)
+    for key, what in growing.items():
+        old, new = stored.get(key) or {}, now.get(key) or {}
+        changed = [k for k in new if k in old and old[k] != new[k]]
+        if changed:
+            shown = [int(k) if k.lstrip("-").isdigit() else k for k in changed]
+            raise ValueError(
+                f"out={str(path)!r} holds results of other {what} {shown[:6]}"
+                f"{' …' if len(shown) > 6 else ''}: they differ from these; use another "
+                "output directory."
+            )
+        merged[key] = {**old, **new}
+    return merged
+
+
 class ResultStore:
-    """An output directory of a checkpoint sweep.
+    """An output directory of a checkpoint sweep, whose chunks hold results of one type.
 
     Opening a writer checks the directory (a new or empty one, or one that this library
     wrote: anything else is a ``ValueError``), takes its lock, removes the temporary files
@@ -195,6 +231,15 @@ class ResultStore:
         the library version and platform), or ``ValueError`` lists the differences.
       writer: ``False`` in a process that only reads what another one writes: the
         manifest must then exist and agree.
+      result_type: what a chunk holds: :class:`~slt_jax.LLCResult` (default) or another
+        result over checkpoints with ``to_xarray()``, a classmethod ``from_xarray(dataset)``
+        whose dataset has a ``step`` coordinate, a classmethod ``concat(results)`` (joined,
+        sorted by step) and a ``store_format`` string (the manifest's ``format``: a
+        directory of one type is refused as the other).
+      growing: ``{key: description}`` of manifest keys whose mapping a later run may
+        extend (a run over more checkpoints resumes one over fewer): entries both runs hold
+        must agree (else ``ValueError`` naming the ``description`` and the entries), the
+        union is stored.
     """
 
     def __init__(
@@ -203,18 +248,25 @@ class ResultStore:
         manifest: dict[str, Any] | None = None,
         *,
         writer: bool = True,
+        result_type: type = LLCResult,
+        growing: dict[str, str] | None = None,
     ):
         self.path = check_out(path)
         self.writer = writer
+        self.result_type = result_type
+        self.format = format_of(result_type)
+        self.growing = dict(growing or {})
         self.manifest = None
         self._lock = None
         if not writer:  # another process writes: the manifest must exist and agree
-            stored, manifest = read_manifest(self.path), _normalise(manifest)
+            stored = read_manifest(self.path, self.format)
+            manifest = _normalise(manifest, self.format)
             if stored is None:
                 raise ValueError(f"out={str(self.path)!r} has no {MANIFEST}.")
-            differences = _differences(stored, manifest)
+            differences = _differences(stored, manifest, skip=self.growing)
             if differences:
                 raise ValueError(f"out={str(self.path)!r}: manifests differ: {differences}")
+            _grown(stored, manifest, self.path, self.growing)
             self.stored = self.manifest = manifest
             return
         if self.path.exists():  # refuse a foreign directory before writing into it
@@ -234,7 +286,7 @@ class ResultStore:
 
     def _read_stored(self) -> dict[str, Any] | None:
         """The stored manifest; with none, the directory must hold nothing but our files."""
-        stored = read_manifest(self.path)
+        stored = read_manifest(self.path, self.format)
         if stored is None:
             others = sorted(
                 p.name
@@ -281,10 +333,16 @@ class ResultStore:
 
     def start(self, manifest: dict[str, Any]) -> None:
         """Compare ``manifest`` with the stored one (``ValueError`` if they differ), or
-        write it (atomically) into a new directory."""
-        manifest = _normalise(manifest)
+        write it (atomically) into a new directory. Growing keys are merged (and the merged
+        manifest written when it gained entries)."""
+        manifest = _normalise(manifest, self.format)
         if self.stored is not None:
-            _compare(self.stored, manifest, self.path)
+            _compare(self.stored, manifest, self.path, skip=self.growing)
+            merged = _grown(self.stored, manifest, self.path, self.growing)
+            if merged != self.stored:
+                text = json.dumps(merged, indent=2, sort_keys=True)
+                _atomic_write(self.path / MANIFEST, lambda tmp: tmp.write_text(text))
+                self.stored = merged
         else:
             text = json.dumps(manifest, indent=2, sort_keys=True)
             _atomic_write(self.path / MANIFEST, lambda tmp: tmp.write_text(text))
@@ -297,11 +355,18 @@ class ResultStore:
     def has_chunk(self, index: int) -> bool:
         return self._chunk_path(index).exists()
 
-    def finished_chunks(self) -> set[int]:
-        """Indices of the chunks already on disk."""
-        return set(_chunk_files(self.path))
+    def finished_chunks(self, steps=None, chunk_size: int | None = None) -> set[int]:
+        """Indices of the chunks already on disk; given the run's ``steps`` and
+        ``chunk_size``, only those holding exactly the steps of that chunk of this run (a
+        chunk written by a run over other checkpoints is run again, and replaced)."""
+        found = _chunk_files(self.path)
+        if steps is None:
+            return set(found)
+        steps = [int(s) for s in steps]
+        wanted = {i: steps[i * chunk_size : (i + 1) * chunk_size] for i in found}
+        return {i for i, f in found.items() if wanted[i] and _steps_of(f) == wanted[i]}
 
-    def write_chunk(self, index: int, result: LLCResult) -> None:
+    def write_chunk(self, index: int, result: Any) -> None:
         """Write one chunk's results (with their steps) atomically."""
         if not self.writer:
             raise RuntimeError("this process does not write the results.")
@@ -310,26 +375,35 @@ class ResultStore:
             self._chunk_path(index), lambda tmp: dataset.to_netcdf(tmp, engine="h5netcdf")
         )
 
-    def read_chunk(self, index: int) -> LLCResult:
-        return _read(self._chunk_path(index))
+    def read_chunk(self, index: int) -> Any:
+        return _read(self._chunk_path(index), self.result_type)
 
-    def load(self) -> LLCResult:
+    def load(self) -> Any:
         """Every finished chunk, joined along the checkpoint axis (sorted by step)."""
-        return _read_all(self.path)
+        return _read_all(self.path, self.result_type)
 
 
-def _read(path: pathlib.Path) -> LLCResult:
+def _steps_of(path: pathlib.Path) -> list[int]:
+    """The training steps a chunk file holds (its ``step`` coordinate only)."""
     import xarray as xr
 
     with xr.open_dataset(path, engine="h5netcdf") as dataset:
-        return LLCResult.from_xarray(dataset.load())
+        return [int(s) for s in dataset["step"].values]
 
 
-def _read_all(path: pathlib.Path) -> LLCResult:
+def _read(path: pathlib.Path, result_type: type = LLCResult) -> Any:
+    import xarray as xr
+
+    with xr.open_dataset(path, engine="h5netcdf") as dataset:
+        return result_type.from_xarray(dataset.load())
+
+
+def _read_all(path: pathlib.Path, result_type: type = LLCResult) -> Any:
     chunks = _chunk_files(path)
     if not chunks:
         raise ValueError(f"{str(path)!r} has no finished chunks yet.")
-    return concat_results([_read(chunks[index]) for index in sorted(chunks)])
+    concat = getattr(result_type, "concat", concat_results)
+    return concat([_read(chunks[index], result_type) for index in sorted(chunks)])
 
 
 def _chunk_size(manifest: dict, path: pathlib.Path) -> int:
@@ -339,10 +413,15 @@ def _chunk_size(manifest: dict, path: pathlib.Path) -> int:
     return size
 
 
-def stored_chunk_size(path: str | os.PathLike) -> int | None:
+def format_of(result_type: type) -> str:
+    """The manifest ``format`` of a directory of ``result_type`` results."""
+    return getattr(result_type, "store_format", FORMAT)
+
+
+def stored_chunk_size(path: str | os.PathLike, result_type: type = LLCResult) -> int | None:
     """The chunking of an existing results directory (resuming keeps it), else ``None``."""
     path = check_out(path)
-    stored = read_manifest(path)
+    stored = read_manifest(path, format_of(result_type))
     return None if stored is None else _chunk_size(stored, path)
 
 
@@ -352,7 +431,13 @@ def load_results(path: str | os.PathLike) -> LLCResult:
     Returns an :class:`~slt_jax.LLCResult` over the checkpoints finished so far (sorted
     by step); ``.to_xarray()`` gives the labelled dataset.
     """
+    return read_results(path)
+
+
+def read_results(path: str | os.PathLike, result_type: type = LLCResult) -> Any:
+    """The finished chunks of the results directory ``path`` holding ``result_type``
+    results, joined and sorted by step (no lock is taken: a running sweep may add more)."""
     path = pathlib.Path(path)
-    if read_manifest(path) is None:
+    if not path.is_dir() or read_manifest(path, format_of(result_type)) is None:
         raise ValueError(f"{str(path)!r} is not a results directory (no {MANIFEST}).")
-    return _read_all(path)
+    return _read_all(path, result_type)

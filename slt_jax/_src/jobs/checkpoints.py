@@ -241,7 +241,16 @@ def _stored_calibration(store, out, request) -> CalibrationRecord | None:
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-    """A sweep at numeric settings: what every chunk runs."""
+    """A sweep at numeric settings: what every chunk runs.
+
+    Another job over checkpoints subclasses it (its groups, its plug-ins, its result type):
+    :func:`_run` chunks it by memory (:meth:`chunk_size` measures :meth:`lower`), runs
+    :meth:`run_chunk` on each chunk and writes it to a :class:`ResultStore` of
+    :attr:`result_type` with :meth:`manifest`. The checkpoint set is read only through
+    ``len``, ``.steps`` and ``select(indices).params`` (one chunk's parameters).
+    """
+
+    result_type = LLCResult  # what a chunk's result is (and what the store holds)
 
     loss_fn: Any
     config: LLCConfig
@@ -265,6 +274,26 @@ class Sweep:
 
     def centers(self, indices) -> PyTree:
         return jax.tree.map(lambda x: x[indices], self.checkpoint_set.params)
+
+    @classmethod
+    def store_options(cls) -> dict:
+        """How a :class:`ResultStore` of this sweep's results is opened."""
+        return {"result_type": cls.result_type}
+
+    def manifest(self, chunk_size: int) -> dict:
+        """What identifies the results on disk (compared on resume)."""
+        checkpoint_set, config = self.checkpoint_set, self.config
+        first = jax.tree.map(lambda x: x[0], checkpoint_set.params)
+        loss = loss_fingerprint(self.loss_fn, first, self.data, config.batch_size)
+        contents = manifest(config, checkpoint_set, self.data, self.key, chunk_size, loss)
+        if self.record is not None:
+            contents["calibration"] = self.record.to_dict()
+            contents["calibration_request"] = self.request
+        return contents
+
+    def concat(self, results):
+        """The chunks' results joined along the checkpoint axis."""
+        return concat_results(results)
 
     def lower(self, chunk: int):
         """The compiled-program-to-be of a chunk of ``chunk`` checkpoints."""
@@ -308,35 +337,33 @@ class Sweep:
         return dataclasses.replace(stacked, calibration=self.record)
 
 
-def _run(sweep: Sweep, store, out, chunk_size, memory_budget, progress) -> LLCResult:
-    """Every checkpoint of the sweep, in chunks (``store`` already locked)."""
+def _run(sweep: Sweep, store, out, chunk_size, memory_budget, progress):
+    """Every checkpoint of the sweep, in chunks (``store`` already locked); the sweep's
+    results joined (:meth:`Sweep.concat`)."""
     if chunk_size is None and out is not None:
-        chunk_size = stored_chunk_size(out) if store is None else store.stored_chunk_size
+        if store is None:
+            chunk_size = stored_chunk_size(out, sweep.result_type)
+        else:
+            chunk_size = store.stored_chunk_size
     chunk_size = sweep.chunk_size(chunk_size, memory_budget)
     if out is not None:
-        checkpoint_set, config = sweep.checkpoint_set, sweep.config
-        first = jax.tree.map(lambda x: x[0], checkpoint_set.params)
-        loss = loss_fingerprint(sweep.loss_fn, first, sweep.data, config.batch_size)
-        contents = manifest(config, checkpoint_set, sweep.data, sweep.key, chunk_size, loss)
-        if sweep.record is not None:
-            contents["calibration"] = sweep.record.to_dict()
-            contents["calibration_request"] = sweep.request
-        store = _start_store(store, out, contents)
+        store = _start_store(store, out, sweep.manifest(chunk_size), sweep)
     run_chunk = lambda indices: sweep.run_chunk(indices, chunk_size)  # noqa: E731
     results = _run_chunks(run_chunk, sweep.checkpoint_set.steps, chunk_size, store, progress)
-    return concat_results(results)
+    return sweep.concat(results)
 
 
-def _lock_store(out) -> ResultStore | None:
+def _lock_store(out, sweep_type: type | None = None) -> ResultStore | None:
     """Process 0 writes the results: it opens (checks and locks) the directory at once; the
-    other processes only check the path."""
+    other processes only check the path. ``sweep_type``: the :class:`Sweep` (sub)class,
+    whose results the directory holds."""
     if jax.process_index() == 0:
-        return ResultStore(out)
+        return ResultStore(out, **(sweep_type or Sweep).store_options())
     check_out(out)
     return None
 
 
-def _start_store(store: ResultStore | None, out, manifest) -> ResultStore:
+def _start_store(store: ResultStore | None, out, manifest, sweep=None) -> ResultStore:
     """Process 0 compares or writes the manifest; with several processes the others wait
     for it, then read the same directory (which must be on a file system they all see)."""
     if store is not None:
@@ -346,7 +373,8 @@ def _start_store(store: ResultStore | None, out, manifest) -> ResultStore:
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices("slt_jax: results directory open")
-    return store or ResultStore(out, manifest, writer=False)
+    options = (sweep or Sweep).store_options()
+    return store or ResultStore(out, manifest, writer=False, **options)
 
 
 def _run_chunks(run_chunk, steps, chunk_size, store, progress) -> list[LLCResult]:
@@ -355,7 +383,7 @@ def _run_chunks(run_chunk, steps, chunk_size, store, progress) -> list[LLCResult
     The finished chunks are listed once, before any chunk runs, so that every process
     (each runs every chunk's collective program) skips the same ones.
     """
-    finished = store.finished_chunks() if store is not None else set()
+    finished = store.finished_chunks(steps, chunk_size) if store is not None else set()
     results = []
     bar = _progress_bar(len(steps), enabled=progress and jax.process_index() == 0)
     for index, start in enumerate(range(0, len(steps), chunk_size)):

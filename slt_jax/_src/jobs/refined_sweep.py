@@ -1,17 +1,22 @@
-"""``estimate_refined_llc_checkpoints``: refined LLCs (per attention head, say) of every
-checkpoint of a training run, written as they finish and resumed after an interruption.
+"""``estimate_refined_llc_checkpoints``: refined LLCs (per attention head, say), observables
+and probe statistics of every checkpoint of a training run, checkpoints × refinements ×
+chains as the items of one compiled program, chunked by memory, written through the results
+store and resumed after an interruption.
 
-Each checkpoint is one call of :func:`~slt_jax.estimate_refined_llc`: its refinements ×
-chains are the items of one compiled program, and every checkpoint has the parameters'
-shapes, so the program is compiled once for the whole run. Every checkpoint's chains use
-the same keys (common random numbers: the change of a head's λ̂ between checkpoints is
-measured with less noise than two independent runs would give).
+The sweep is a :class:`~slt_jax._src.jobs.checkpoints.Sweep` whose groups are (checkpoint,
+refinement) pairs: each carries its checkpoint as centre and its refinement's mask as the
+restriction's argument, and every chunk is padded to the same number of groups, so one
+compilation serves every chunk. Keys: chain ``i`` of every (checkpoint, refinement) uses
+``split(key, num_chains)[i]`` (common random numbers across refinements, as in
+:func:`~slt_jax.estimate_refined_llc`, and across checkpoints: the change of a head's λ̂
+between checkpoints is measured with less noise than independent runs would give, and
+each checkpoint's numbers are those of ``estimate_refined_llc`` on it with the same seed).
 """
 
 from __future__ import annotations
 
-import io
-import json
+import dataclasses
+import hashlib
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -21,20 +26,19 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from slt_jax._src import refine
+from slt_jax._src import refine, validation
 from slt_jax._src.config import LLCConfig, run_options
+from slt_jax._src.engine import programs
 from slt_jax._src.io.checkpoints import as_checkpoint_set
-from slt_jax._src.io.fingerprint import checkpoint_hashes, data_hash
-from slt_jax._src.io.hf import write_temp
-from slt_jax._src.io.store import check_out
-from slt_jax._src.jobs.refined import estimate_refined_llc
+from slt_jax._src.io.fingerprint import checkpoint_hashes, data_hash, loss_fingerprint, manifest
+from slt_jax._src.io.store import MANIFEST, read_manifest, read_results
+from slt_jax._src.jobs import orchestrate, refined, report
+from slt_jax._src.jobs.checkpoints import Sweep, _lock_store, _run
+from slt_jax._src.jobs.refined_result import RefinedCheckpointsResult
 from slt_jax._src.layouts import Layout
+from slt_jax._src.results import stack_results
 
 PyTree = Any
-FORMAT = "slt_jax-refined-checkpoints/1"
-MANIFEST = "manifest.json"
-# Per (step, refinement): what each finished checkpoint's file holds.
-FIELDS = ("llc_mean", "llc_stderr", "llc_std", "rhat", "ess", "num_diverged", "init_loss")
 
 
 @run_options()
@@ -48,47 +52,71 @@ def estimate_refined_llc_checkpoints(
     steps: Sequence[int] | None = None,
     like: PyTree = None,
     format: str | None = None,
+    observables: Mapping[str, PyTree] | None = None,
+    probe: PyTree | None = None,
+    observe_every: int = 10,
+    probe_kernel: bool = False,
+    probe_trace: bool = False,
+    per_token: bool = False,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
     out: str | os.PathLike | None = None,
     progress: bool = True,
     layout: Layout | None = None,
     mesh: Mesh | None = None,
     devices: Sequence[jax.Device] | None = None,
-):
-    r"""Weight-refined LLCs of every checkpoint of a training run.
+) -> RefinedCheckpointsResult:
+    r"""Weight-refined LLCs, observables and probe statistics of every checkpoint at once.
 
     For checkpoint ``w*_k`` and refinement ``V`` (a set of coordinates, e.g. one attention
     head; :mod:`slt_jax.refine`), the chains sample only ``V`` with the rest held at
     ``w*_k`` and estimate ``λ̂_V(k) = nβ (E[L_n] − L_n(w*_k))`` (Wang et al. 2024,
     arXiv:2410.02984), as :func:`~slt_jax.estimate_refined_llc` does for one checkpoint.
+    Checkpoints × refinements × chains are the items of one compiled program,
+    ``chunk_size`` checkpoints per call (every chunk padded to the same shapes: one
+    compilation). With ``probe`` (and ``per_token``, ``observables``) the chains also
+    observe the probe set, so its per-example (per-token) LLCs, Bayesian influence and
+    susceptibilities come at every checkpoint (the "embryology" of the probe set).
+
+    Chain ``i`` of every (checkpoint, refinement) uses the key ``split(key, num_chains)[i]``
+    (common random numbers): each checkpoint's numbers are those of
+    ``estimate_refined_llc(..., seed=seed)`` on it alone, to float rounding.
 
     Args:
-      loss_fn, data, refinements: as for :func:`~slt_jax.estimate_refined_llc`
+      loss_fn, data, refinements, observables, probe, observe_every, probe_kernel,
+        probe_trace, per_token, layout: as for :func:`~slt_jax.estimate_refined_llc`
         (``data`` may be a host source such as :class:`~slt_jax.TokenWindows`).
-      checkpoints, steps, like, format: as for :func:`~slt_jax.estimate_llc_checkpoints`.
-      out: a results directory: each checkpoint's table is written (a ``.npy`` file,
-        atomically) when it finishes; re-running with the same settings skips the
-        finished ones, other settings are an error. Read it back with :func:`load_refined_results`.
+      checkpoints, steps, like, format, chunk_size, memory_budget: as for
+        :func:`~slt_jax.estimate_llc_checkpoints` (``chunk_size=None``: the largest chunk
+        whose program fits ``memory_budget`` by XLA's memory analysis).
+      out: a results directory (:class:`~slt_jax._src.io.store.ResultStore`): each chunk is
+        written (netCDF, atomically) as it finishes, under a lock (a second writer is an
+        error). Re-running with the same settings skips the finished chunks; a run over
+        more checkpoints of the same run resumes one over fewer; other settings, data,
+        refinements, observables or checkpoint contents are an error, before anything is
+        compiled. Read it back with :func:`load_refined_results`.
       config, num_chains, num_steps, …: as for :func:`~slt_jax.estimate_llc`, except
         ``step_size="auto"``: calibrate first (:func:`~slt_jax.calibrate`) and pass the
         chosen numbers.
-      progress: print one line per finished checkpoint.
-      layout: as for :func:`~slt_jax.estimate_refined_llc` (component names such as
-        ``"l0h1"``).
+      progress: show a progress bar (checkpoints done).
+      mesh, devices: as for :func:`~slt_jax.estimate_llc`.
 
     Returns:
-      An ``xarray.Dataset`` with dimensions ``(step, refinement)``: ``llc_mean``,
-      ``llc_stderr``, ``llc_std``, ``rhat``, ``ess``, ``num_diverged``, ``init_loss``, and
-      ``num_selected`` over ``refinement``; the settings in its ``config`` attribute.
+      A :class:`RefinedCheckpointsResult`: ``res["head0"]`` is an
+      :class:`~slt_jax.LLCResult` over the checkpoints, ``res.checkpoint(k)`` a
+      :class:`~slt_jax.RefinedLLCResult`; ``res.llc_mean`` an ``xarray.DataArray``
+      ``(step, refinement)``; ``res.to_xarray()`` dims ``(checkpoint, refinement, chain,
+      …)``.
 
     Example:
       >>> import jax.numpy as jnp, numpy as np, slt_jax as sj
       >>> x = np.linspace(-1, 1, 256)[:, None]; y = 2 * x[:, 0]
       >>> loss = lambda w, b: 0.5 * jnp.mean((b[0] * w["a"] + w["b"] - b[1][:, None]) ** 2)
       >>> ckpts = [{"a": np.array([a]), "b": np.array([0.0])} for a in (1.9, 2.0)]
-      >>> ds = sj.estimate_refined_llc_checkpoints(
+      >>> res = sj.estimate_refined_llc_checkpoints(
       ...     loss, ckpts, (x, y), {"a": "a", "both": "*"}, steps=[10, 20],
       ...     num_steps=400, step_size=2e-3, localization=1.0, progress=False)
-      >>> ds.llc_mean.dims, ds.num_selected.values.tolist()
+      >>> res.llc_mean.dims, res.num_selected.values.tolist()
       (('step', 'refinement'), [1, 2])
     """
     if isinstance(config.step_size, str) or isinstance(config.localization, str):
@@ -98,142 +126,185 @@ def estimate_refined_llc_checkpoints(
             "chosen step_size, localization and nbeta."
         )
     checkpoint_set = as_checkpoint_set(checkpoints, steps=steps, like=like, format=format)
+    first = _first(checkpoint_set)
     if refinements is None:
         refinements = {"all": "*"}
-    first = jax.tree.map(lambda x: x[0], checkpoint_set.params)
     masks = refine.masks(first, refinements, layout=layout)  # checked before anything runs
-    names = list(masks)
-    counts = [refine.num_selected(masks[k]) for k in names]
-    path = None if out is None else check_out(out)
-    wanted = {
-        "format": FORMAT,
-        "config": config.to_dict(),
-        "refinements": names,
-        "num_selected": counts,
-    }
-    done = {}
-    if path is not None:
-        steps_here = [int(s) for s in checkpoint_set.steps]
-        hashes = dict(zip(steps_here, checkpoint_hashes(checkpoint_set), strict=True))
-        done = _start(path, {**wanted, "data_hash": data_hash(data)}, hashes)
-    tables = []
-    for k, step in enumerate(checkpoint_set.steps):
-        step = int(step)
-        if step in done:
-            tables.append(done[step])
-            continue
-        centre = jax.tree.map(lambda x, k=k: x[k], checkpoint_set.params)
-        result = estimate_refined_llc(
-            loss_fn, centre, data, masks, config=config, mesh=mesh, devices=devices
+    config, key = orchestrate.prepare(loss_fn, first, data, config)
+    names, observed = refined._check_observed(
+        loss_fn, first, data, observables, probe, config.batch_size
+    )
+    tokens = refined._token_shape(loss_fn, first, observed.probe, per_token)
+    observer = refined._observer(
+        names, observed, observe_every, probe_kernel, probe_trace, config, tokens
+    )
+    if chunk_size is not None:
+        chunk_size = validation.check_count("chunk_size", chunk_size, minimum=1)
+    if memory_budget is not None:
+        memory_budget = validation.check_bytes("memory_budget", memory_budget)
+    sweep = RefinedSweep(
+        loss_fn,
+        config,
+        key,
+        checkpoint_set,
+        data,
+        programs.resolve_mesh(mesh, devices),
+        masks=masks,
+        observer=observer,
+        observed=observed if observer is not None else None,
+        observe={
+            "names": list(names),
+            "probe": probe is not None,
+            "probe_kernel": bool(probe_kernel),
+            "probe_trace": bool(probe_trace),
+            "token_shape": None if tokens is None else list(tokens),
+            "every": int(observe_every) if observer is not None else None,
+        },
+        token_fields=refined._token_fields(loss_fn, observed.probe, tokens),
+    )
+    store = _lock_store(out, RefinedSweep) if out is not None else None
+    try:
+        result = _run(sweep, store, out, chunk_size, memory_budget, progress)
+    finally:
+        if store is not None:
+            store.close()
+    for name, one in result.results.items():
+        report.warn_over_checkpoints(one, prefix=f"refinement {name!r}: ")
+    return result
+
+
+def _first(checkpoint_set) -> PyTree:
+    return jax.tree.map(lambda x: x[0], checkpoint_set.select([0]).params)
+
+
+def _digest(tree: PyTree) -> str:
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        leaf = np.ascontiguousarray(leaf)
+        h.update(f"{leaf.dtype}{leaf.shape}".encode())
+        h.update(leaf.tobytes())
+    return h.hexdigest()[:24]
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinedSweep(Sweep):
+    """A refined sweep: groups are (checkpoint, refinement) pairs, checkpoint-major."""
+
+    result_type = RefinedCheckpointsResult
+
+    masks: dict = dataclasses.field(default_factory=dict)
+    observer: Any = None
+    observed: Any = None
+    observe: dict = dataclasses.field(default_factory=dict)
+    token_fields: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def plugins(self) -> programs.Plugins:
+        return programs.Plugins(refine.MaskRestriction(), self.observer)
+
+    @classmethod
+    def store_options(cls) -> dict:
+        return {"result_type": cls.result_type, "growing": {"checkpoints": "checkpoints at steps"}}
+
+    def groups(self, indices, config: LLCConfig | None = None) -> list[orchestrate.Group]:
+        """Checkpoint ``j`` of the chunk × each refinement; every group's chain keys are
+        ``split(key, num_chains)`` (common random numbers)."""
+        config = config or self.config
+        keys = jax.random.split(self.key, config.num_chains)
+        labels = self.labels(indices)
+        return [
+            orchestrate.Group(
+                config, j, keys, label=f"refinement {name!r} at {labels[j]}", args=mask
+            )
+            for j in range(len(indices))
+            for name, mask in self.masks.items()
+        ]
+
+    def centers(self, indices) -> PyTree:
+        """The chunk's checkpoints (read through ``select``: a lazy set reads only these)."""
+        unique, where = np.unique(np.asarray(indices), return_inverse=True)
+        params = self.checkpoint_set.select(unique).params
+        return jax.tree.map(lambda x: np.asarray(x)[where], params)
+
+    def lower(self, chunk: int):
+        indices = np.zeros(chunk, int)
+        return orchestrate.lower(
+            self.loss_fn,
+            self.centers(indices),
+            self.data,
+            self.groups(indices),
+            mesh=self.mesh,
+            plugins=self.plugins,
+            observed=self.observed,
         )
-        table = _table(result, names, step)
-        if path is not None:
-            _write(path / f"step-{step:010d}.npy", table)
-        tables.append(table)
-        if progress:
-            shown = ", ".join(f"{n} {table[0][i]:.3g}" for i, n in enumerate(names[:6]))
-            print(f"step {step}: {shown}{' …' if len(names) > 6 else ''}", flush=True)
-    return _dataset([int(s) for s in checkpoint_set.steps], names, counts, tables, wanted["config"])
+
+    def run_chunk(self, indices, chunk_size: int) -> RefinedCheckpointsResult:
+        """One chunk's results (padded to ``chunk_size`` checkpoints: one compilation)."""
+        padded = np.concatenate([indices, np.full(chunk_size - len(indices), indices[-1])])
+        centers = self.centers(padded)
+        labels = self.labels(padded)
+        losses = orchestrate.center_losses(
+            self.loss_fn, centers, self.data, self.config, labels, mesh=self.mesh, flag=True
+        )
+        num = len(self.masks)
+        outcomes = orchestrate.run(
+            self.loss_fn,
+            centers,
+            self.data,
+            self.groups(padded)[: len(indices) * num],
+            mesh=self.mesh,
+            losses=losses,
+            plugins=self.plugins,
+            observed=self.observed,
+            pad_to=chunk_size * num,
+        )
+        steps = self.checkpoint_set.steps[indices]
+        names = list(self.masks)
+        by_name = {n: outcomes[r::num] for r, n in enumerate(names)}
+        results = {n: stack_results([o.result for o in by_name[n]], steps) for n in names}
+        observed = None
+        if self.observer is not None:
+            stack = lambda *xs: np.stack([np.asarray(x) for x in xs])  # noqa: E731
+            observed = {
+                n: jax.tree.map(stack, *[o.trace.observed for o in by_name[n]]) for n in names
+            }
+        return RefinedCheckpointsResult(
+            steps=np.asarray(steps, np.int64),
+            results=results,
+            selected={n: refine.num_selected(m) for n, m in self.masks.items()},
+            observed=observed,
+            observe=self.observe,
+            token_fields=self.token_fields,
+        )
+
+    def manifest(self, chunk_size: int) -> dict:
+        """Settings, data, loss, refinements (their masks' hash), what is observed (the
+        observed sets' hashes) and ``checkpoints``: ``{step: hash}``, which a later run may
+        extend."""
+        first = _first(self.checkpoint_set)
+        loss = loss_fingerprint(self.loss_fn, first, self.data, self.config.batch_size)
+        contents = manifest(self.config, self.checkpoint_set, self.data, self.key, chunk_size, loss)
+        steps = contents.pop("steps")
+        hashes = contents.pop("checkpoint_hashes", None) or checkpoint_hashes(self.checkpoint_set)
+        contents["checkpoints"] = {str(s): h for s, h in zip(steps, hashes, strict=True)}
+        contents["refinements"] = list(self.masks)
+        contents["num_selected"] = [refine.num_selected(m) for m in self.masks.values()]
+        contents["masks_sha256"] = _digest(list(self.masks.values()))
+        observed = None
+        if self.observed is not None:
+            observed = [data_hash(x) for x in self.observed.observables]
+            observed.append(None if self.observed.probe is None else data_hash(self.observed.probe))
+        contents["observe"] = {**self.observe, "data_hashes": observed}
+        return contents
+
+    def concat(self, results) -> RefinedCheckpointsResult:
+        return RefinedCheckpointsResult.concat(results)
 
 
-def _table(result, names, step) -> np.ndarray:
-    """``(len(FIELDS), refinements)`` numbers of one checkpoint."""
-    rows = []
-    for field in FIELDS:
-        if field == "num_diverged":
-            rows.append([float(np.sum(result[n].diverged)) for n in names])
-        else:
-            rows.append([float(getattr(result[n], field)) for n in names])
-    return np.asarray(rows, np.float64)
-
-
-def _dataset(steps, names, counts, tables, config: dict):
-    import xarray as xr
-
-    stacked = np.stack(tables) if tables else np.zeros((0, len(FIELDS), len(names)))
-    variables = {
-        field: (("step", "refinement"), stacked[:, i, :]) for i, field in enumerate(FIELDS)
-    }
-    variables["num_selected"] = ("refinement", np.asarray(counts, np.int64))
-    return xr.Dataset(
-        variables,
-        coords={"step": np.asarray(steps, np.int64), "refinement": list(names)},
-        attrs={"config": json.dumps(config)},
-    )
-
-
-def _write(target: pathlib.Path, table: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, table)
-    os.replace(write_temp(target.parent, target.name, buffer.getvalue()), target)
-
-
-def _start(path: pathlib.Path, wanted: dict, hashes: dict[int, str]) -> dict[int, np.ndarray]:
-    """Check or write the manifest of ``path`` (the settings, the data's hash and each
-    checkpoint's; checkpoints may be added between runs); the tables of the finished
-    checkpoints."""
-    path.mkdir(parents=True, exist_ok=True)
-    manifest = path / MANIFEST
-    if manifest.exists():
-        try:
-            stored = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"{manifest} is not a refined-LLC manifest ({error}).") from None
-        if not isinstance(stored, dict) or stored.get("format") != FORMAT:
-            raise ValueError(
-                f"{manifest} was not written by estimate_refined_llc_checkpoints; use "
-                "another output directory."
-            )
-        differ = [k for k in wanted if stored.get(k) != wanted[k]]
-        if differ:
-            what = ", ".join("data" if k == "data_hash" else k for k in differ)
-            raise ValueError(
-                f"{path} holds refined LLCs of other settings ({what} differ); "
-                "use another output directory, or the settings it was written with."
-            )
-        known = {int(k): v for k, v in stored.get("checkpoints", {}).items()}
-        changed = [s for s, h in hashes.items() if s in known and known[s] != h]
-        if changed:
-            raise ValueError(
-                f"{path} holds refined LLCs of other checkpoints at steps {changed[:6]}: "
-                "their parameters differ from these; use another output directory."
-            )
-        wanted = {**stored, "checkpoints": {str(k): v for k, v in {**known, **hashes}.items()}}
-    else:
-        if any(p.name != MANIFEST for p in path.iterdir()):
-            raise ValueError(f"out={str(path)!r} is not empty and holds no refined-LLC results.")
-        wanted = {**wanted, "checkpoints": {str(k): v for k, v in hashes.items()}}
-    tmp = path / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(wanted, indent=1))
-    os.replace(tmp, manifest)
-    return _tables(path)
-
-
-def _tables(path: pathlib.Path) -> dict[int, np.ndarray]:
-    """``{step: table}`` of the checkpoints finished in ``path``."""
-    done = {}
-    for entry in path.glob("step-*.npy"):
-        with open(entry, "rb") as f:
-            done[int(entry.stem.split("-")[1])] = np.load(f)
-    return done
-
-
-def load_refined_results(path: str | os.PathLike):
-    """The dataset :func:`estimate_refined_llc_checkpoints` wrote to ``out=path`` (the
-    checkpoints finished so far, by step)."""
+def load_refined_results(path: str | os.PathLike) -> RefinedCheckpointsResult:
+    """The results :func:`estimate_refined_llc_checkpoints` wrote to ``out=path`` (the
+    checkpoints finished so far, by step), as a :class:`RefinedCheckpointsResult`."""
     path = pathlib.Path(path)
-    manifest = path / MANIFEST
-    if not manifest.exists():
+    if not path.is_dir() or read_manifest(path, RefinedCheckpointsResult.store_format) is None:
         raise ValueError(f"{str(path)!r} holds no refined-LLC results (no {MANIFEST}).")
-    stored = json.loads(manifest.read_text())
-    if stored.get("format") != FORMAT:
-        raise ValueError(f"{manifest} was not written by estimate_refined_llc_checkpoints.")
-    done = _tables(path)
-    steps = sorted(done)
-    return _dataset(
-        steps,
-        stored["refinements"],
-        stored["num_selected"],
-        [done[s] for s in steps],
-        stored["config"],
-    )
+    return read_results(path, RefinedCheckpointsResult)

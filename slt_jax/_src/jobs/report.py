@@ -45,8 +45,9 @@ def warn(result, *, prefix: str = "") -> None:
         warn_user(f"{prefix}{message}", LLCDiagnosticWarning)
 
 
-def warn_over_checkpoints(result) -> None:
-    """One warning per kind of failure across a checkpoint sweep, naming the steps."""
+def warn_over_checkpoints(result, *, prefix: str = "") -> None:
+    """One warning per kind of failure across a checkpoint sweep, naming the steps
+    (``prefix``: which group, e.g. a refinement)."""
     by_kind: dict[str, list[tuple[int, str]]] = {}
     for k, step in enumerate(result.steps):
         for kind, message in problems(result.checkpoint(k)).items():
@@ -54,7 +55,7 @@ def warn_over_checkpoints(result) -> None:
     for hits in by_kind.values():
         steps = ", ".join(str(s) for s, _ in hits[:10]) + (" …" if len(hits) > 10 else "")
         warn_user(
-            f"{len(hits)} of {len(result.steps)} checkpoints (steps {steps}); "
+            f"{prefix}{len(hits)} of {len(result.steps)} checkpoints (steps {steps}); "
             + (f"at step {hits[0][0]}: " if len(hits) > 1 else "")
             + hits[0][1],
             LLCDiagnosticWarning,
