@@ -291,6 +291,7 @@ class Sweep:
             self.data,
             self.config,
             self.labels(padded),
+            key=self.key,
             mesh=self.mesh,
             flag=True,
         )

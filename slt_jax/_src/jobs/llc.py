@@ -120,7 +120,7 @@ def estimate_llc(
     one = jax.tree.map(lambda x: jax.numpy.asarray(x)[None], params)
     group = orchestrate.Group(config, 0, jax.random.split(key, config.num_chains))
     mesh = programs.resolve_mesh(mesh, devices)
-    losses = orchestrate.center_losses(loss_fn, one, data, config, [""], mesh=mesh)
+    losses = orchestrate.center_losses(loss_fn, one, data, config, [""], key=key, mesh=mesh)
     (outcome,) = orchestrate.run(loss_fn, one, data, [group], mesh=mesh, losses=losses)
     result = outcome.result
     if record is not None:
