@@ -19,6 +19,8 @@ NAMES = [
     "slt_jax._src.jobs.refined",
     "slt_jax._src.samplers.specs",
     "slt_jax._src.config",
+    "slt_jax._src.data",
+    "slt_jax._src.estimators.llc",
     "slt_jax.models.tms",
     "slt_jax.models.icl",
     "slt_jax.models.optimizer_bias",
