@@ -254,3 +254,22 @@ def test_grid_and_two_temperatures_share_one_sample():
     # L_n(w*) cancels: the standard error is the chains' only
     expected = np.hypot(first.llc_mcse / 50, second.llc_mcse / 100) / abs(1 / 50 - 1 / 100)
     np.testing.assert_allclose(tt.llc_stderr, expected, rtol=1e-12)
+
+
+def test_a_sweep_into_a_results_directory_reads_a_big_source_once(tmp_path):
+    """The checks and the results directory's fingerprint share one streaming read; the
+    rest is the L_n(w*) sample (once per chunk of checkpoints) and the chains' minibatches."""
+    source = CountingArrays((X, Y))
+    sj.estimate_llc_checkpoints(
+        loss_fn, [W, W + 0.05], source, steps=[0, 10], out=tmp_path / "o", progress=False,
+        chunk_size=1, **RUN,
+    )  # fmt: skip
+    assert source.read == N + 2 * (32 * B + 2 * 12 * B)  # two chunks of one checkpoint
+    assert source.fingerprint() == CountingArrays((X, Y)).fingerprint()  # as read apart
+    tokens = RNG.integers(0, 50, 10_000).astype(np.uint16)
+    windows = sj.TokenWindows(tokens, seq_len=7, stride=3)
+    windows.check_once(50, fingerprint=True)
+    assert windows.fingerprint() == sj.TokenWindows(tokens, seq_len=7, stride=3).fingerprint()
+    bad = sj.TokenWindows(np.append(tokens, 60).astype(np.uint16), seq_len=7)
+    with pytest.raises(ValueError, match="id 60"):
+        bad.check_once(50, fingerprint=True)

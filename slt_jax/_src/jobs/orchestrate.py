@@ -39,10 +39,14 @@ from slt_jax._src.results import LLCResult
 PyTree = Any
 
 
-def prepare(loss_fn, params, data, config: LLCConfig, *, what="The loss at w*, L_n(w*),"):
+def prepare(
+    loss_fn, params, data, config: LLCConfig, *, what="The loss at w*, L_n(w*),", fingerprint=False
+):
     """Check a run before anything is compiled: the parameters, the options against the
-    data, the data, the loss on one minibatch and on the final short chunk of a full-data
-    loss. Returns ``(resolved config, key)``."""
+    data, the data (a host source once, in one read that with ``fingerprint`` also
+    fingerprints it for a results directory), the loss on one minibatch and, for an exact
+    ``L_n(w*)``, on the final short chunk of a full-data loss. Returns ``(resolved config,
+    key)``."""
     validation.check_params(params)
     resolved, key = config.resolve(_data.num_examples(data))
     if sources.is_source(data) and resolved.static().sampler.full_batch:
@@ -50,7 +54,7 @@ def prepare(loss_fn, params, data, config: LLCConfig, *, what="The loss at w*, L
             f"sampler {resolved.sampler!r} uses the whole data set at every step; a "
             "data source streamed from the host needs a minibatch sampler (e.g. 'sgld')."
         )
-    validation.check_data(data, getattr(loss_fn, "vocab_size", None))
+    validation.check_data(data, getattr(loss_fn, "vocab_size", None), fingerprint=fingerprint)
     check_values = getattr(loss_fn, "check_tokens", None)  # a loss's own check of its data
     if check_values is not None and not sources.is_source(data):
         try:
