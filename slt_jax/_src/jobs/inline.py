@@ -41,6 +41,9 @@ def llc_function(
     without leaving the compiled program. Diagnostics that need the host (R-hat, ESS,
     warnings) are left to :func:`~slt_jax.estimate_llc`.
 
+    ``L_n(w*)`` follows ``init_loss_batches`` as there: exact, or the mean over the same
+    sample of minibatches drawn with ``key`` (decided when traced, from ``n``).
+
     The options are checked when the function is built; the data-dependent ones
     (``batch_size <= n``, ``nbeta=None`` meaning ``n / log n``) when it is traced.
 
