@@ -49,9 +49,9 @@ def estimate_llc(
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``, the mean loss over ``batch`` (a
         pytree shaped like ``data`` with ``batch_size`` rows). An exact ``L_n(w*)`` is
-        evaluated in chunks of ``batch_size`` rows and one final chunk of ``n mod batch_size``
-        rows, so ``loss_fn`` must accept that batch size too (checked before anything is compiled;
-        a ``batch_size`` that divides ``n`` avoids it). For Flax models see
+        evaluated in chunks of ``batch_size`` rows and one final chunk of ``n mod
+        batch_size`` rows, so ``loss_fn`` must accept that batch size too (checked before
+        anything is compiled; a ``batch_size`` that divides ``n`` avoids it). For Flax models see
         :func:`slt_jax.nnx_loss` and :func:`slt_jax.linen_loss`.
       params: ``w*``, any pytree of floating arrays (NNX ``State``, Linen params, a dict).
       data: a pytree of arrays whose first axis indexes the ``n`` examples. It is moved to
