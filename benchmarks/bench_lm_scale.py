@@ -22,9 +22,12 @@ import os
 import sys
 
 #: The corpus part's model and run: a 1-layer GPT-2 (d = 64, 4 heads, vocabulary 512) on
-#: windows of 33 tokens, 2 chains x 20 steps of batch 32.
+#: windows of 33 tokens, 2 chains x 20 steps of batch 32, at the field's nβ = 30 and γ = 300
+#: (a fixed nβ: the chains' work, and their stability, do not change with the corpus size).
 CORPUS_MODEL = dict(vocab_size=512, n_positions=32, n_embd=64, n_layer=1, n_head=4)
-CORPUS_RUN = dict(num_chains=2, num_steps=20, batch_size=32, step_size=1e-4, localization=100.0)
+CORPUS_RUN = dict(
+    num_chains=2, num_steps=20, batch_size=32, step_size=1e-4, localization=300.0, nbeta=30.0
+)
 CORPUS_SEQ = 33
 
 
@@ -145,14 +148,14 @@ def _corpus_row(r: dict) -> str:
         f"{r['tokens'] / 1e6:>6.0f}M  {str(r['mode']):>6}  {r['check_s']:>7.1f}  "
         f"{r['init_loss_s']:>8.1f}  {r['first_step_s']:>10.1f}  {r['sampling_s']:>8.1f}  "
         f"{r['total_s']:>7.1f}  {r['beyond_sampling_s']:>8.1f}  "
-        f"{r['init_loss']:.5f} ± {r['init_loss_stderr']:.5f}"
+        f"{r['init_loss']:.5f} ± {r['init_loss_stderr']:.5f}  {r['llc_mean']:.3f}"
     )
 
 
 def _corpus_table(rows) -> str:
     header = (
         f"{'tokens':>7}  {'L_n':>6}  {'check':>7}  {'L_n(w*)':>8}  {'first step':>10}  "
-        f"{'sampling':>8}  {'total':>7}  {'- sampl.':>8}  L_n(w*) ± se"
+        f"{'sampling':>8}  {'total':>7}  {'- sampl.':>8}  L_n(w*) ± se        λ̂ (paired)"
     )
     lines = [header, "-" * len(header)] + [_corpus_row(r) for r in rows]
     lines.append(
