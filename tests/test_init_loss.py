@@ -273,3 +273,22 @@ def test_a_sweep_into_a_results_directory_reads_a_big_source_once(tmp_path):
     bad = sj.TokenWindows(np.append(tokens, 60).astype(np.uint16), seq_len=7)
     with pytest.raises(ValueError, match="id 60"):
         bad.check_once(50, fingerprint=True)
+
+
+def test_the_command_line_option():
+    import argparse
+
+    from slt_jax._src import cli
+
+    parser = argparse.ArgumentParser()
+    cli._add_sampler_options(parser)
+    assert parser.parse_args([]).init_loss_batches is None
+    assert parser.parse_args(["--init-loss-batches", "16"]).init_loss_batches == 16
+    assert parser.parse_args(["--init-loss-batches", "exact"]).init_loss_batches == "exact"
+    for bad in ("0", "2.5", "auto"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--init-loss-batches", bad])
+    assert (
+        cli._sampler_kwargs(parser.parse_args(["--init-loss-batches", "4"]))["init_loss_batches"]
+        == 4
+    )
