@@ -18,12 +18,151 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+#: The corpus part's model and run: a 1-layer GPT-2 (d = 64, 4 heads, vocabulary 512) on
+#: windows of 33 tokens, 2 chains x 20 steps of batch 32, at the field's nβ = 30 and γ = 300
+#: (a fixed nβ: the chains' work, and their stability, do not change with the corpus size).
+CORPUS_MODEL = dict(vocab_size=512, n_positions=32, n_embd=64, n_layer=1, n_head=4)
+CORPUS_RUN = dict(
+    num_chains=2, num_steps=20, batch_size=32, step_size=1e-4, localization=300.0, nbeta=30.0
+)
+CORPUS_SEQ = 33
 
 
 def corpus(quick: bool) -> dict:
-    """Time to the first step and to the result against corpus size."""
-    raise NotImplementedError("filled by the corpus-size work of issue 25")
+    """Time to the first step and to the result against corpus size.
+
+    For each size (10M, 60M, 600M tokens; ``quick``: 1M and 10M) a raw ``uint16`` token file
+    of random ids is written to a temporary directory, and ``sj.estimate_llc`` runs on
+    ``sj.TokenWindows`` of it, in a fresh process each (nothing compiled before), with the
+    automatic ``init_loss_batches`` (a bounded sample on these sizes) and, up to 60M tokens,
+    with the exact full-data pass. Reported, in seconds: the token check (one streaming read
+    of the file), ``L_n(w*)``, the time to the first step (everything before the chains
+    start), the sampling (the chains' compilation and steps) and the total; and ``L_n(w*)``
+    with its standard error. The files are deleted after.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    sizes = [1_000_000, 10_000_000] if quick else [10_000_000, 60_000_000, 600_000_000]
+    exact_up_to = 60_000_000
+    rows = []
+    directory = tempfile.mkdtemp(prefix="slt_jax-corpus-")
+    try:
+        for size in sizes:
+            path = os.path.join(directory, f"tokens-{size}.u16")
+            _write_tokens(path, size, CORPUS_MODEL["vocab_size"])
+            modes = [None, "exact"] if size <= exact_up_to else [None]
+            for mode in modes:
+                code = (
+                    f"import sys, json; sys.path.insert(0, {_HERE!r}); import bench_lm_scale as b; "
+                    f"print(json.dumps(b._corpus_run({path!r}, {mode!r})))"
+                )
+                out = subprocess.run(
+                    [sys.executable, "-c", code], check=True, capture_output=True, text=True
+                )
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append({"tokens": size, **row})
+                print(_corpus_row(rows[-1]), flush=True)
+            os.remove(path)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    print(_corpus_table(rows))
+    return {"model": CORPUS_MODEL, "run": CORPUS_RUN, "seq_len": CORPUS_SEQ, "rows": rows}
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _write_tokens(path: str, size: int, vocab: int, chunk: int = 50_000_000) -> None:
+    """A raw ``uint16`` file of ``size`` random ids below ``vocab`` (written as a memmap)."""
+    import numpy as np
+
+    tokens = np.memmap(path, dtype=np.uint16, mode="w+", shape=(size,))
+    rng = np.random.default_rng(0)
+    for start in range(0, size, chunk):
+        stop = min(size, start + chunk)
+        tokens[start:stop] = rng.integers(0, vocab, stop - start, dtype=np.uint16)
+    tokens.flush()
+    del tokens
+
+
+def _corpus_run(path: str, mode) -> dict:
+    """One ``sj.estimate_llc`` on the token file ``path`` (in a fresh process), timed."""
+    import time
+
+    from flax import nnx
+
+    import slt_jax as sj
+    from slt_jax._src import validation
+    from slt_jax._src.engine import stream
+    from slt_jax._src.jobs import orchestrate
+
+    spent = {"check": 0.0, "init_loss": 0.0, "sampling": 0.0}
+    marks = {}
+
+    def timed(module, name, label):
+        inner = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            marks.setdefault(label, start)
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent[label] += time.perf_counter() - start
+
+        setattr(module, name, wrapper)
+
+    timed(validation, "check_data", "check")
+    timed(orchestrate, "center_losses", "init_loss")
+    timed(stream, "run_items", "sampling")
+    model = sj.lm.GPT2(sj.lm.GPT2Config(**CORPUS_MODEL), rngs=nnx.Rngs(0))
+    loss_fn, params = sj.lm.next_token_loss(model)
+    start = time.perf_counter()
+    data = sj.TokenWindows(path, seq_len=CORPUS_SEQ, dtype="uint16")
+    result = sj.estimate_llc(
+        loss_fn, params, data, **CORPUS_RUN, init_loss_batches=mode, diagnostic_every=0
+    )
+    total = time.perf_counter() - start
+    return {
+        "mode": result.init_loss_batches,
+        "windows": len(data),
+        "check_s": spent["check"],
+        "init_loss_s": spent["init_loss"],
+        "first_step_s": marks["sampling"] - start,
+        "sampling_s": spent["sampling"],
+        "total_s": total,
+        "beyond_sampling_s": total - spent["sampling"],
+        "init_loss": result.init_loss,
+        "init_loss_stderr": result.init_loss_stderr,
+        "llc_mean": result.llc_mean,
+    }
+
+
+def _corpus_row(r: dict) -> str:
+    return (
+        f"{r['tokens'] / 1e6:>6.0f}M  {str(r['mode']):>6}  {r['check_s']:>7.1f}  "
+        f"{r['init_loss_s']:>8.1f}  {r['first_step_s']:>10.1f}  {r['sampling_s']:>8.1f}  "
+        f"{r['total_s']:>7.1f}  {r['beyond_sampling_s']:>8.1f}  "
+        f"{r['init_loss']:.5f} ± {r['init_loss_stderr']:.5f}  {r['llc_mean']:.3f}"
+    )
+
+
+def _corpus_table(rows) -> str:
+    header = (
+        f"{'tokens':>7}  {'L_n':>6}  {'check':>7}  {'L_n(w*)':>8}  {'first step':>10}  "
+        f"{'sampling':>8}  {'total':>7}  {'- sampl.':>8}  L_n(w*) ± se        λ̂ (paired)"
+    )
+    lines = [header, "-" * len(header)] + [_corpus_row(r) for r in rows]
+    lines.append(
+        "seconds; L_n: 'exact' or the number of sampled batches of 32 windows; first step: "
+        "everything before the chains start; sampling: their compilation and steps"
+    )
+    return "\n".join(lines)
 
 
 def checkpoints(quick: bool) -> dict:

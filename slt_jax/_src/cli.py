@@ -43,6 +43,19 @@ def _number_or_auto(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"not a number or 'auto': {text!r}") from None
 
 
+def _batches_or_exact(text: str) -> int | str:
+    """A positive whole number of batches, or the word ``exact``."""
+    if text.strip().lower() == "exact":
+        return "exact"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number or 'exact': {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (or 'exact'), got {value}")
+    return value
+
+
 def parse_bytes_free_count(text: str) -> int:
     """A whole count, written ``2000000`` or ``2e6``."""
     try:
@@ -117,6 +130,13 @@ def _add_sampler_options(p: argparse.ArgumentParser, *, chains=8, steps=1000) ->
     g.add_argument("--nbeta", type=float, default=None, help="nβ (default n / log n)")
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--estimator", choices=("paired", "plain"), default="paired")
+    g.add_argument(
+        "--init-loss-batches",
+        type=_batches_or_exact,
+        default=None,
+        help="L_n(w*) from this many minibatches, or 'exact' (default: exact when the data "
+        "are no larger than what the chains see, else a bounded sample)",
+    )
     g.add_argument(
         "--sampler",
         default="sgld",
@@ -207,6 +227,7 @@ def _sampler_kwargs(args) -> dict:
         nbeta=args.nbeta,
         batch_size=args.batch_size,
         estimator=args.estimator,
+        init_loss_batches=args.init_loss_batches,
         sampler=args.sampler,
         diagnostic_every=args.diagnostic_every,
         seed=args.seed,

@@ -39,6 +39,10 @@ AUTO = "auto"
 
 #: How the chains of one device are laid out (see :mod:`slt_jax._src.engine.programs`).
 CHAIN_LAYOUTS = ("auto", "vmap", "map")
+#: ``init_loss_batches`` value that asks for the exact full-data ``L_n(w*)``.
+EXACT = "exact"
+#: Batches of the bounded ``L_n(w*)`` sample at least (devinterp's ``num_init_loss_batches``).
+MIN_INIT_LOSS_BATCHES = 32
 #: Options that results record only when set (older results directories resume).
 _RECORDED_IF_SET = {
     "microbatch_size": None,
@@ -133,6 +137,13 @@ class LLCConfig:
         wins; unmatched leaves (and every leaf when ``None``) split FSDP-style along their
         largest divisible dimension (:mod:`slt_jax._src.engine.sharding`). Same result,
         less memory per device.
+      init_loss_batches: how ``L_n(w*)`` is computed: ``"exact"`` (a pass over all ``n``
+        examples), an int ``k >= 1`` (the mean over ``k`` minibatches of ``batch_size``
+        examples drawn without replacement with a key derived from the run's, with its
+        finite-population standard error), or ``None``: automatic
+        (:func:`resolve_init_loss_batches`: exact when the data hold no more examples than
+        the run's chains see, else a bounded sample). ``k`` batches that would cover the
+        data resolve to ``"exact"``. Resolved: ``"exact"`` or ``k``.
       step_size_schedule: resolved: a description of the schedule, ``None`` if constant.
       schedule: resolved: the schedule itself (not saved, not compared).
 
@@ -164,6 +175,7 @@ class LLCConfig:
     chain_layout: str = "auto"
     chain_batch: int = 1
     partition_rules: Any = None
+    init_loss_batches: int | str | None = None
     step_size_schedule: str | None = None
     schedule: object = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -183,7 +195,19 @@ class LLCConfig:
         for name, default in _RECORDED_IF_SET.items():
             if fields[name] == default:
                 del fields[name]
+        if fields["init_loss_batches"] in (None, EXACT):  # as results written before it
+            del fields["init_loss_batches"]
         return fields
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> LLCConfig:
+        """The inverse of :meth:`to_dict`: a resolved configuration that does not record
+        ``init_loss_batches`` used the exact ``L_n(w*)`` (results written before the option
+        existed, or exact ones)."""
+        fields = dict(fields)
+        if fields.get("num_examples") is not None:
+            fields.setdefault("init_loss_batches", EXACT)
+        return cls(**fields)
 
     def resolve(self, num_examples: int) -> tuple[LLCConfig, jax.Array]:
         """Check every option against a data set of ``num_examples`` and fill in the
@@ -218,6 +242,15 @@ class LLCConfig:
         key = validation.resolve_key(self.seed)
         seed = self.seed
         memory = _check_memory_options(self, int(batch_size))
+        init_loss_batches = resolve_init_loss_batches(
+            self.init_loss_batches,
+            num_examples=int(num_examples),
+            batch_size=int(batch_size),
+            num_chains=num_chains,
+            num_steps=int(num_steps),
+            num_draws=int(num_steps) - int(num_burnin),
+            estimator=self.estimator,
+        )
         resolved = LLCConfig(
             num_chains=num_chains,
             num_steps=int(num_steps),
@@ -237,6 +270,7 @@ class LLCConfig:
             ),
             step_size_schedule=text,
             schedule=schedule,
+            init_loss_batches=init_loss_batches,
             **memory,
         )
         return resolved, key
@@ -264,6 +298,60 @@ class LLCConfig:
         scale (1), the schedule itself being static."""
         step_size = 1.0 if self.schedule is not None else self.step_size
         return Arrays(*(jnp.float32(v) for v in (step_size, self.localization, self.nbeta)))
+
+
+def check_init_loss_batches(value) -> int | str | None:
+    """``init_loss_batches`` as given, checked: ``None``, ``"exact"`` or an int ``>= 1``."""
+    if value is None or (isinstance(value, str) and value == EXACT):
+        return value
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(
+            "`init_loss_batches` must be a positive integer (minibatches for L_n(w*)), "
+            f"{EXACT!r} (the full-data pass) or None (automatic); got {value!r}."
+        )
+    if value < 1:
+        raise ValueError(
+            f"`init_loss_batches` must be a positive integer, {EXACT!r} or None; got {value}."
+        )
+    return int(value)
+
+
+def resolve_init_loss_batches(
+    value,
+    *,
+    num_examples: int,
+    batch_size: int,
+    num_chains: int,
+    num_steps: int,
+    num_draws: int,
+    estimator: str,
+) -> int | str:
+    r"""How ``L_n(w*)`` is computed: ``"exact"`` or a number ``k`` of minibatches.
+
+    ``None`` (automatic): exact when the data hold no more examples than the run's chains
+    see (``n <= num_chains · num_steps · batch_size``: the full pass then costs less than
+    the run, forward only); otherwise ``k = max(32, num_chains · num_draws)`` batches for
+    the ``"plain"`` estimator (its standard error is then no larger than the chains' own
+    minibatch noise, for at most a third of their cost) and ``k = 32`` for ``"paired"``
+    (whose λ̂ does not use ``L_n(w*)``: only ``init_loss`` and the WBIC do). A ``k`` whose
+    batches would cover the data (``k · batch_size >= n``) is the exact pass, which costs
+    no more.
+
+    Example:
+      >>> resolve_init_loss_batches(None, num_examples=10**6, batch_size=32, num_chains=2,
+      ...                           num_steps=20, num_draws=15, estimator="paired")
+      32
+    """
+    value = check_init_loss_batches(value)
+    if value == EXACT:
+        return EXACT
+    if value is None:
+        if num_examples <= num_chains * num_steps * batch_size:
+            return EXACT
+        value = MIN_INIT_LOSS_BATCHES
+        if estimator == "plain":
+            value = max(value, num_chains * num_draws)
+    return EXACT if value * batch_size >= num_examples else value
 
 
 def _check_memory_options(config: LLCConfig, batch_size: int) -> dict:

@@ -125,6 +125,37 @@ def minibatch_indices(key: jax.Array, step: jax.Array, n: int, batch_size: int) 
     return permuted_indices(jax.random.fold_in(key, epoch), positions, n)
 
 
+#: ``fold_in`` constant that separates the ``L_n(w*)`` sample's key from the chains' keys.
+INIT_LOSS_STREAM = 0x1A17
+
+
+def init_loss_indices(key: jax.Array, n: int, batch_size: int, num_batches: int) -> jax.Array:
+    """``(num_batches, batch_size)`` example indices, all distinct: the bounded sample of
+    ``L_n(w*)``, positions ``0 … k·b − 1`` of the permutation of ``[0, n)`` keyed by
+    ``fold_in(key, INIT_LOSS_STREAM)`` (:func:`permuted_indices`; ``key``: the run's key).
+    Traceable; :func:`sample_batches` evaluates it for the host.
+
+    Example:
+      >>> idx = init_loss_indices(jax.random.key(0), 1000, 16, 4)
+      >>> idx.shape, len(np.unique(idx))
+      ((4, 16), 64)
+    """
+    if num_batches * batch_size > n:
+        raise ValueError(f"{num_batches} batches of {batch_size} exceed the {n} examples.")
+    positions = jnp.arange(num_batches * batch_size, dtype=jnp.uint32)
+    key = jax.random.fold_in(key, INIT_LOSS_STREAM)
+    return permuted_indices(key, positions, n).reshape(num_batches, batch_size)
+
+
+def sample_batches(key: jax.Array, n: int, batch_size: int, num_batches: int) -> np.ndarray:
+    """:func:`init_loss_indices` as a host array (computed by JAX, so that on-device data
+    and a host source draw the same examples)."""
+    return np.asarray(_sample(key, n, batch_size, num_batches))
+
+
+_sample = jax.jit(init_loss_indices, static_argnums=(1, 2, 3))
+
+
 def minibatch(key: jax.Array, step: jax.Array, data: PyTree, batch_size: int) -> PyTree:
     """The minibatch of global step ``step`` for the chain whose batch key is ``key``
     (:func:`minibatch_indices`). Stateless, so it needs no carry and costs O(b) per step.

@@ -30,6 +30,7 @@ _DIMS = {
     "llc_trace": ("chain", "draw"),
     "burnin_loss_trace": ("chain", "burnin_draw"),
     "init_loss": (),
+    "init_loss_stderr": (),
     "rhat": (),
     "ess": (),
     "diverged": ("chain",),
@@ -90,14 +91,20 @@ class LLCResult:
     Attributes:
       llc_mean: ``λ̂``, the mean over non-diverged chains of ``llc_per_chain``.
       llc_std: standard deviation of ``llc_per_chain`` across non-diverged chains.
-      llc_stderr: Monte-Carlo standard error of ``llc_mean`` from the effective sample size.
+      llc_stderr: standard error of ``llc_mean``: the Monte-Carlo error from the effective
+        sample size and, for the plain estimator with a sampled ``L_n(w*)``, ``nβ ·
+        init_loss_stderr``, in quadrature.
       llc_per_chain: ``(chains,)`` per-chain estimates; those of diverged chains (see
         ``diverged``) are usually NaN or inf but may be finite (a chain that failed on its
         last move) and are left out of every estimate.
       loss_trace: ``(chains, draws)`` minibatch losses ``L_B(w_t)`` after burn-in.
       llc_trace: ``(chains, draws)`` per-draw LLC values; ``llc_per_chain`` is their mean.
       burnin_loss_trace: ``(chains, burnin)`` minibatch losses during burn-in.
-      init_loss: ``L_n(w*)``, the full-data loss at the centre.
+      init_loss: ``L_n(w*)``, the full-data loss at the centre: exact, or the mean over a
+        bounded sample of minibatches (``config.init_loss_batches``, see
+        :attr:`init_loss_batches`).
+      init_loss_stderr: the standard error of ``init_loss`` (0 when exact; NaN for a
+        sample of one batch).
       rhat: split R-hat of ``llc_trace`` over non-diverged chains.
       ess: effective sample size of ``llc_trace`` over non-diverged chains.
       diverged: ``(chains,)`` bool, a chain whose loss or parameters became non-finite.
@@ -136,6 +143,23 @@ class LLCResult:
     calibration: CalibrationRecord | None = dataclasses.field(
         default=None, metadata=dict(static=True)
     )
+    init_loss_stderr: float = 0.0
+
+    @property
+    def init_loss_batches(self) -> int | str:
+        """How ``init_loss`` was computed: ``"exact"`` (every example) or the number of
+        minibatches of ``config.batch_size`` it is the mean of."""
+        return self.config.init_loss_batches or "exact"
+
+    @property
+    def llc_mcse(self):
+        """The chains' Monte-Carlo standard error of ``llc_mean`` alone (without the sampled
+        ``L_n(w*)``'s error, which differences between results sharing it cancel)."""
+        if self.config.estimator != "plain":
+            return self.llc_stderr
+        init = self.config.nbeta * np.asarray(self.init_loss_stderr, np.float64)
+        se = np.sqrt(np.maximum(0.0, np.square(self.llc_stderr) - np.square(init)))
+        return se if np.ndim(se) else float(se)
 
     @property
     def llc_corrected(self):
@@ -203,8 +227,14 @@ class LLCResult:
 
     @property
     def wbic_stderr(self):
-        """The Monte-Carlo standard error of :attr:`wbic`."""
-        return np.asarray(self.llc_stderr) * self.config.num_examples / self.config.nbeta
+        """The standard error of :attr:`wbic`. With the plain estimator ``L_n(w*)`` cancels
+        (``WBIC = n · mean_t L_{B_t}(w_t)``): the chains' Monte-Carlo error only; with the
+        paired one, ``n · init_loss_stderr`` is added in quadrature."""
+        n, nbeta = self.config.num_examples, self.config.nbeta
+        se = np.asarray(self.llc_mcse) * n / nbeta
+        if self.config.estimator != "plain":
+            se = np.hypot(se, n * np.asarray(self.init_loss_stderr, np.float64))
+        return se
 
     def checkpoint(self, k: int) -> LLCResult:
         """The single-checkpoint result at index ``k`` of a result over checkpoints."""
@@ -242,11 +272,13 @@ class LLCResult:
     @classmethod
     def from_xarray(cls, dataset) -> LLCResult:
         """The inverse of :meth:`to_xarray`."""
-        config = LLCConfig(**json.loads(dataset.attrs["config"]))
+        config = LLCConfig.from_dict(json.loads(dataset.attrs["config"]))
         calibration = None
         if "calibration" in dataset.attrs:
             calibration = CalibrationRecord.from_dict(json.loads(dataset.attrs["calibration"]))
-        fields = {name: np.asarray(dataset[name].values) for name in _DIMS}
+        fields = {name: np.asarray(dataset[name].values) for name in _DIMS if name in dataset}
+        if "init_loss_stderr" not in fields:  # written before sampled L_n(w*): exact
+            fields["init_loss_stderr"] = np.zeros_like(fields["init_loss"])
         fields["diverged"] = fields["diverged"].astype(bool)
         if "step" in dataset.coords:
             steps = np.asarray(dataset["step"].values)
@@ -260,10 +292,10 @@ class LLCResult:
             return checkpoint_table(self)
         c = self.config
         rows = [
-            ("LLC", f"{self.llc_mean:.4f} ± {self.llc_stderr:.4f} (MCSE)"),
+            ("LLC", f"{self.llc_mean:.4f} ± {self.llc_stderr:.4f} ({self._stderr_text()})"),
             ("std across chains", f"{self.llc_std:.4f}"),
             ("per chain", np.array2string(np.asarray(self.llc_per_chain), precision=3)),
-            ("init loss L_n(w*)", f"{self.init_loss:.6g}"),
+            ("init loss L_n(w*)", self._init_loss_text()),
             ("R-hat", f"{self.rhat:.4f}"),
             ("ESS", f"{self.ess:.1f}"),
             ("diverged chains", f"{self.num_diverged} / {c.num_chains}"),
@@ -284,6 +316,20 @@ class LLCResult:
         ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+    def _stderr_text(self) -> str:
+        if self.config.estimator == "plain" and self.init_loss_batches != "exact":
+            return "MCSE and the L_n(w*) sample's"
+        return "MCSE"
+
+    def _init_loss_text(self) -> str:
+        k = self.init_loss_batches
+        if k == "exact":
+            return f"{self.init_loss:.6g} (exact, all {self.config.num_examples} examples)"
+        return (
+            f"{self.init_loss:.6g} ± {self.init_loss_stderr:.3g} (sampled: {k} batches of "
+            f"{self.config.batch_size})"
+        )
 
     def _calibration_rows(self) -> list[tuple[str, str]]:
         c = self.calibration

@@ -74,21 +74,41 @@ class HostSource:
         for start, rows in self.chunks():
             _check_rows(rows, start, vocab_size)
 
-    def check_once(self, vocab_size: int | None = None) -> None:
+    def check_once(self, vocab_size: int | None = None, *, fingerprint: bool = False) -> None:
         """:meth:`check`, remembered for this source: a source's examples do not change, so
-        the runs of a sweep (one per checkpoint, a calibration and its run) read it once."""
+        the runs of a sweep (one per checkpoint, a calibration and its run) read it once.
+        With ``fingerprint`` (a results directory will record it), :meth:`fingerprint` is
+        computed in the same read where the source allows it (token files, host arrays)."""
         passed = self.__dict__.setdefault("_passed_checks", set())
-        if vocab_size not in passed:
+        check = vocab_size not in passed
+        digest = fingerprint and "_digest" not in self.__dict__
+        if check and digest:
+            self._digest = self._check_and_fingerprint(vocab_size)
+        elif check:
             self.check(vocab_size)
-            passed.add(vocab_size)
+        elif digest:
+            self.fingerprint()
+        passed.add(vocab_size)
 
     def fingerprint(self) -> str:
-        """A digest that identifies the data (results directories compare it on resume)."""
+        """A digest that identifies the data (results directories compare it on resume),
+        computed once per source."""
+        if "_digest" not in self.__dict__:
+            self._digest = self._fingerprint()
+        return self._digest
+
+    def _fingerprint(self) -> str:
         h = hashlib.sha256(type(self).__name__.encode())
         for _, rows in self.chunks():
             for leaf in jax.tree.leaves(rows):
                 h.update(np.ascontiguousarray(leaf).tobytes())
         return h.hexdigest()[:24]
+
+    def _check_and_fingerprint(self, vocab_size: int | None) -> str:
+        """:meth:`check` and then :meth:`_fingerprint` (sources that can do both in one read
+        override it)."""
+        self.check(vocab_size)
+        return self._fingerprint()
 
     def like(self, rows: int) -> PyTree:
         """Shapes and dtypes of ``rows`` examples (for tracing)."""
@@ -206,21 +226,43 @@ class TokenWindows(HostSource):
         vocab = self.vocab_size if vocab_size is None else vocab_size
         if vocab is None:
             return
+        for start, part in self._blocks():
+            self._check_block(start, part, vocab)
+
+    def _blocks(self):
+        """``(first token, tokens)`` over the whole file, one streaming read."""
         block = _SCAN_ROWS * self.seq_len
         for start in range(0, len(self.tokens), block):
-            part = np.asarray(self.tokens[start : start + block])
-            bad = (part < 0) | (part >= vocab) if part.dtype.kind == "i" else part >= vocab
-            if bad.any():
-                at = start + int(np.argmax(bad))
-                where = f"token file {self.path}" if self.path else "the token array"
-                raise ValueError(
-                    f"{where}: token {at} (id {int(self.tokens[at])}, in example "
-                    f"{at // self.stride}) is outside the vocabulary [0, {vocab})."
-                )
+            yield start, np.asarray(self.tokens[start : start + block])
 
-    def fingerprint(self) -> str:
+    def _check_block(self, start: int, part: np.ndarray, vocab: int) -> None:
+        bad = (part < 0) | (part >= vocab) if part.dtype.kind == "i" else part >= vocab
+        if bad.any():
+            at = start + int(np.argmax(bad))
+            where = f"token file {self.path}" if self.path else "the token array"
+            raise ValueError(
+                f"{where}: token {at} (id {int(self.tokens[at])}, in example "
+                f"{at // self.stride}) is outside the vocabulary [0, {vocab})."
+            )
+
+    def _hashed(self) -> tuple:
+        """The fingerprint's hash, before the tokens, and the number of tokens it covers."""
         h = hashlib.sha256(f"tokens {self.seq_len} {self.stride}".encode())
-        h.update(np.ascontiguousarray(self.tokens[: self._count * self.stride + self.seq_len]))
+        return h, self._count * self.stride + self.seq_len
+
+    def _fingerprint(self) -> str:
+        h, end = self._hashed()
+        h.update(np.ascontiguousarray(self.tokens[:end]))
+        return h.hexdigest()[:24]
+
+    def _check_and_fingerprint(self, vocab_size: int | None) -> str:
+        vocab = self.vocab_size if vocab_size is None else vocab_size
+        h, end = self._hashed()
+        for start, part in self._blocks():
+            if vocab is not None:
+                self._check_block(start, part, vocab)
+            if start < end:
+                h.update(np.ascontiguousarray(part[: end - start]))
         return h.hexdigest()[:24]
 
 
@@ -268,6 +310,15 @@ class HostArrays(HostSource):
 
     def check(self, vocab_size: int | None = None) -> None:
         super().check(self.vocab_size if vocab_size is None else vocab_size)
+
+    def _check_and_fingerprint(self, vocab_size: int | None) -> str:
+        vocab = self.vocab_size if vocab_size is None else vocab_size
+        h = hashlib.sha256(type(self).__name__.encode())
+        for start, rows in self.chunks():
+            _check_rows(rows, start, vocab)
+            for leaf in jax.tree.leaves(rows):
+                h.update(np.ascontiguousarray(leaf).tobytes())
+        return h.hexdigest()[:24]
 
 
 class HostDataset(HostSource):

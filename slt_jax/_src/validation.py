@@ -129,12 +129,13 @@ def check_batch_size(batch_size: int, num_examples: int) -> int:
     return int(batch_size)
 
 
-def check_data(data: PyTree, vocab_size: int | None = None) -> None:
+def check_data(data: PyTree, vocab_size: int | None = None, *, fingerprint: bool = False) -> None:
     """Every floating-point leaf of ``data`` finite (a NaN would read as a divergence); a
     host data source's examples all of one shape and dtype, its token ids within
-    ``vocab_size`` (:meth:`slt_jax._src.sources.HostSource.check`)."""
+    ``vocab_size`` (:meth:`slt_jax._src.sources.HostSource.check`), checked once per source
+    in one streaming read, which with ``fingerprint`` also computes its fingerprint."""
     if sources.is_source(data):
-        data.check_once(vocab_size)
+        data.check_once(vocab_size, fingerprint=fingerprint)
         return
     for path, leaf in jax.tree_util.tree_flatten_with_path(data)[0]:
         if jnp.issubdtype(leaf.dtype, jnp.floating) and not np.all(np.isfinite(np.asarray(leaf))):

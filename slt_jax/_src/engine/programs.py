@@ -95,30 +95,51 @@ def full_loss(loss_fn, center, data, batch_size: int) -> jax.Array:
 
 
 def center_losses(
-    loss_fn, centers: PyTree, data: PyTree, batch_size: int, mesh: Mesh | None = None, rules=None
+    loss_fn,
+    centers: PyTree,
+    data: PyTree,
+    batch_size: int,
+    mesh: Mesh | None = None,
+    rules=None,
+    *,
+    indices: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``(M,)`` full-data losses ``L_n(w*)`` of ``M`` distinct centres (leading axis), each
-    evaluated once, ``batch_size`` examples at a time (every process computes them all).
-    With a model axis in ``mesh`` the centres are split over it as the chains' are (a model
-    too large for one device is evaluated where it lies). Its compiled program lives in
-    the same bounded cache as the chain programs."""
-    cache_key = ("center losses", loss_fn, batch_size)
+    """``L_n(w*)`` of ``M`` distinct centres (leading axis), each evaluated once, ``batch_size``
+    examples at a time (every process computes them all): ``(M,)`` full-data losses, or,
+    given ``indices`` ``(k, batch_size)``, the ``(M, k)`` losses of those ``k`` minibatches
+    (the bounded sample: the same examples whether ``data`` is on the device or a host
+    source, which is read for them only). With a model axis in ``mesh`` the centres are
+    split over it as the chains' are (a model too large for one device is evaluated where
+    it lies). Its compiled programs live in the same bounded cache as the chain programs."""
+    sampled = indices is not None
 
     def build():
-        return jax.jit(
-            jax.vmap(lambda c, data: full_loss(loss_fn, c, data, batch_size), in_axes=(0, None))
-        )
+        if sampled:
+            one = lambda c, data, idx: batch_losses(loss_fn, c, data, idx)  # noqa: E731
+            return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
+        one = lambda c, data: full_loss(loss_fn, c, data, batch_size)  # noqa: E731
+        return jax.jit(jax.vmap(one, in_axes=(0, None)))
 
     replicate = lambda x: x  # noqa: E731
     if mesh is not None and sharding.MODEL_AXIS in mesh.axis_names:
         centers = place_centers(centers, mesh, rules, None)
         replicate = lambda tree: jax.tree.map(lambda x: _global(np.asarray(x), mesh, P()), tree)  # noqa: E731
-    program = _cached(cache_key, build)
+    program = _cached(("center losses", loss_fn, batch_size, sampled), build)
     if not sources.is_source(data):
-        return np.asarray(_host(program(centers, replicate(data))))
+        args = (replicate(data),) + ((replicate(np.asarray(indices, np.int32)),) if sampled else ())
+        return np.asarray(_host(program(centers, *args)), np.float64)
     # A host source: chunks of whole minibatches, as many as half its device budget holds.
-    n = len(data)
     rows = max(batch_size, data.device_bytes // 2 // max(1, data.example_bytes))
+    if sampled:  # only the sampled examples are read, a chunk of batches at a time
+        per_chunk = max(1, rows // batch_size)
+        out = []
+        for start in range(0, len(indices), per_chunk):
+            part = np.asarray(indices[start : start + per_chunk])
+            chunk = data.gather(part.ravel())
+            local = np.arange(part.size, dtype=np.int32).reshape(part.shape)
+            out.append(np.asarray(_host(program(centers, replicate(chunk), replicate(local)))))
+        return np.concatenate(out, axis=1).astype(np.float64)
+    n = len(data)
     rows = min(n, rows // batch_size * batch_size)
     total = 0.0
     for start in range(0, n, rows):
@@ -126,6 +147,13 @@ def center_losses(
         means = np.asarray(_host(program(centers, replicate(chunk))), np.float64)
         total = total + means * (min(n, start + rows) - start)
     return total / n
+
+
+def batch_losses(loss_fn, center, data, indices) -> jax.Array:
+    """``(k,)`` losses ``loss_fn(center, data[indices[j]])`` of ``k`` minibatches (traceable;
+    in at least float32, :func:`~slt_jax._src.data.wide`)."""
+    one = lambda idx: _data.wide(loss_fn(center, _data.take(data, idx)))  # noqa: E731
+    return jax.lax.map(one, indices)
 
 
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()

@@ -17,6 +17,11 @@ already seen the epoch's earlier batches, which ``B_t`` excludes). The plain one
 the minibatch noise of ``L_{B_t}`` multiplied by ``nβ``, which at large ``n`` can be as
 large as ``λ`` itself; the paired difference cancels most of it, at the cost of one extra
 forward pass per recorded draw.
+
+``L_n(w*)`` itself is the exact full-data mean, or (``init_loss_batches``) the mean of a
+bounded sample of ``k`` minibatches, :func:`init_loss_estimate`, whose standard error
+``se`` enters the plain estimator's standard error in quadrature,
+``√(MCSE² + (nβ·se)²)``; the paired estimator does not use ``L_n(w*)``.
 """
 
 from __future__ import annotations
@@ -41,10 +46,48 @@ def llc_trace(trace: ChainTrace, init_loss, nbeta, estimator: str):
     raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}.")
 
 
-def summarize(trace: ChainTrace, init_loss: float, config: LLCConfig) -> LLCResult:
+def init_loss_estimate(batch_losses, num_examples: int, batch_size: int) -> tuple:
+    r"""``L_n(w*)`` and its standard error from the losses ``m_1 … m_k`` of ``k`` minibatches
+    of ``b`` examples drawn without replacement from the ``n`` (``batch_losses``: ``(..., k)``):
+
+    .. math:: \hat L = \tfrac1k \sum_j m_j, \qquad
+              \mathrm{se}^2 = \Bigl(1 - \tfrac{kb}{n}\Bigr)\,\frac{s_m^2}{k},
+
+    ``s_m²`` the sample variance of the ``m_j`` (``ddof=1``). The ``k·b`` examples are a simple
+    random sample split at random into batches, so ``E[s_m²] = S²/b`` (``S²``: the
+    per-example variance over the data) and ``se²`` is unbiased for
+    ``Var(L̂) = (1 − kb/n) S²/(kb)``, with the finite-population correction. One batch gives
+    no standard error (NaN). Returns float64 arrays (or floats) of shape ``(...)``.
+
+    Example:
+      >>> mean, se = init_loss_estimate(np.array([1.0, 2.0, 3.0]), 300, 10)
+      >>> float(mean), round(float(se), 4)
+      (2.0, 0.5477)
+    """
+    m = np.asarray(batch_losses, np.float64)
+    k = m.shape[-1]
+    mean = m.mean(axis=-1)
+    if k < 2:
+        return mean, np.full_like(mean, np.nan)
+    correction = max(0.0, 1.0 - k * batch_size / num_examples)
+    return mean, np.sqrt(correction * m.var(axis=-1, ddof=1) / k)
+
+
+def combined_stderr(mcse, init_loss_stderr, nbeta, estimator: str):
+    """``llc_stderr``: the chains' Monte-Carlo error and, for the plain estimator, the
+    sampled ``L_n(w*)``'s, in quadrature (``√(MCSE² + (nβ·se)²)``)."""
+    if estimator == "plain":
+        return np.hypot(mcse, nbeta * np.asarray(init_loss_stderr, np.float64))
+    return mcse
+
+
+def summarize(
+    trace: ChainTrace, init_loss: float, config: LLCConfig, init_loss_stderr: float = 0.0
+) -> LLCResult:
     """Estimates and diagnostics of one group of chains (host arrays, leading axis:
     chains). Diverged chains are left out of every estimate and diagnostic; if all
-    diverged, the estimates are NaN (the caller decides what to say)."""
+    diverged, the estimates are NaN (the caller decides what to say). ``init_loss_stderr``:
+    that of a sampled ``L_n(w*)`` (0: exact), see :func:`combined_stderr`."""
     trace = trace._replace(
         loss=np.asarray(trace.loss, np.float64),
         reference_loss=np.asarray(trace.reference_loss, np.float64),
@@ -61,12 +104,15 @@ def summarize(trace: ChainTrace, init_loss: float, config: LLCConfig) -> LLCResu
     return LLCResult(
         llc_mean=float(healthy.mean()) if healthy.size else float("nan"),
         llc_std=float(healthy.std(ddof=1)) if healthy.size > 1 else float("nan"),
-        llc_stderr=stats.stderr,
+        llc_stderr=float(
+            combined_stderr(stats.stderr, init_loss_stderr, config.nbeta, config.estimator)
+        ),
         llc_per_chain=per_chain,
         loss_trace=np.asarray(trace.loss),
         llc_trace=values,
         burnin_loss_trace=np.asarray(trace.burnin_loss),
         init_loss=float(init_loss),
+        init_loss_stderr=float(init_loss_stderr),
         rhat=stats.rhat,
         ess=stats.ess,
         diverged=diverged,

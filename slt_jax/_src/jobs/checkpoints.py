@@ -123,7 +123,8 @@ def estimate_llc_checkpoints(
         stand_in = dataclasses.replace(
             config, step_size=1.0, localization=config.localization if given else 1.0
         )
-    _, key = orchestrate.prepare(loss_fn, first, data, stand_in)
+    # a results directory records the data's fingerprint: computed in the checks' one read
+    _, key = orchestrate.prepare(loss_fn, first, data, stand_in, fingerprint=out is not None)
     if chunk_size is not None:
         chunk_size = validation.check_count("chunk_size", chunk_size, minimum=1)
     if memory_budget is not None:
@@ -320,6 +321,7 @@ class Sweep:
             self.data,
             self.config,
             self.labels(padded),
+            key=self.key,
             mesh=self.mesh,
             flag=True,
         )

@@ -52,7 +52,7 @@ def run_grid(
     ]
     one = jax.tree.map(lambda x: jax.numpy.asarray(x)[None], params)
     mesh = programs.resolve_mesh(mesh, devices)
-    losses = orchestrate.center_losses(loss_fn, one, data, configs[0], [""], mesh=mesh)
+    losses = orchestrate.center_losses(loss_fn, one, data, configs[0], [""], key=key, mesh=mesh)
     keys = orchestrate.chain_keys(key, configs[0].num_chains, len(configs), common=common_keys)
     groups = [
         orchestrate.Group(

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from slt_jax._src import data as _data
 from slt_jax._src import validation
-from slt_jax._src.config import LLCConfig, run_options
+from slt_jax._src.config import EXACT, LLCConfig, run_options
 from slt_jax._src.engine import programs
 from slt_jax._src.estimators.llc import llc_trace
 
@@ -40,6 +40,9 @@ def llc_function(
     ``jax.jit`` training step or ``lax.scan`` (e.g. under ``lax.cond`` every N steps)
     without leaving the compiled program. Diagnostics that need the host (R-hat, ESS,
     warnings) are left to :func:`~slt_jax.estimate_llc`.
+
+    ``L_n(w*)`` follows ``init_loss_batches`` as there: exact, or the mean over the same
+    sample of minibatches drawn with ``key`` (decided when traced, from ``n``).
 
     The options are checked when the function is built; the data-dependent ones
     (``batch_size <= n``, ``nbeta=None`` meaning ``n / log n``) when it is traced.
@@ -75,7 +78,7 @@ def llc_function(
         keys = jax.random.split(key, resolved.num_chains)
         # The same chain program and L_n(w*) as estimate_llc, traced in the caller's jit.
         trace = programs.chains(loss_fn, static, keys, params, data, arrays)
-        init_loss = programs.full_loss(loss_fn, params, data, resolved.batch_size)
+        init_loss = _init_loss(loss_fn, params, data, key, resolved)
         per_chain = llc_trace(trace, init_loss, resolved.nbeta, resolved.estimator).mean(axis=1)
         diverged = trace.diverged | ~jnp.isfinite(per_chain)
         healthy = jnp.sum(~diverged)
@@ -88,3 +91,13 @@ def llc_function(
         )
 
     return llc
+
+
+def _init_loss(loss_fn, params, data, key, config: LLCConfig) -> jax.Array:
+    """``L_n(w*)`` as :func:`~slt_jax.estimate_llc` computes it with ``seed=key``: exact,
+    or the mean over the same sample of minibatches (traced)."""
+    if config.init_loss_batches == EXACT:
+        return programs.full_loss(loss_fn, params, data, config.batch_size)
+    n, b, k = config.num_examples, config.batch_size, config.init_loss_batches
+    indices = _data.init_loss_indices(key, n, b, k)
+    return jnp.mean(programs.batch_losses(loss_fn, params, data, indices))

@@ -48,10 +48,10 @@ def estimate_llc(
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``, the mean loss over ``batch`` (a
-        pytree shaped like ``data`` with ``batch_size`` rows). ``L_n(w*)`` is evaluated in
-        chunks of ``batch_size`` rows and one final chunk of ``n mod batch_size`` rows, so
-        ``loss_fn`` must accept that batch size too (checked before anything is compiled;
-        a ``batch_size`` that divides ``n`` avoids it). For Flax models see
+        pytree shaped like ``data`` with ``batch_size`` rows). An exact ``L_n(w*)`` is
+        evaluated in chunks of ``batch_size`` rows and one final chunk of ``n mod
+        batch_size`` rows, so ``loss_fn`` must accept that batch size too (checked before
+        anything is compiled; a ``batch_size`` that divides ``n`` avoids it). For Flax models see
         :func:`slt_jax.nnx_loss` and :func:`slt_jax.linen_loss`.
       params: ``w*``, any pytree of floating arrays (NNX ``State``, Linen params, a dict).
       data: a pytree of arrays whose first axis indexes the ``n`` examples. It is moved to
@@ -77,6 +77,13 @@ def estimate_llc(
       estimator: ``"paired"`` (default) averages ``nβ·(L_B(w_t) − L_B(w*))`` on the same
         minibatch, cancelling minibatch noise for one extra forward pass per draw;
         ``"plain"`` averages ``nβ·(L_B(w_t) − L_n(w*))``. See :mod:`slt_jax._src.estimators.llc`.
+      init_loss_batches: how ``L_n(w*)`` is computed: ``"exact"`` (a pass over every
+        example), ``k`` (the mean over ``k`` minibatches drawn with the run's key, with its
+        standard error ``init_loss_stderr``, added to ``llc_stderr`` for the plain
+        estimator), or ``None`` (default): exact when ``n <= num_chains · num_steps ·
+        batch_size``, else a bounded sample (32 batches for the paired estimator, whose λ̂
+        does not use ``L_n(w*)``; ``max(32, num_chains · draws)`` for the plain one). See
+        :func:`slt_jax._src.config.resolve_init_loss_batches`.
       sampler: ``"sgld"`` (default), ``"rmsprop_sgld"``, ``"sghmc"``, ``"sgnht"``, or an
         exact-gradient reference sampler ``"mala"``, ``"hmc"``, ``"nuts"`` (these use the
         whole data set at every step; ``batch_size`` is ignored); or a spec with options
@@ -120,7 +127,7 @@ def estimate_llc(
     one = jax.tree.map(lambda x: jax.numpy.asarray(x)[None], params)
     group = orchestrate.Group(config, 0, jax.random.split(key, config.num_chains))
     mesh = programs.resolve_mesh(mesh, devices)
-    losses = orchestrate.center_losses(loss_fn, one, data, config, [""], mesh=mesh)
+    losses = orchestrate.center_losses(loss_fn, one, data, config, [""], key=key, mesh=mesh)
     (outcome,) = orchestrate.run(loss_fn, one, data, [group], mesh=mesh, losses=losses)
     result = outcome.result
     if record is not None:

@@ -7,7 +7,9 @@ arguments. :func:`run` then
 
 0. (:func:`prepare`) checks the run before anything is compiled;
 1. computes each distinct centre's ``L_n(w*)`` once (a small program, before the chains:
-   a loss that is not finite at ``w*`` is an error there, or is flagged for a sweep);
+   a loss that is not finite at ``w*`` is an error there, or is flagged for a sweep):
+   exactly, or from a bounded sample of minibatches (``init_loss_batches``, the same
+   examples for every centre) with its standard error;
 2. flattens the groups into items (one chain each) and runs all of them in one compiled
    program (:func:`slt_jax._src.engine.programs.run_items`);
 3. summarizes each group's chains (:func:`slt_jax._src.estimators.llc.summarize`).
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,20 +29,24 @@ import numpy as np
 
 from slt_jax._src import data as _data
 from slt_jax._src import sources, validation
-from slt_jax._src.config import LLCConfig
+from slt_jax._src.config import EXACT, LLCConfig
 from slt_jax._src.engine import programs, stream
 from slt_jax._src.engine.interfaces import ChainTrace
-from slt_jax._src.estimators.llc import summarize
+from slt_jax._src.estimators.llc import init_loss_estimate, summarize
 from slt_jax._src.jobs import report
 from slt_jax._src.results import LLCResult
 
 PyTree = Any
 
 
-def prepare(loss_fn, params, data, config: LLCConfig, *, what="The loss at w*, L_n(w*),"):
+def prepare(
+    loss_fn, params, data, config: LLCConfig, *, what="The loss at w*, L_n(w*),", fingerprint=False
+):
     """Check a run before anything is compiled: the parameters, the options against the
-    data, the data, the loss on one minibatch and on the final short chunk of a full-data
-    loss. Returns ``(resolved config, key)``."""
+    data, the data (a host source once, in one read that with ``fingerprint`` also
+    fingerprints it for a results directory), the loss on one minibatch and, for an exact
+    ``L_n(w*)``, on the final short chunk of a full-data loss. Returns ``(resolved config,
+    key)``."""
     validation.check_params(params)
     resolved, key = config.resolve(_data.num_examples(data))
     if sources.is_source(data) and resolved.static().sampler.full_batch:
@@ -48,7 +54,7 @@ def prepare(loss_fn, params, data, config: LLCConfig, *, what="The loss at w*, L
             f"sampler {resolved.sampler!r} uses the whole data set at every step; a "
             "data source streamed from the host needs a minibatch sampler (e.g. 'sgld')."
         )
-    validation.check_data(data, getattr(loss_fn, "vocab_size", None))
+    validation.check_data(data, getattr(loss_fn, "vocab_size", None), fingerprint=fingerprint)
     check_values = getattr(loss_fn, "check_tokens", None)  # a loss's own check of its data
     if check_values is not None and not sources.is_source(data):
         try:
@@ -56,7 +62,8 @@ def prepare(loss_fn, params, data, config: LLCConfig, *, what="The loss at w*, L
         except (ValueError, TypeError) as error:
             raise type(error)(f"`data`: {error}") from error
     validation.check_loss_fn(loss_fn, params, validation.batch_like(data, resolved.batch_size))
-    validation.check_remainder(loss_fn, params, data, resolved.batch_size, what)
+    if resolved.init_loss_batches == EXACT:  # a sample has whole minibatches only
+        validation.check_remainder(loss_fn, params, data, resolved.batch_size, what)
     return resolved, key
 
 
@@ -113,6 +120,13 @@ def checkpoint_keys(key: jax.Array, steps, num_chains: int) -> jax.Array:
     return jax.vmap(lambda s: jax.random.split(jax.random.fold_in(key, s), num_chains))(steps)
 
 
+class CenterLosses(NamedTuple):
+    """``L_n(w*)`` of each stacked centre and its standard error (0 when exact)."""
+
+    mean: np.ndarray
+    stderr: np.ndarray
+
+
 def center_losses(
     loss_fn,
     centers: PyTree,
@@ -120,22 +134,32 @@ def center_losses(
     config: LLCConfig,
     labels: Sequence[str],
     *,
+    key: jax.Array,
     mesh,
     flag: bool = False,
-) -> np.ndarray:
-    """``L_n(w*)`` of each stacked centre, before any chain runs (``config.batch_size``
-    examples at a time; with a model axis in ``mesh``, the centres split over it as the
-    chains' will be). Not finite: a ``FloatingPointError`` (the chain program is neither
-    compiled nor run), or with ``flag`` left in (a sweep goes on; its estimate is NaN and a
-    warning names it)."""
-    losses = programs.center_losses(
-        loss_fn, centers, data, config.batch_size, mesh, config.partition_rules
-    )
-    bad = ~np.isfinite(losses)
+) -> CenterLosses:
+    """``L_n(w*)`` of each stacked centre, before any chain runs: the full-data mean
+    (``config.batch_size`` examples at a time) when ``config.init_loss_batches`` is
+    ``"exact"``, else the mean of that many minibatches drawn with ``key`` (the run's key:
+    :func:`slt_jax._src.data.sample_batches`, the same examples for every centre) and its
+    standard error (:func:`~slt_jax._src.estimators.llc.init_loss_estimate`). With a model
+    axis in ``mesh``, the centres split over it as the chains' will be. Not finite: a
+    ``FloatingPointError`` (the chain program is neither compiled nor run), or with ``flag``
+    left in (a sweep goes on; its estimate is NaN and a warning names it)."""
+    batches, n, b = config.init_loss_batches, config.num_examples, config.batch_size
+    rules = config.partition_rules
+    if batches in (None, EXACT):
+        mean = programs.center_losses(loss_fn, centers, data, b, mesh, rules)
+        stderr = np.zeros_like(mean)
+    else:
+        indices = _data.sample_batches(key, n, b, batches)
+        per_batch = programs.center_losses(loss_fn, centers, data, b, mesh, rules, indices=indices)
+        mean, stderr = init_loss_estimate(per_batch, n, b)
+    bad = ~np.isfinite(mean)
     if bad.any() and not flag:
         i = int(np.argmax(bad))
-        raise FloatingPointError(report.center_not_finite(labels[i], float(losses[i])))
-    return losses
+        raise FloatingPointError(report.center_not_finite(labels[i], float(mean[i])))
+    return CenterLosses(mean, stderr)
 
 
 def run(
@@ -145,16 +169,16 @@ def run(
     groups: Sequence[Group],
     *,
     mesh,
-    losses: np.ndarray,
+    losses: CenterLosses,
     plugins: programs.Plugins = programs.NO_PLUGINS,
     observed: PyTree = None,
     pad_to: int | None = None,
 ) -> list[Outcome]:
     """Run every group's chains in one compiled program and summarize each group.
 
-    ``centers`` are stacked (leading axis: centres), ``losses`` their ``L_n(w*)``
-    (:func:`center_losses`). ``pad_to``: repeat the last group up to this many groups so
-    that every call of a chunked job has the same shapes (one compilation).
+    ``centers`` are stacked (leading axis: centres), ``losses`` their ``L_n(w*)`` and its
+    standard error (:func:`center_losses`). ``pad_to``: repeat the last group up to this
+    many groups so that every call of a chunked job has the same shapes (one compilation).
     """
     statics = {g.config.static() for g in groups}
     if len(statics) != 1:
@@ -174,7 +198,8 @@ def run(
     for g in groups:
         rows = slice(start, start + g.config.num_chains)
         trace = jax.tree.map(lambda x, rows=rows: x[rows], traces)
-        outcomes.append(Outcome(g, summarize(trace, losses[g.center], g.config), trace))
+        init, se = losses.mean[g.center], losses.stderr[g.center]
+        outcomes.append(Outcome(g, summarize(trace, init, g.config, se), trace))
         start += g.config.num_chains
     return outcomes
 

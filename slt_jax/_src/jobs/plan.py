@@ -75,7 +75,7 @@ def dry_run(sweep, chunk_size, memory_budget, *, timing_steps: int = 20, calibra
     short = dataclasses.replace(config, num_steps=steps, num_burnin=0)
     indices = np.zeros(chunk, int)
     centers = sweep.centers(indices)
-    losses = np.zeros(chunk)
+    losses = orchestrate.CenterLosses(np.zeros(chunk), np.zeros(chunk))
     run = lambda: orchestrate.run(  # noqa: E731
         sweep.loss_fn,
         centers,

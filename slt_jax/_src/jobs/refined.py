@@ -287,7 +287,7 @@ def estimate_refined_llc(
     observer = _observer(names, observed, observe_every, probe_kernel, probe_trace, config, tokens)
     one = jax.tree.map(lambda x: jax.numpy.asarray(x)[None], params)
     mesh = programs.resolve_mesh(mesh, devices)
-    losses = orchestrate.center_losses(loss_fn, one, data, config, [""], mesh=mesh)
+    losses = orchestrate.center_losses(loss_fn, one, data, config, [""], key=key, mesh=mesh)
     keys = orchestrate.chain_keys(key, config.num_chains, len(masks), common=True)
     groups = [
         orchestrate.Group(config, 0, k, label=f"refinement {name!r}", args=masks[name])

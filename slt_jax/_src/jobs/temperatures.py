@@ -60,7 +60,9 @@ def estimate_llc_two_temperature(
       Other arguments (the run options, ``config``): as in :func:`~slt_jax.estimate_llc`,
         shared by both temperatures; the step size must be a number.
 
-    The two temperatures use independent chains, so the standard error combines theirs.
+    The two temperatures use independent chains, so the standard error combines theirs;
+    ``L_n(w*)`` (one value, exact or sampled: ``init_loss_batches``) cancels from ``λ̂``, and
+    its error from the standard error.
 
     Example:
       >>> import jax.numpy as jnp, slt_jax as sj
@@ -96,5 +98,6 @@ def estimate_llc_two_temperature(
     b1, b2 = first.config.nbeta, second.config.nbeta
     denominator = 1 / b1 - 1 / b2
     llc = (first.llc_mean / b1 - second.llc_mean / b2) / denominator
-    stderr = np.hypot(first.llc_stderr / b1, second.llc_stderr / b2) / abs(denominator)
+    # Both share one L_n(w*) (a sampled one cancels): the chains' Monte-Carlo errors only.
+    stderr = np.hypot(first.llc_mcse / b1, second.llc_mcse / b2) / abs(denominator)
     return TwoTemperatureResult(float(llc), float(stderr), (first, second))
