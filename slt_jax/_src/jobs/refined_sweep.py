@@ -244,7 +244,14 @@ class RefinedSweep(Sweep):
         centers = self.centers(padded)
         labels = self.labels(padded)
         losses = orchestrate.center_losses(
-            self.loss_fn, centers, self.data, self.config, labels, mesh=self.mesh, flag=True
+            self.loss_fn,
+            centers,
+            self.data,
+            self.config,
+            labels,
+            key=self.key,
+            mesh=self.mesh,
+            flag=True,
         )
         num = len(self.masks)
         outcomes = orchestrate.run(
