@@ -46,6 +46,7 @@ _INFORMATIONAL = ("slt_jax_version", "platform")
 _TRACED = {"loss_fn": "the loss function"}
 # The names this library writes: chunks, the lock, and the temporary files of atomic writes.
 _CHUNK = re.compile(r"chunk-(\d{5,})\.nc")
+_HASHES = "checkpoint_hashes"  # the chunk file's attribute holding its checkpoints' hashes
 _TEMPORARY = re.compile(r"\.(chunk-\d{5,}\.nc|manifest\.json)\.tmp-\d+")
 
 
@@ -135,8 +136,9 @@ def _tracing(manifest: dict) -> tuple:
     return platform.get("jax"), platform.get("x64")
 
 
-def _compare(stored: dict, now: dict, path: pathlib.Path) -> None:
-    """Warn about informational differences; raise ``ValueError`` listing the others."""
+def _compare(stored: dict, now: dict, path: pathlib.Path, apart=()) -> None:
+    """Warn about informational differences; raise ``ValueError`` listing the others
+    (except the keys ``apart``, which the caller checks itself)."""
     for key in _INFORMATIONAL:
         if stored.get(key) != now.get(key):
             warn_user(
@@ -171,7 +173,7 @@ def _compare(stored: dict, now: dict, path: pathlib.Path) -> None:
             {**m, "config": {k: v for k, v in m.get("config", {}).items() if k != "seed"}}
             for m in (stored, now)
         )
-    differences = _differences(stored, now, skip=unchecked)
+    differences = _differences(stored, now, skip=(*unchecked, *apart))
     if differences:
         raise ValueError(
             f"out={str(path)!r} holds results of a different configuration; "
@@ -195,6 +197,8 @@ class ResultStore:
         the library version and platform), or ``ValueError`` lists the differences.
       writer: ``False`` in a process that only reads what another one writes: the
         manifest must then exist and agree.
+      checked_apart: top-level manifest keys not compared here, because the caller checks
+        them itself (a lazy checkpoint set's stamps, verified against each chunk's hashes).
     """
 
     def __init__(
@@ -203,6 +207,7 @@ class ResultStore:
         manifest: dict[str, Any] | None = None,
         *,
         writer: bool = True,
+        checked_apart=(),
     ):
         self.path = check_out(path)
         self.writer = writer
@@ -212,10 +217,10 @@ class ResultStore:
             stored, manifest = read_manifest(self.path), _normalise(manifest)
             if stored is None:
                 raise ValueError(f"out={str(self.path)!r} has no {MANIFEST}.")
-            differences = _differences(stored, manifest)
+            differences = _differences(stored, manifest, skip=checked_apart)
             if differences:
                 raise ValueError(f"out={str(self.path)!r}: manifests differ: {differences}")
-            self.stored = self.manifest = manifest
+            self.stored, self.manifest = stored, manifest
             return
         if self.path.exists():  # refuse a foreign directory before writing into it
             self._read_stored()
@@ -279,12 +284,12 @@ class ResultStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def start(self, manifest: dict[str, Any]) -> None:
-        """Compare ``manifest`` with the stored one (``ValueError`` if they differ), or
-        write it (atomically) into a new directory."""
+    def start(self, manifest: dict[str, Any], *, checked_apart=()) -> None:
+        """Compare ``manifest`` with the stored one (``ValueError`` if they differ, but for
+        the keys ``checked_apart``), or write it (atomically) into a new directory."""
         manifest = _normalise(manifest)
         if self.stored is not None:
-            _compare(self.stored, manifest, self.path)
+            _compare(self.stored, manifest, self.path, checked_apart)
         else:
             text = json.dumps(manifest, indent=2, sort_keys=True)
             _atomic_write(self.path / MANIFEST, lambda tmp: tmp.write_text(text))
@@ -301,17 +306,29 @@ class ResultStore:
         """Indices of the chunks already on disk."""
         return set(_chunk_files(self.path))
 
-    def write_chunk(self, index: int, result: LLCResult) -> None:
-        """Write one chunk's results (with their steps) atomically."""
+    def write_chunk(self, index: int, result: LLCResult, *, hashes=None) -> None:
+        """Write one chunk's results (with their steps) atomically; ``hashes``, the content
+        hashes of its checkpoints, go with it (an attribute of the file)."""
         if not self.writer:
             raise RuntimeError("this process does not write the results.")
         dataset = result.to_xarray()
+        if hashes is not None:
+            dataset.attrs[_HASHES] = json.dumps([str(h) for h in hashes])
         _atomic_write(
             self._chunk_path(index), lambda tmp: dataset.to_netcdf(tmp, engine="h5netcdf")
         )
 
     def read_chunk(self, index: int) -> LLCResult:
         return _read(self._chunk_path(index))
+
+    def chunk_hashes(self, index: int) -> list[str] | None:
+        """The content hashes of a finished chunk's checkpoints, as written with it (``None``
+        for a chunk written without them); only the file's attributes are read."""
+        import xarray as xr
+
+        with xr.open_dataset(self._chunk_path(index), engine="h5netcdf") as dataset:
+            hashes = dataset.attrs.get(_HASHES)
+        return None if hashes is None else list(json.loads(hashes))
 
     def load(self) -> LLCResult:
         """Every finished chunk, joined along the checkpoint axis (sorted by step)."""
