@@ -299,7 +299,7 @@ def test_load_names_file_and_leaf(tmp_path, fmt, kind):
     assert f"['layers']['1']['{leaf}']" in str(info.value) and what in str(info.value)
     if kind in ("shape", "extra", "missing"):  # against a template: the dotted path
         with pytest.raises(ValueError, match=re.escape(str(paths[2]))) as info:
-            load_checkpoint_set(tmp_path, like=_dict_params(0)).params
+            load_checkpoint_set(tmp_path, like=_dict_params(0)).read(2)
         assert f"layers.1.{leaf}" in str(info.value) and "`like`" in str(info.value)
 
 

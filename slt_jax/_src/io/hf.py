@@ -315,9 +315,7 @@ def read_params(
     source = _source(root)
     for name in shapes:
         if not np.isfinite(params[name]).all():
-            raise ValueError(
-                f"{source}: tensor {keys[name]!r} has non-finite values (NaN, inf)."
-            )
+            raise ValueError(f"{source}: tensor {keys[name]!r} has non-finite values (NaN, inf).")
     return config, {name: params[name] for name in shapes}
 
 

@@ -248,7 +248,9 @@ class Snapshots:
             leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
             for name, x in zip(self.names, leaves, strict=True):
                 if not np.isfinite(x).all():
-                    raise ValueError(f"{path}: leaf {name} contains non-finite values (NaN or inf).")
+                    raise ValueError(
+                        f"{path}: leaf {name} contains non-finite values (NaN or inf)."
+                    )
         except OSError as error:
             raise CheckpointReadError(
                 f"checkpoint at step {step}: {path} cannot be read ({type(error).__name__}: "
