@@ -174,8 +174,14 @@ def safetensors_header(file: str | os.PathLike) -> tuple[dict[str, dict], int]:
     with open(file, "rb") as f:
         head = f.read(8)
         length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if size - 8 < length <= _MAX_HEADER and f.read(1) == b"{":
+            raise ValueError(
+                f"{file} is incomplete: its header alone takes {8 + length:,} bytes but the "
+                f"file has {size:,} (cut short, or still being written)."
+            )
         if not 0 < length <= size - 8:
             raise ValueError(f"{file} is not a safetensors file, or is cut short (bad header).")
+        f.seek(8)
         try:
             header = json.loads(f.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -196,6 +202,7 @@ def safetensors_header(file: str | os.PathLike) -> tuple[dict[str, dict], int]:
 
 
 _header = safetensors_header
+_MAX_HEADER = 100_000_000  # safetensors' own limit on a header's length
 
 
 def _read_file(file: pathlib.Path, keys) -> dict[str, np.ndarray]:
