@@ -482,6 +482,7 @@ def _run_chunks(
                 results.append(run_chunk(indices, chunk))
                 hashes = chunk.hashes[: len(indices)]
                 del chunk  # its host arrays go before the next chunk is taken
+                memory.release_host_memory()
             if index not in finished and store is not None and store.writer:
                 store.write_chunk(index, results[-1], hashes=hashes)
             bar.update(len(indices))

@@ -3,6 +3,8 @@ budget of device (or host) memory."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 
@@ -109,3 +111,29 @@ def chunk_size_within(
 def _host_is_device() -> bool:
     """Whether the sweep's devices use the host's memory (the CPU backend)."""
     return jax.local_devices()[0].platform == "cpu"
+
+
+def release_host_memory() -> None:
+    """Give the host memory that the C allocator keeps after a chunk back to the system.
+
+    glibc keeps freed memory in per-thread arenas and below a threshold that grows with
+    the largest block freed, so a sweep that allocates and frees a chunk's host arrays
+    (on the read-ahead thread, in the engine's streams) would see its resident memory creep
+    up chunk after chunk, as if it held more checkpoints. ``malloc_trim(0)`` after each chunk
+    returns those pages: measured on a GPT-NeoX of 4.4M parameters, chunk 2, the peak
+    anonymous memory stays that of the compilation however many checkpoints follow
+    (benchmarks/README.md). Elsewhere than glibc, nothing to do.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
