@@ -519,10 +519,7 @@ class _ReadAhead:
     def next(self):
         """The next chunk (waiting for its read; its read's error is raised here)."""
         future, self._future = self._future, None
-        try:
-            chunk = future.result()
-        finally:
-            future = None
+        chunk = future.result()
         self._future = self._submit()
         return chunk
 
