@@ -173,7 +173,12 @@ def safetensors_header(file: str | os.PathLike) -> tuple[dict[str, dict], int]:
     size = file.stat().st_size
     with open(file, "rb") as f:
         head = f.read(8)
-        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if len(head) < 8:
+            raise ValueError(
+                f"{file} is incomplete: it has {size} bytes, fewer than the 8 that give a "
+                "safetensors header's length (empty, cut short, or still being written)."
+            )
+        length = int.from_bytes(head, "little")
         if size - 8 < length <= _MAX_HEADER and f.read(1) == b"{":
             raise ValueError(
                 f"{file} is incomplete: its header alone takes {8 + length:,} bytes but the "

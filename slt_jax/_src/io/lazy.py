@@ -10,8 +10,11 @@ What listing checks, per format, without reading any tensor data:
   newest step still being written, is an error naming it; for ``hf`` also every
   ``config.json`` (one architecture).
 - ``orbax``: every step's pytree metadata (shapes and dtypes).
-- ``msgpack``: the format has no header: the first file is read whole for the structure;
-  the others are checked when they are read (an error naming the file).
+- ``msgpack``: the format has no header: every file is parsed as a stream (each object
+  skipped, none built: its I/O, not its memory) so that a file cut short or corrupt is
+  named before anything runs, and the first one is read for the structure; the others'
+  structure is checked when they are read (an error naming the file). Prefer safetensors
+  for large models.
 
 What a read checks: the snapshot's structure, shapes and dtypes against the set's (a file
 replaced since listing), finite values (an error naming the file and the leaf); a file that
@@ -45,7 +48,7 @@ import numpy as np
 
 from slt_jax._src.io import hf
 from slt_jax._src.io.fingerprint import _digest
-from slt_jax._src.io.formats import _flat, _nest, _read, orbax_item
+from slt_jax._src.io.formats import _corrupt, _flat, _nest, _read, orbax_item
 from slt_jax._src.validation import leaf_name
 
 PyTree = Any
@@ -101,7 +104,10 @@ def _header_tree(path: pathlib.Path, kind: str, like: PyTree) -> PyTree | None:
     """The snapshot's structure with :class:`jax.ShapeDtypeStruct` leaves, from its headers
     or metadata alone; ``None`` for msgpack (which has none)."""
     if kind == "safetensors":
-        header, _ = hf.safetensors_header(path)
+        try:
+            header, _ = hf.safetensors_header(path)
+        except ValueError as error:
+            raise _corrupt(path, kind, str(error).replace(f"{path} ", "it ", 1)) from error
         flat = {}
         for key, entry in header.items():
             dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
@@ -125,8 +131,6 @@ def _header_tree(path: pathlib.Path, kind: str, like: PyTree) -> PyTree | None:
         import orbax.checkpoint as ocp
         from etils import epath
 
-        from slt_jax._src.io.formats import _corrupt
-
         item = orbax_item(path)
         handler = ocp.PyTreeCheckpointHandler()
         try:
@@ -140,7 +144,38 @@ def _header_tree(path: pathlib.Path, kind: str, like: PyTree) -> PyTree | None:
         if not all(hasattr(m, "shape") and hasattr(m, "dtype") for m in flat.values()):
             return None  # metadata without shapes (an old orbax): read the first instead
         return _nest({k: _spec(m.shape, m.dtype) for k, m in flat.items()}, str(path))
+    if kind == "msgpack":
+        _check_msgpack(path)
     return None
+
+
+def _check_msgpack(path: pathlib.Path) -> None:
+    """A msgpack file is one whole map and nothing after it: parsed as a stream, each object
+    skipped, not built (the memory of its largest array at most), since the format has no
+    header to check a file by. A ``ValueError`` naming the file otherwise."""
+    import msgpack
+
+    with open(path, "rb") as f:
+        head = f.read(1)
+        if not head:
+            raise _corrupt(path, "msgpack", "the file is empty")
+        if not (0x80 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):
+            raise _corrupt(path, "msgpack", "it does not start with a map, as flax writes")
+        f.seek(0)
+        unpacker = msgpack.Unpacker(f, read_size=2**20, max_buffer_size=2**62)
+        try:
+            unpacker.skip()
+        except msgpack.OutOfData as error:
+            raise _corrupt(path, "msgpack", "Unpack failed: incomplete input") from error
+        except Exception as error:  # msgpack's format errors
+            raise _corrupt(path, "msgpack", error) from error
+        try:
+            unpacker.skip()
+        except msgpack.OutOfData:
+            return
+        except Exception:
+            pass
+        raise _corrupt(path, "msgpack", "data follow the first object (Unpack failed: extra data)")
 
 
 def _mismatch(tree: PyTree, treedef, names, specs, where: str, first: str) -> str | None:
@@ -240,7 +275,7 @@ class Snapshots:
         path, step = self.paths[k], self.steps[k]
         try:
             if self.kind == "safetensors":
-                hf.safetensors_header(path)  # cut short since listing: say so plainly
+                _header_tree(path, self.kind, None)  # cut short since listing: say so plainly
             tree = self._load(k)
             problem = self._differs(tree, path)
             if problem:
