@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import sys
 
 #: The corpus part's model and run: a 1-layer GPT-2 (d = 64, 4 heads, vocabulary 512) on
@@ -165,9 +166,136 @@ def _corpus_table(rows) -> str:
     return "\n".join(lines)
 
 
+_NEOX = dict(
+    vocab_size=4096,
+    hidden_size=256,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=1024,
+    max_position_embeddings=64,
+)
+_SEQ = 32
+
+
 def checkpoints(quick: bool) -> dict:
-    """Peak host anonymous memory against the number of checkpoints."""
-    raise NotImplementedError("filled by the lazy-checkpoint work of issue 25")
+    """Peak host anonymous memory against the number of checkpoints.
+
+    K Hugging Face GPT-NeoX directories (``step0/`` … , ~4.4M parameters each) and a token
+    file are written once; then ``sj.lm.load_checkpoints`` and ``sj.estimate_llc_checkpoints``
+    (``chunk_size=2``, 2 chains × 10 steps, results to a directory) run in a fresh
+    subprocess per K, which samples its ``RssAnon`` (``/proc/self/status``) every 5 ms on a
+    thread: the peak, the wall time, and the same with the set read into memory first
+    (``load_checkpoint_set(..., lazy=False)``, the behaviour before lazy sets).
+    """
+    import shutil
+    import tempfile
+
+    sizes = (2, 8) if quick else (4, 16, 64)
+    root = pathlib.Path(tempfile.mkdtemp(prefix="bench_ckpts_"))
+    try:
+        _write_run(root, max(sizes))
+        rows = []
+        for k in sizes:
+            for mode in ("lazy", "eager"):
+                rows.append({"K": k, "mode": mode, **_fresh_sweep(root, k, mode)})
+                r = rows[-1]
+                print(
+                    f"K={k:3d} {mode:5s}: peak RssAnon {r['peak_anon_mb']:7.1f} MB, "
+                    f"ru_maxrss {r['maxrss_mb']:7.1f} MB, {r['wall_s']:6.1f} s",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    lazy = {r["K"]: r["peak_anon_mb"] for r in rows if r["mode"] == "lazy"}
+    print(
+        f"lazy: peak at K={sizes[-1]} minus peak at K={sizes[0]}: "
+        f"{lazy[sizes[-1]] - lazy[sizes[0]]:+.1f} MB"
+    )
+    return {"model": _NEOX, "chunk_size": 2, "rows": rows}
+
+
+def _write_run(root: pathlib.Path, k: int) -> None:
+    """K step directories of one model's weights, each perturbed (distinct checkpoints)."""
+    import numpy as np
+    from flax import nnx
+
+    import slt_jax as sj
+    from slt_jax._src.io import hf
+
+    model = sj.lm.GPTNeoX(sj.lm.GPTNeoXConfig(**_NEOX), rngs=nnx.Rngs(0))
+    base = sj.lm.save_model(model, root / "base")
+    config, tensors = hf.read_config(base), hf.read_tensors(base)
+    rng = np.random.default_rng(0)
+    for step in range(k):
+        noisy = {n: x + 1e-3 * rng.standard_normal(x.shape, np.float32) for n, x in tensors.items()}
+        hf.write(root / "run" / f"step{100 * step}", config, noisy)
+    tokens = rng.integers(0, _NEOX["vocab_size"], 64 * (_SEQ + 1)).astype(np.uint16)
+    tokens.tofile(root / "tokens.u16")
+
+
+_WORKER = """
+import resource, sys, threading, time, pathlib, tempfile, shutil
+peak = [0]
+def rss_anon():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+def sample():
+    while True:
+        peak[0] = max(peak[0], rss_anon())
+        time.sleep(0.005)
+threading.Thread(target=sample, daemon=True).start()
+root, k, mode = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+import slt_jax as sj
+run = pathlib.Path(tempfile.mkdtemp(prefix="bench_run_"))
+for step in range(k):
+    (run / f"step{100 * step}").symlink_to(root / "run" / f"step{100 * step}")
+start = time.perf_counter()
+model, cs = sj.lm.load_checkpoints(run)
+if mode == "eager":
+    cs = sj.load_checkpoint_set(run, like=cs.template, format="hf", lazy=False)
+loss_fn, _ = sj.lm.next_token_loss(model)
+data = sj.TokenWindows(root / "tokens.u16", seq_len=SEQ + 1, dtype="uint16")
+out = run / "results"
+sj.estimate_llc_checkpoints(loss_fn, cs, data, chunk_size=2, num_chains=2, num_steps=10,
+    batch_size=4, step_size=1e-5, localization=100.0, diagnostic_every=0, out=out,
+    progress=False)
+wall = time.perf_counter() - start
+peak[0] = max(peak[0], rss_anon())
+maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+shutil.rmtree(run)
+print("RESULT", peak[0], maxrss, wall)
+"""
+
+
+def _fresh_sweep(root: pathlib.Path, k: int, mode: str) -> dict:
+    """One sweep over the first ``k`` checkpoints in a fresh process: its figures."""
+    import os
+    import subprocess
+    import warnings
+
+    code = _WORKER.replace("SEQ", str(_SEQ))
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    repo = str(pathlib.Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root), str(k), mode],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    line = [x for x in done.stdout.splitlines() if x.startswith("RESULT")]
+    if done.returncode or not line:
+        warnings.warn(f"K={k} {mode} failed:\n{done.stderr[-3000:]}", stacklevel=2)
+        return {"peak_anon_mb": float("nan"), "maxrss_mb": float("nan"), "wall_s": float("nan")}
+    peak, maxrss, wall = line[-1].split()[1:]
+    return {
+        "peak_anon_mb": int(peak) / 2**20,
+        "maxrss_mb": int(maxrss) / 2**20,
+        "wall_s": float(wall),
+    }
 
 
 def restricted(quick: bool) -> dict:

@@ -36,7 +36,7 @@ STAGES = [
     ("estimators.diagnostics", "estimators.influence"),
     ("results",),
     ("estimators.llc",),
-    ("io.formats", "io.hf", "io.checkpoints", "io.store", "io.fingerprint"),
+    ("io.formats", "io.hf", "io.lazy", "io.checkpoints", "io.store", "io.fingerprint"),
     ("plots", "dynamics", "training", "models"),
     ("jobs",),
     ("examples", "cli"),

@@ -367,9 +367,7 @@ def _language_model(args):
     )
     heads = None
     if args.heads is not None:
-        import jax
-
-        first = jax.tree.map(lambda x: x[0], checkpoints.params)
+        first = checkpoints.template  # the masks need the shapes only: nothing is read
         layout = sj.lm.layout(model)
         if args.heads.strip().lower() == "all":
             heads = sj.refine.heads(first, layout)

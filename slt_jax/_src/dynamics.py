@@ -52,7 +52,7 @@ def features(
     run = jax.jit(jax.vmap(flat))
     rows = []
     for start in range(0, len(cs), batch):
-        chunk = jax.tree.map(lambda x, s=start: x[s : s + batch], cs.params)
+        chunk = cs.read(slice(start, start + batch))  # a lazy set reads these now
         rows.append(np.asarray(run(chunk), np.float64))
     return np.concatenate(rows)
 

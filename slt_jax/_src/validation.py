@@ -43,7 +43,8 @@ def path_string(path) -> str:
 
 
 def check_params(params: PyTree) -> None:
-    """Floating-point leaves only, at least one, all finite."""
+    """Floating-point leaves only, at least one, all finite (``jax.ShapeDtypeStruct`` leaves,
+    the template of a lazy checkpoint set, are checked on their dtype only)."""
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     if not leaves:
         raise ValueError("`params` has no array leaves.")
@@ -54,6 +55,8 @@ def check_params(params: PyTree) -> None:
                 f"params leaf {leaf_name(path)} has dtype {dtype}; every leaf must be a "
                 "floating-point array (split non-trainable state out of `params`)."
             )
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            continue
         if not np.all(np.isfinite(np.asarray(leaf))):
             raise ValueError(
                 f"params leaf {leaf_name(path)} contains non-finite values (NaN or inf); "

@@ -120,7 +120,12 @@ def load_checkpoints(directory: str | os.PathLike) -> tuple[nnx.Module, Checkpoi
     and holds that checkpoint's weights; ``checkpoints`` is a
     :class:`~slt_jax.CheckpointSet` sorted by step whose ``params`` are structured like
     ``nnx.state(model, nnx.Param)``, each leaf stacked over the K checkpoints, so
-    ``nnx.update(model, jax.tree.map(lambda x: x[k], checkpoints.params))`` loads the k-th.
+    ``nnx.update(model, checkpoints.read(k))`` loads the k-th.
+
+    The set is lazy: listing reads every ``config.json`` and the safetensors headers (the
+    shapes are checked against the model's there, and a weight file cut short or still
+    being written is an error naming it), and only the first checkpoint's weights, for
+    ``model``; the others are read when a sweep's chunk needs them (``checkpoints.read``).
 
     Example::
 
@@ -141,8 +146,8 @@ def load_checkpoints(directory: str | os.PathLike) -> tuple[nnx.Module, Checkpoi
     first = min(candidates, key=lambda p: (_step_from_name(p), p.name))
     abstract = _abstract(hf.read_config(first), str(first / hf.CONFIG))
     checkpoints = load_checkpoint_set(root, like=nnx.state(abstract, nnx.Param), format="hf")
-    flat = jax.tree_util.tree_flatten_with_path(checkpoints.params)[0]
-    return _filled(abstract, {path_string(p): x[0] for p, x in flat}), checkpoints
+    flat = jax.tree_util.tree_flatten_with_path(checkpoints.read(0))[0]
+    return _filled(abstract, {path_string(p): x for p, x in flat}), checkpoints
 
 
 def layout(model: nnx.Module):

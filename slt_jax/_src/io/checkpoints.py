@@ -2,7 +2,10 @@
 input of a batch LLC sweep over a training run. Built from snapshots in memory, from a
 directory that Flax training code wrote (Orbax, safetensors, Flax msgpack) or of Hugging
 Face model directories (Pythia's revisions, a Trainer's ``checkpoint-N``), or from whatever
-you have (:func:`as_checkpoint_set`). Everything stays on the host, as numpy."""
+you have (:func:`as_checkpoint_set`). Everything stays on the host, as numpy. A set loaded
+from a directory is lazy: it holds the steps, the sources and the parameter structure, and
+reads a checkpoint's arrays only when asked (:meth:`CheckpointSet.read`), so that a sweep
+holds a chunk of checkpoints at a time, not all of them."""
 
 from __future__ import annotations
 
@@ -10,13 +13,15 @@ import dataclasses
 import os
 import pathlib
 from collections.abc import Callable, Iterator, Sequence, ValuesView
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from slt_jax._src.io import hf
+from slt_jax._src.io import lazy as _lazy
+from slt_jax._src.io.fingerprint import _digest
 from slt_jax._src.io.formats import (
     _SUFFIXES,
     FORMATS,
@@ -24,7 +29,6 @@ from slt_jax._src.io.formats import (
     _is_flax_msgpack,
     _items,
     _preview,
-    _read,
     _step_from_name,
     save_checkpoint,
 )
@@ -41,6 +45,15 @@ __all__ = [
 PyTree = Any
 
 
+class Chunk(NamedTuple):
+    """Some checkpoints of a set, read: their stacked ``params`` (host numpy, leading axis
+    ``len(hashes)``) and each one's content hash (as
+    :func:`slt_jax._src.io.fingerprint.checkpoint_hashes` gives it)."""
+
+    params: PyTree
+    hashes: tuple[str, ...]
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckpointSet:
     """K snapshots of one model's parameters, stacked: the input of a batch LLC sweep.
@@ -50,29 +63,72 @@ class CheckpointSet:
     leading axis K; ``sources`` are K labels (paths, or ``"checkpoint 3"``) for messages.
     ``len(cs)`` is K.
 
+    A set from a directory (:func:`load_checkpoint_set`, :func:`slt_jax.lm.load_checkpoints`)
+    is *lazy* (``cs.lazy``): it knows its steps, sources and :attr:`template` from the
+    files' headers and reads a checkpoint only when :meth:`read` (or :meth:`load`) asks for
+    it, so a sweep holds one chunk of checkpoints at a time. ``cs.params`` on a lazy set reads
+    every checkpoint into memory (K × the parameters): the library never does; use
+    ``cs.read(indices)``.
+
     Example:
       >>> import numpy as np
       >>> cs = CheckpointSet.from_stacked({"w": np.zeros((4, 3))}, steps=[0, 10, 20, 30])
-      >>> len(cs), cs.select(slice(1, 3)).steps.tolist()
-      (4, [10, 20])
+      >>> len(cs), cs.select(slice(1, 3)).steps.tolist(), cs.read([0, 2])["w"].shape
+      (4, [10, 20], (2, 3))
     """
 
     steps: np.ndarray
     params: PyTree
     sources: tuple[str, ...]
+    lazy: ClassVar[bool] = False
 
     def __len__(self) -> int:
         return int(self.steps.shape[0])
 
+    def _positions(self, indices) -> np.ndarray:
+        """``indices`` (an int, a slice, ints, a boolean mask) as positions in the set."""
+        return np.atleast_1d(np.arange(len(self))[indices])
+
     def select(self, indices) -> CheckpointSet:
-        """The checkpoints at ``indices``: an int, a slice, increasing ints or a boolean mask."""
-        idx = np.atleast_1d(np.arange(len(self))[indices])
+        """The checkpoints at ``indices``: an int, a slice, increasing ints or a boolean mask
+        (a lazy set stays lazy: nothing is read)."""
+        idx = self._positions(indices)
         if idx.size == 0:
             raise ValueError(f"`indices` {indices!r} selects none of the {len(self)} checkpoints.")
         if np.any(np.diff(idx) <= 0):
             raise ValueError(f"`indices` must be increasing without repeats; got {idx.tolist()}.")
+        return self._subset(idx)
+
+    def _subset(self, idx: np.ndarray) -> CheckpointSet:
         params = jax.tree.map(lambda x: x[idx], self.params)
         return CheckpointSet(self.steps[idx], params, tuple(self.sources[i] for i in idx))
+
+    @property
+    def template(self) -> PyTree:
+        """One checkpoint's structure, with :class:`jax.ShapeDtypeStruct` leaves."""
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), self.params)
+
+    def read(self, indices) -> PyTree:
+        """The parameters of the checkpoints at ``indices``, as numpy indexing gives them: an
+        int gives one snapshot, ints (repeats allowed, each checkpoint read once) or a slice
+        give them stacked on a leading axis. A lazy set reads those checkpoints' files now.
+        """
+        if isinstance(indices, int | np.integer):
+            return jax.tree.map(lambda x: x[0], self.load([indices]).params)
+        return self.load(indices).params
+
+    def load(self, indices) -> Chunk:
+        """:meth:`read` and the content hash of each checkpoint read (from the same read)."""
+        idx = self._positions(indices)
+        params = jax.tree.map(lambda x: x[idx], self.params)
+        leaves = jax.tree.leaves(params)
+        return Chunk(params, tuple(_digest([x[j] for x in leaves]) for j in range(len(idx))))
+
+    def stamps(self) -> list[str]:
+        """What identifies each checkpoint, cheaply: its content hash for a set in memory;
+        for a lazy set a hash of its files' names, sizes and modification times (see
+        :mod:`slt_jax._src.io.lazy`)."""
+        return list(self.load(slice(None)).hashes)
 
     @classmethod
     def from_stacked(cls, params: PyTree, steps: Sequence[int] | None = None) -> CheckpointSet:
@@ -96,6 +152,79 @@ class CheckpointSet:
             raise ValueError("`params` is stacked over 0 checkpoints; K must be >= 1.")
         labels = [f"checkpoint {i}" for i in range(len(arrays[0]))]
         return _finish(treedef, names, arrays, steps, labels, lambda i: labels[i])
+
+
+class _LazyCheckpointSet(CheckpointSet):
+    """A :class:`CheckpointSet` whose checkpoints stay on disk until read (see
+    :class:`CheckpointSet`). Not a dataclass to ``dataclasses.replace``: ``select`` it."""
+
+    lazy: ClassVar[bool] = True
+
+    def __init__(self, snapshots: _lazy.Snapshots, positions: np.ndarray | None = None):
+        positions = np.arange(len(snapshots)) if positions is None else positions
+        object.__setattr__(self, "_snapshots", snapshots)
+        object.__setattr__(self, "_at", np.asarray(positions, int))
+        object.__setattr__(self, "steps", np.asarray(snapshots.steps, np.int64)[positions])
+        object.__setattr__(self, "sources", tuple(str(snapshots.paths[i]) for i in positions))
+
+    @property
+    def params(self) -> PyTree:  # type: ignore[override]
+        """Every checkpoint, read now into memory (K × the parameters)."""
+        return self.read(slice(None))
+
+    @property
+    def template(self) -> PyTree:
+        return self._snapshots.template
+
+    @property
+    def format(self) -> str:
+        return self._snapshots.kind
+
+    def _subset(self, idx: np.ndarray) -> CheckpointSet:
+        return _LazyCheckpointSet(self._snapshots, self._at[idx])
+
+    def load(self, indices) -> Chunk:
+        """Read the checkpoints at ``indices`` (each distinct one once, straight into the
+        stacked arrays: the memory of those checkpoints plus one being read), with their
+        content hashes. A file that is gone, cut short, corrupt or changed since listing is
+        a :class:`~slt_jax._src.io.lazy.CheckpointReadError` naming it."""
+        idx = self._positions(indices)
+        snapshots = self._snapshots
+        out = [np.empty((len(idx), *spec.shape), spec.dtype) for spec in snapshots.specs]
+        hashes: dict[int, str] = {}
+        for j, i in enumerate(idx):
+            first = int(np.flatnonzero(idx == i)[0])
+            if first < j:  # a repeat: copy the row already read
+                for x in out:
+                    x[j] = x[first]
+                continue
+            leaves, hashes[int(i)] = snapshots.read(int(self._at[i]))
+            for x, leaf in zip(out, leaves, strict=True):
+                x[j] = leaf
+            del leaves
+        params = jax.tree_util.tree_unflatten(snapshots.treedef, out)
+        return Chunk(params, tuple(hashes[int(i)] for i in idx))
+
+    def stamps(self) -> list[str]:
+        return [self._snapshots.stamps[i] for i in self._at]
+
+    def conform(self, like: PyTree) -> CheckpointSet:
+        """The same checkpoints, each put into the structure of ``like`` when read."""
+        snapshots = self._snapshots
+        entries = list(zip(snapshots.steps, snapshots.paths, strict=True))
+        conformed = _lazy.Snapshots(snapshots.kind, entries, like, _conform)
+        return _LazyCheckpointSet(conformed, self._at)
+
+    def __repr__(self) -> str:
+        return (
+            f"CheckpointSet(lazy, {self.format}, {len(self)} checkpoints, steps "
+            f"{_preview([str(s) for s in self.steps.tolist()])})"
+        )
+
+    def __eq__(self, other) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
 
 
 def stack_checkpoints(
@@ -201,7 +330,9 @@ def as_checkpoint_set(
         )
     if isinstance(checkpoints, CheckpointSet):
         cs = checkpoints
-        if like is not None:
+        if like is not None and cs.lazy:
+            cs = cs.conform(like)
+        elif like is not None:
             cs = dataclasses.replace(
                 cs, params=_conform(cs.params, like, "the checkpoint set", stacked=True)
             )
@@ -227,7 +358,11 @@ def _is_snapshot_iterable(x: Any) -> bool:
 
 
 def load_checkpoint_set(
-    directory: str | os.PathLike, *, like: PyTree = None, format: str | None = None
+    directory: str | os.PathLike,
+    *,
+    like: PyTree = None,
+    format: str | None = None,
+    lazy: bool = True,
 ) -> CheckpointSet:
     """Load a directory of checkpoints, one per training step, as a :class:`CheckpointSet`.
 
@@ -254,14 +389,24 @@ def load_checkpoint_set(
     structure each snapshot takes. Missing or extra leaves or other shapes are errors that
     name the file.
 
+    The set is lazy (``lazy=True``, the default): listing the directory reads only names,
+    ``stat`` and the files' headers or metadata (safetensors headers, ``config.json``, Orbax
+    metadata; for msgpack, which has none, the first file), and checks there what they
+    show: every snapshot's structure, shapes and dtypes against the first's, and each
+    safetensors file's size against its header (a file cut short, or the newest step still
+    being written, is an error naming it). Each checkpoint's arrays are read when
+    :meth:`CheckpointSet.read` asks for them (a sweep: when its chunk runs), and checked
+    then (finite values; for msgpack, the structure), with errors naming the file.
+    ``lazy=False`` reads every checkpoint now into an in-memory set (K × the parameters).
+
     Example:
       >>> import tempfile, numpy as np
       >>> with tempfile.TemporaryDirectory() as d:
       ...     for step in (20, 10):
       ...         _ = save_checkpoint(d, step, {"layers": [{"w": np.full(2, step, np.float32)}]})
-      ...     cs = load_checkpoint_set(d)
-      >>> cs.steps.tolist(), cs.params["layers"]["0"]["w"].tolist()
-      ([10, 20], [[10.0, 10.0], [20.0, 20.0]])
+      ...     cs = load_checkpoint_set(d)  # lazy: nothing read yet
+      ...     print(cs.steps.tolist(), cs.read([0, 1])["layers"]["0"]["w"].tolist())
+      [10, 20] [[10.0, 10.0], [20.0, 20.0]]
     """
     root = pathlib.Path(directory)
     if not root.is_dir():
@@ -298,12 +443,11 @@ def load_checkpoint_set(
     entries = sorted((_step_from_name(p), p.name, p) for p in found[kinds[0]])
     if kinds[0] == "hf":
         _same_architecture([e[2] for e in entries])
-    snapshots = []
-    for _, _, path in entries:
-        tree = _read(path, kinds[0], like)
-        snapshots.append(tree if like is None else _conform(tree, like, str(path)))
-    steps, sources = [e[0] for e in entries], [str(e[2]) for e in entries]
-    return stack_checkpoints(snapshots, steps=steps, sources=sources)
+    labels = [str(e[2]) for e in entries]
+    _check_steps(np.asarray([e[0] for e in entries]), labels, lambda i: labels[i])
+    snapshots = _lazy.Snapshots(kinds[0], [(e[0], e[2]) for e in entries], like, _conform)
+    cs = _LazyCheckpointSet(snapshots)
+    return cs if lazy else CheckpointSet(cs.steps, cs.params, cs.sources)
 
 
 def _same_architecture(directories: Sequence[pathlib.Path]) -> None:
@@ -335,7 +479,16 @@ def _finish(treedef, names, arrays, steps, labels, where: Callable[[int], str]) 
             raise ValueError(f"{where(i)}: leaf {name} contains non-finite values (NaN or inf).")
     if steps is None:
         steps = np.arange(len(labels))
-    steps = np.asarray(steps)
+    steps = _check_steps(np.asarray(steps), labels, where)
+    order = np.argsort(steps, kind="stable")
+    if np.any(np.diff(order) != 1):  # a copy only when the order changes
+        arrays = [x[order] for x in arrays]
+    params = jax.tree_util.tree_unflatten(treedef, arrays)
+    return CheckpointSet(steps[order].astype(np.int64), params, tuple(labels[i] for i in order))
+
+
+def _check_steps(steps: np.ndarray, labels, where: Callable[[int], str]) -> np.ndarray:
+    """``steps``: K distinct integers in [0, 2**32) (a step seeds its chains' keys)."""
     if steps.shape != (len(labels),):
         raise ValueError(f"`steps` has shape {steps.shape} for {len(labels)} checkpoints.")
     if not np.issubdtype(steps.dtype, np.integer):
@@ -348,11 +501,7 @@ def _finish(treedef, names, arrays, steps, labels, where: Callable[[int], str]) 
     if np.any(counts > 1):
         i, j = np.flatnonzero(steps == values[counts > 1][0])[:2]
         raise ValueError(f"`steps`: step {steps[i]} appears twice ({where(i)} and {where(j)}).")
-    order = np.argsort(steps, kind="stable")
-    if np.any(np.diff(order) != 1):  # a copy only when the order changes
-        arrays = [x[order] for x in arrays]
-    params = jax.tree_util.tree_unflatten(treedef, arrays)
-    return CheckpointSet(steps[order].astype(np.int64), params, tuple(labels[i] for i in order))
+    return steps
 
 
 def _conform(tree: PyTree, like: PyTree, label: str, *, stacked: bool = False) -> PyTree:
@@ -365,7 +514,8 @@ def _conform(tree: PyTree, like: PyTree, label: str, *, stacked: bool = False) -
         raise ValueError(f"{label} does not match `like`: {'; '.join(what)}.")
     leaves = []
     for parts, template in want.items():
-        x = np.asarray(have[parts])
+        x = have[parts]
+        x = x if isinstance(x, jax.ShapeDtypeStruct) else np.asarray(x)
         shape, expected = x.shape[int(stacked) :], tuple(np.shape(template))
         if shape != expected:
             name = ".".join(parts)

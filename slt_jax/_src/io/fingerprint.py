@@ -53,9 +53,9 @@ def loss_fingerprint(loss_fn, params: PyTree, data: PyTree, batch_size: int) -> 
 
 
 def checkpoint_hashes(checkpoint_set) -> list[str]:
-    """A content hash of each checkpoint of ``checkpoint_set``."""
-    leaves = [np.asarray(x) for x in jax.tree.leaves(checkpoint_set.params)]
-    return [_digest([x[k] for x in leaves]) for k in range(len(checkpoint_set))]
+    """A content hash of each checkpoint of ``checkpoint_set`` (a lazy set reads them all,
+    one at a time; a sweep takes them from each chunk's own read instead)."""
+    return list(checkpoint_set.load(slice(None)).hashes)
 
 
 def data_hash(data: PyTree) -> str:
@@ -66,15 +66,25 @@ def data_hash(data: PyTree) -> str:
 
 
 def manifest(config, checkpoint_set, data, key, chunk_size, loss) -> dict:
-    """Everything that determines the results (compared on resume), and the platform."""
-    first = jax.tree.map(lambda x: np.asarray(x[0]), checkpoint_set.params)
+    """Everything that determines the results (compared on resume), and the platform.
+
+    A set in memory is identified by each checkpoint's content hash
+    (``checkpoint_hashes``); a lazy one, whose files are not read before their chunk runs,
+    by each checkpoint's stamp (``checkpoint_stamps``: its files' names, sizes and
+    modification times), its content hashes being written with each chunk (see
+    :mod:`slt_jax._src.io.lazy`)."""
+    identity = (
+        {"checkpoint_stamps": checkpoint_set.stamps()}
+        if checkpoint_set.lazy
+        else {"checkpoint_hashes": checkpoint_hashes(checkpoint_set)}
+    )
     return {
         "config": config.to_dict(),
         "key": np.asarray(jax.random.key_data(key)).tolist(),
         "steps": [int(s) for s in checkpoint_set.steps],
         "chunk_size": int(chunk_size),
-        "params": _shapes(first),
-        "checkpoint_hashes": checkpoint_hashes(checkpoint_set),
+        "params": _shapes(checkpoint_set.template),
+        **identity,
         "data": _shapes(data.like(len(data)) if sources.is_source(data) else data),
         "data_hash": data_hash(data),
         "loss_fn": loss,

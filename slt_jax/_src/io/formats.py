@@ -184,6 +184,19 @@ def _items(step_dir: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in step_dir.iterdir() if p.is_dir() and (p / "_METADATA").is_file())
 
 
+def orbax_item(path: pathlib.Path) -> pathlib.Path:
+    """The one Orbax pytree item of a step directory that holds the parameters."""
+    named = {p.name: p for p in _items(path)}
+    item = next(iter(named.values())) if len(named) == 1 else None
+    item = item or named.get("default") or named.get("params")
+    if item is None:
+        raise ValueError(
+            f"orbax checkpoint {path} holds {len(named)} pytree items "
+            f"({_preview(list(named))}); expected one, or one named 'default' or 'params'."
+        )
+    return item
+
+
 def _corrupt(path: pathlib.Path, format: str, error: BaseException | str) -> ValueError:
     """The error for a checkpoint that its format's reader refuses (garbage, cut short)."""
     why = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
@@ -242,14 +255,7 @@ def _read(path: pathlib.Path, format: str, like: PyTree = None) -> PyTree:
         import orbax.checkpoint as ocp
         from etils import epath
 
-        named = {p.name: p for p in _items(path)}
-        item = next(iter(named.values())) if len(named) == 1 else None
-        item = item or named.get("default") or named.get("params")
-        if item is None:
-            raise ValueError(
-                f"orbax checkpoint {path} holds {len(named)} pytree items "
-                f"({_preview(list(named))}); expected one, or one named 'default' or 'params'."
-            )
+        item = orbax_item(path)
         # The handler, not a Checkpointer: no step metadata is looked for inside the item (a
         # warning per snapshot), and every leaf is restored as numpy, whatever its sharding.
         handler = ocp.PyTreeCheckpointHandler()

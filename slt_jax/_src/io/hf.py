@@ -24,7 +24,7 @@ import pathlib
 import re
 import tempfile
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -35,10 +35,13 @@ __all__ = [
     "is_weight_file",
     "model_params",
     "neox_rotary",
+    "param_specs",
     "read_config",
     "read_params",
     "read_tensors",
+    "safetensors_header",
     "state_dict",
+    "weight_paths",
     "write",
 ]
 
@@ -157,14 +160,33 @@ def _weight_files(root: pathlib.Path) -> dict[str, pathlib.Path]:
     raise ValueError(f"{root} has no {WEIGHTS} and no {INDEX}: no weights to read.")
 
 
-def _header(file: pathlib.Path) -> tuple[dict[str, dict], int]:
-    """A safetensors file's tensor entries and the offset of its data."""
+def safetensors_header(file: str | os.PathLike) -> tuple[dict[str, dict], int]:
+    """A safetensors file's tensor entries (``{key: {"dtype", "shape", "data_offsets"}}``)
+    and the offset of its data, from its header alone (the data are not read).
+
+    The file must be complete: 8 bytes giving the header's length ``N``, the header (JSON),
+    then exactly the data the header describes (its largest end offset), as safetensors
+    requires. A file cut short or still being written has fewer bytes than that: a
+    ``ValueError`` names it and both sizes.
+    """
+    file = pathlib.Path(file)
     size = file.stat().st_size
     with open(file, "rb") as f:
         head = f.read(8)
-        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if len(head) < 8:
+            raise ValueError(
+                f"{file} is incomplete: it has {size} bytes, fewer than the 8 that give a "
+                "safetensors header's length (empty, cut short, or still being written)."
+            )
+        length = int.from_bytes(head, "little")
+        if size - 8 < length <= _MAX_HEADER and f.read(1) == b"{":
+            raise ValueError(
+                f"{file} is incomplete: its header alone takes {8 + length:,} bytes but the "
+                f"file has {size:,} (cut short, or still being written)."
+            )
         if not 0 < length <= size - 8:
             raise ValueError(f"{file} is not a safetensors file, or is cut short (bad header).")
+        f.seek(8)
         try:
             header = json.loads(f.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -172,7 +194,20 @@ def _header(file: pathlib.Path) -> tuple[dict[str, dict], int]:
     if not isinstance(header, dict):
         raise ValueError(f"{file} is not a safetensors file (its header is no JSON object).")
     header.pop("__metadata__", None)
+    try:
+        end = max((int(e["data_offsets"][1]) for e in header.values()), default=0)
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        raise ValueError(f"{file}: a tensor's header entry is malformed ({error!r}).") from error
+    if size != 8 + length + end:
+        raise ValueError(
+            f"{file} is incomplete: its header describes {8 + length + end:,} bytes but the "
+            f"file has {size:,} (cut short, or still being written)."
+        )
     return header, 8 + length
+
+
+_header = safetensors_header
+_MAX_HEADER = 100_000_000  # safetensors' own limit on a header's length
 
 
 def _read_file(file: pathlib.Path, keys) -> dict[str, np.ndarray]:
@@ -288,6 +323,73 @@ def read_params(
     params = model_params(config, tensors)
     if shapes is None:
         return config, params
+    keys = _check_names(root, config, tensors, params, shapes)
+    source = _source(root)
+    for name in shapes:
+        if not np.isfinite(params[name]).all():
+            raise ValueError(f"{source}: tensor {keys[name]!r} has non-finite values (NaN, inf).")
+    return config, {name: params[name] for name in shapes}
+
+
+class TensorSpec(NamedTuple):
+    """A tensor's shape and the numpy dtype it is read as (16-bit floats: float32)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+def weight_paths(path: str | os.PathLike) -> list[pathlib.Path]:
+    """The files a read of the model directory ``path`` opens: ``config.json``, the index
+    (if any) and the weight files."""
+    root = pathlib.Path(path)
+    files = sorted(set(_weight_files(root).values()))
+    index = [root / INDEX] if (root / INDEX).is_file() else []
+    return [root / CONFIG, *index, *files]
+
+
+def param_specs(
+    path: str | os.PathLike, shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> tuple[dict[str, Any], dict[str, TensorSpec]]:
+    """``(config, {parameter name: TensorSpec})`` of the model directory ``path`` from
+    ``config.json`` and the safetensors headers alone (no tensor data is read): what
+    :func:`read_params` would return, but shapes and dtypes. The same ``ValueError`` s as
+    :func:`read_params` for a tensor missing, unexpected or of another shape (but not for
+    non-finite values), and one naming a weight file that is incomplete (cut short, or
+    still being written: fewer bytes than its header describes)."""
+    root = pathlib.Path(path)
+    config = read_config(root)
+    by_file: dict[pathlib.Path, list[str]] = {}
+    for key, file in _weight_files(root).items():
+        by_file.setdefault(file, []).append(key)
+    tensors: dict[str, TensorSpec] = {}
+    for file, keys in by_file.items():
+        header, _ = safetensors_header(file)
+        for key in keys:
+            entry = header.get(key)
+            if entry is None:
+                raise ValueError(f"tensor {key!r} is not in {file}, although the index says it is.")
+            try:
+                dtype, shape = entry["dtype"], tuple(int(n) for n in entry["shape"])
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(
+                    f"{file}: the header entry of tensor {key!r} is malformed."
+                ) from error
+            if dtype not in (*_DTYPES, "F16", "BF16"):
+                raise ValueError(
+                    f"{file}: tensor {key!r} has dtype {dtype}, which slt_jax cannot read."
+                )
+            wide = np.float32 if dtype in ("F16", "BF16") else _DTYPES[dtype]
+            tensors[key] = TensorSpec(shape, np.dtype(wide))
+    params = model_params(config, tensors)
+    if shapes is None:
+        return config, params
+    _check_names(root, config, tensors, params, shapes)
+    return config, {name: params[name] for name in shapes}
+
+
+def _check_names(root, config, tensors, params, shapes) -> dict[str, str]:
+    """Every expected parameter present, of its shape and a float, and no other: a
+    ``ValueError`` naming the tensor and the file otherwise. Returns ``{name: key}``."""
     keys = {name: key for name, key in zip(params, _kept(config, tensors), strict=True)}
     source = _source(root)
     missing = [n for n in shapes if n not in params]
@@ -314,9 +416,7 @@ def read_params(
             )
         if not np.issubdtype(x.dtype, np.floating):
             raise ValueError(f"{source}: tensor {keys[name]!r} has dtype {x.dtype}, not a float.")
-        if not np.isfinite(x).all():
-            raise ValueError(f"{source}: tensor {keys[name]!r} has non-finite values (NaN, inf).")
-    return config, {name: params[name] for name in shapes}
+    return keys
 
 
 def _kept(config, tensors) -> list[str]:

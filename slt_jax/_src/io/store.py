@@ -53,6 +53,7 @@ _INFORMATIONAL = ("slt_jax_version", "platform")
 _TRACED = {"loss_fn": "the loss function"}
 # The names this library writes: chunks, the lock, and the temporary files of atomic writes.
 _CHUNK = re.compile(r"chunk-(\d{5,})\.nc")
+_HASHES = "checkpoint_hashes"  # the chunk file's attribute holding its checkpoints' hashes
 _TEMPORARY = re.compile(r"\.(chunk-\d{5,}\.nc|manifest\.json)\.tmp-\d+")
 
 
@@ -240,6 +241,8 @@ class ResultStore:
         extend (a run over more checkpoints resumes one over fewer): entries both runs hold
         must agree (else ``ValueError`` naming the ``description`` and the entries), the
         union is stored.
+      checked_apart: top-level manifest keys not compared here, because the caller checks
+        them itself (a lazy checkpoint set's stamps, verified against each chunk's hashes).
     """
 
     def __init__(
@@ -250,6 +253,7 @@ class ResultStore:
         writer: bool = True,
         result_type: type = LLCResult,
         growing: dict[str, str] | None = None,
+        checked_apart=(),
     ):
         self.path = check_out(path)
         self.writer = writer
@@ -263,7 +267,8 @@ class ResultStore:
             manifest = _normalise(manifest, self.format)
             if stored is None:
                 raise ValueError(f"out={str(self.path)!r} has no {MANIFEST}.")
-            differences = _differences(stored, manifest, skip=self.growing)
+            skip = (*self.growing, *checked_apart)
+            differences = _differences(stored, manifest, skip=skip)
             if differences:
                 raise ValueError(f"out={str(self.path)!r}: manifests differ: {differences}")
             _grown(stored, manifest, self.path, self.growing)
@@ -331,13 +336,14 @@ class ResultStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def start(self, manifest: dict[str, Any]) -> None:
-        """Compare ``manifest`` with the stored one (``ValueError`` if they differ), or
-        write it (atomically) into a new directory. Growing keys are merged (and the merged
-        manifest written when it gained entries)."""
+    def start(self, manifest: dict[str, Any], *, checked_apart=()) -> None:
+        """Compare ``manifest`` with the stored one (``ValueError`` if they differ, but for
+        the keys ``checked_apart``, which the caller checks itself), or write it
+        (atomically) into a new directory. Growing keys are merged (and the merged manifest
+        written when it gained entries)."""
         manifest = _normalise(manifest, self.format)
         if self.stored is not None:
-            _compare(self.stored, manifest, self.path, skip=self.growing)
+            _compare(self.stored, manifest, self.path, skip=(*self.growing, *checked_apart))
             merged = _grown(self.stored, manifest, self.path, self.growing)
             if merged != self.stored:
                 text = json.dumps(merged, indent=2, sort_keys=True)
@@ -366,17 +372,29 @@ class ResultStore:
         wanted = {i: steps[i * chunk_size : (i + 1) * chunk_size] for i in found}
         return {i for i, f in found.items() if wanted[i] and _steps_of(f) == wanted[i]}
 
-    def write_chunk(self, index: int, result: Any) -> None:
-        """Write one chunk's results (with their steps) atomically."""
+    def write_chunk(self, index: int, result: Any, *, hashes=None) -> None:
+        """Write one chunk's results (with their steps) atomically; ``hashes``, the content
+        hashes of its checkpoints, go with it (an attribute of the file)."""
         if not self.writer:
             raise RuntimeError("this process does not write the results.")
         dataset = result.to_xarray()
+        if hashes is not None:
+            dataset.attrs[_HASHES] = json.dumps([str(h) for h in hashes])
         _atomic_write(
             self._chunk_path(index), lambda tmp: dataset.to_netcdf(tmp, engine="h5netcdf")
         )
 
     def read_chunk(self, index: int) -> Any:
         return _read(self._chunk_path(index), self.result_type)
+
+    def chunk_hashes(self, index: int) -> list[str] | None:
+        """The content hashes of a finished chunk's checkpoints, as written with it (``None``
+        for a chunk written without them); only the file's attributes are read."""
+        import xarray as xr
+
+        with xr.open_dataset(self._chunk_path(index), engine="h5netcdf") as dataset:
+            hashes = dataset.attrs.get(_HASHES)
+        return None if hashes is None else list(json.loads(hashes))
 
     def load(self) -> Any:
         """Every finished chunk, joined along the checkpoint axis (sorted by step)."""

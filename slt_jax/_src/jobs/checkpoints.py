@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -15,8 +16,9 @@ from jax.sharding import Mesh
 from slt_jax._src import validation
 from slt_jax._src.config import LLCConfig, run_options
 from slt_jax._src.engine import programs
-from slt_jax._src.io.checkpoints import as_checkpoint_set
+from slt_jax._src.io.checkpoints import Chunk, as_checkpoint_set
 from slt_jax._src.io.fingerprint import loss_fingerprint, manifest
+from slt_jax._src.io.lazy import CheckpointReadError
 from slt_jax._src.io.store import ResultStore, check_out, read_manifest, stored_chunk_size
 from slt_jax._src.jobs import auto, memory, orchestrate, plan, report
 from slt_jax._src.results import CalibrationRecord, LLCResult, concat_results, stack_results
@@ -64,6 +66,11 @@ def estimate_llc_checkpoints(
       checkpoints: a :class:`~slt_jax.CheckpointSet`; a directory of snapshots (orbax,
         safetensors or flax msgpack; see :func:`~slt_jax.load_checkpoint_set`); a list of
         pytrees; or one pytree whose leaves are stacked along a leading checkpoint axis.
+        A directory (or a lazy set) is read a chunk at a time: the next chunk's files are
+        read on a thread while the current chunk samples, so host memory holds two chunks
+        of checkpoints, whatever their number. A checkpoint that is gone, cut short or
+        corrupt when its turn comes stops the sweep with an error naming it; the finished
+        chunks stay in ``out``, and the same call resumes once the file is back.
       seed: an int or a key. The checkpoint at training step ``s`` uses the chain keys
         ``split(fold_in(key, s), num_chains)``, so ``estimate_llc(..., seed=fold_in(key,
         s))`` on it alone gives the same chains, however the set is chunked.
@@ -74,7 +81,9 @@ def estimate_llc_checkpoints(
         snapshots of that format (default: the one present; see
         :func:`~slt_jax.load_checkpoint_set`).
       chunk_size: checkpoints per compiled call. ``None`` picks the largest that fits in
-        ``memory_budget`` by XLA's memory analysis of the compiled program.
+        ``memory_budget`` by XLA's memory analysis of the compiled program, and whose host
+        copies (two chunks of checkpoints for a lazy set: the one sampling, the one being
+        read) fit in the host's available memory (see :func:`memory.chunk_size_within`).
       memory_budget: bytes (an int, or an integral float such as ``2e9``); default
         :func:`default_memory_budget`.
       out: a results directory. Each chunk is written (netCDF via xarray, atomically) as
@@ -113,7 +122,9 @@ def estimate_llc_checkpoints(
       True
     """
     checkpoint_set = as_checkpoint_set(checkpoints, steps=steps, like=like, format=format)
-    first = jax.tree.map(lambda x: x[0], checkpoint_set.params)
+    # A lazy set is checked on its structure (shapes, dtypes): its values are read, and
+    # checked, when their chunk runs.
+    first = checkpoint_set.template if checkpoint_set.lazy else checkpoint_set.read(0)
     wants = auto.wants_auto(config.step_size, config.localization)
     # Everything is checked before anything is compiled or written (with stand-in numbers
     # for what a calibration will choose).
@@ -217,8 +228,7 @@ def _calibration_request(checkpoint_set, calibrate_on, budget, localization, nbe
 
 
 def _checkpoint_at(checkpoint_set, step: int):
-    index = int(np.flatnonzero(checkpoint_set.steps == step)[0])
-    return jax.tree.map(lambda x: x[index], checkpoint_set.params)
+    return checkpoint_set.read(int(np.flatnonzero(checkpoint_set.steps == step)[0]))
 
 
 def _stored_calibration(store, out, request) -> CalibrationRecord | None:
@@ -252,6 +262,8 @@ class Sweep:
     """
 
     result_type = LLCResult  # what a chunk's result is (and what the store holds)
+    plugins = programs.NO_PLUGINS  # the chains' restriction and observer plug-ins
+    observed = None  # the observer's data
 
     loss_fn: Any
     config: LLCConfig
@@ -274,7 +286,13 @@ class Sweep:
         return [orchestrate.Group(config, j, keys[j], label=labels[j]) for j in range(len(keys))]
 
     def centers(self, indices) -> PyTree:
-        return jax.tree.map(lambda x: x[indices], self.checkpoint_set.params)
+        """The stacked parameters of these checkpoints (read now, for a lazy set)."""
+        return self.checkpoint_set.read(np.asarray(indices))
+
+    def placeholder(self, chunk: int) -> PyTree:
+        """Zeros shaped as ``chunk`` stacked checkpoints: what lowering needs (nothing read)."""
+        template = self.checkpoint_set.template
+        return jax.tree.map(lambda s: np.zeros((chunk, *s.shape), s.dtype), template)
 
     @classmethod
     def store_options(cls) -> dict:
@@ -284,7 +302,7 @@ class Sweep:
     def manifest(self, chunk_size: int) -> dict:
         """What identifies the results on disk (compared on resume)."""
         checkpoint_set, config = self.checkpoint_set, self.config
-        first = jax.tree.map(lambda x: x[0], checkpoint_set.params)
+        first = checkpoint_set.template if checkpoint_set.lazy else checkpoint_set.read(0)
         loss = loss_fingerprint(self.loss_fn, first, self.data, config.batch_size)
         contents = manifest(config, checkpoint_set, self.data, self.key, chunk_size, loss)
         if self.record is not None:
@@ -300,21 +318,46 @@ class Sweep:
         """The compiled-program-to-be of a chunk of ``chunk`` checkpoints."""
         indices = np.zeros(chunk, int)
         return orchestrate.lower(
-            self.loss_fn, self.centers(indices), self.data, self.groups(indices), mesh=self.mesh
+            self.loss_fn,
+            self.placeholder(chunk),
+            self.data,
+            self.groups(indices),
+            mesh=self.mesh,
+            plugins=self.plugins,
+            observed=self.observed,
         )
+
+    def host_bytes(self) -> int:
+        """Host bytes a chunk holds per checkpoint: its parameters, twice for a lazy set
+        (the chunk sampling and the next one being read), once for a set in memory (the
+        chunk's gathered copy)."""
+        leaves = jax.tree.leaves(self.checkpoint_set.template)
+        one = sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in leaves)
+        return one * (2 if self.checkpoint_set.lazy else 1)
 
     def chunk_size(self, chunk_size: int | None, memory_budget: int | None) -> int:
         """``chunk_size`` as given, else the largest chunk whose program fits the budget."""
         if chunk_size is None:
             measure = lambda chunk: memory.program_bytes(self.lower(chunk).compile())  # noqa: E731
-            chunk_size = memory.chunk_size_within(measure, len(self.checkpoint_set), memory_budget)
+            chunk_size = memory.chunk_size_within(
+                measure, len(self.checkpoint_set), memory_budget, host_bytes=self.host_bytes()
+            )
         return min(chunk_size, len(self.checkpoint_set))
 
-    def run_chunk(self, indices, chunk_size: int) -> LLCResult:
-        """One chunk's results (padded to ``chunk_size``: every chunk has the same shapes,
-        one compilation)."""
+    def read_chunk(self, indices, chunk_size: int) -> Chunk:
+        """A chunk's checkpoints, read (padded to ``chunk_size`` by repeating the last, which
+        is read once), with their content hashes: what :meth:`run_chunk` takes."""
         padded = np.concatenate([indices, np.full(chunk_size - len(indices), indices[-1])])
-        centers = self.centers(padded)
+        return self.checkpoint_set.load(padded)
+
+    def run_chunk(self, indices, chunk_size: int, chunk: Chunk | None = None):
+        """One chunk's results (padded to ``chunk_size``: every chunk has the same shapes,
+        one compilation), from its checkpoints ``chunk`` as :meth:`read_chunk` gives them
+        (read now if ``None``): :func:`orchestrate.run` on :meth:`groups` with
+        :attr:`plugins`, then :meth:`result`."""
+        padded = np.concatenate([indices, np.full(chunk_size - len(indices), indices[-1])])
+        chunk = chunk if chunk is not None else self.read_chunk(indices, chunk_size)
+        centers = chunk.params
         losses = orchestrate.center_losses(
             self.loss_fn,
             centers,
@@ -325,15 +368,23 @@ class Sweep:
             mesh=self.mesh,
             flag=True,
         )
+        groups = self.groups(padded)
+        per_checkpoint = len(groups) // chunk_size
         outcomes = orchestrate.run(
             self.loss_fn,
             centers,
             self.data,
-            self.groups(padded)[: len(indices)],
+            groups[: len(indices) * per_checkpoint],
             mesh=self.mesh,
             losses=losses,
-            pad_to=chunk_size,
+            plugins=self.plugins,
+            observed=self.observed,
+            pad_to=chunk_size * per_checkpoint,
         )
+        return self.result(indices, outcomes)
+
+    def result(self, indices, outcomes: list[orchestrate.Outcome]) -> LLCResult:
+        """The chunk's result from its groups' outcomes (one per checkpoint here)."""
         steps = self.checkpoint_set.steps[indices]
         stacked = stack_results([o.result for o in outcomes], steps)
         return dataclasses.replace(stacked, calibration=self.record)
@@ -350,8 +401,15 @@ def _run(sweep: Sweep, store, out, chunk_size, memory_budget, progress):
     chunk_size = sweep.chunk_size(chunk_size, memory_budget)
     if out is not None:
         store = _start_store(store, out, sweep.manifest(chunk_size), sweep)
-    run_chunk = lambda indices: sweep.run_chunk(indices, chunk_size)  # noqa: E731
-    results = _run_chunks(run_chunk, sweep.checkpoint_set.steps, chunk_size, store, progress)
+        verify_finished(sweep.checkpoint_set, store, chunk_size)
+    results = _run_chunks(
+        lambda indices, chunk: sweep.run_chunk(indices, chunk_size, chunk),
+        sweep.checkpoint_set.steps,
+        chunk_size,
+        store,
+        progress,
+        read=lambda indices: sweep.read_chunk(indices, chunk_size),
+    )
     return sweep.concat(results)
 
 
@@ -365,41 +423,157 @@ def _lock_store(out, sweep_type: type | None = None) -> ResultStore | None:
     return None
 
 
+# Manifest keys that identify the checkpoints: compared by :func:`verify_finished`, against
+# each finished chunk's own hashes, rather than as a whole.
+_IDENTITY = ("checkpoint_stamps", "checkpoint_hashes")
+
+
 def _start_store(store: ResultStore | None, out, manifest, sweep=None) -> ResultStore:
     """Process 0 compares or writes the manifest; with several processes the others wait
-    for it, then read the same directory (which must be on a file system they all see)."""
+    for it, then read the same directory (which must be on a file system they all see).
+
+    Two sets in memory are compared on every checkpoint's content hash, as before; where
+    either is lazy, the checkpoints are compared by :func:`verify_finished`."""
     if store is not None:
-        store.start(manifest)
+        stored = store.stored or {}
+        both = "checkpoint_hashes" in stored and "checkpoint_hashes" in manifest
+        store.start(manifest, checked_apart=_IDENTITY[:1] if both else _IDENTITY)
     if jax.process_count() == 1:
         return store
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices("slt_jax: results directory open")
     options = (sweep or Sweep).store_options()
-    return store or ResultStore(out, manifest, writer=False, **options)
+    return store or ResultStore(out, manifest, writer=False, checked_apart=_IDENTITY, **options)
 
 
-def _run_chunks(run_chunk, steps, chunk_size, store, progress) -> list[LLCResult]:
+def verify_finished(checkpoint_set, store: ResultStore, chunk_size: int) -> None:
+    """The checkpoints of the finished chunks in ``store`` are those of ``checkpoint_set``.
+
+    A checkpoint whose stamp (its files' names, sizes and modification times) is the one
+    in the manifest is taken as unchanged, without reading it; any other (a copy, a
+    ``touch``, a re-training, or a run started from a set in memory) is read and its
+    content hash compared with the one written with its chunk (or, for chunks written
+    before chunks carried hashes, the manifest's). A difference is a ``ValueError`` naming
+    the checkpoints, before anything is compiled; the unfinished chunks need no check,
+    since they will be computed from the checkpoints as they are now.
+    """
+    finished = sorted(store.finished_chunks(checkpoint_set.steps, chunk_size))
+    if not finished:
+        return
+    stored = store.stored or {}
+    stamps_then = stored.get("checkpoint_stamps") or []
+    hashes_then = stored.get("checkpoint_hashes") or []
+    stamps_now = checkpoint_set.stamps()
+    changed = []
+    for index in finished:
+        indices = range(index * chunk_size, min((index + 1) * chunk_size, len(checkpoint_set)))
+        recorded = store.chunk_hashes(index) or []
+        for j, k in enumerate(indices):
+            if checkpoint_set.lazy and k < len(stamps_then) and stamps_then[k] == stamps_now[k]:
+                continue
+            reference = recorded[j] if j < len(recorded) else None
+            if reference is None and k < len(hashes_then):
+                reference = hashes_then[k]
+            now = checkpoint_set.load([k]).hashes[0] if checkpoint_set.lazy else stamps_now[k]
+            if now != reference:
+                step, source = int(checkpoint_set.steps[k]), checkpoint_set.sources[k]
+                changed.append(f"step {step} ({source}): {reference!r} (stored) vs {now!r} (now)")
+    if changed:
+        raise ValueError(
+            f"out={str(store.path)!r} holds results of different checkpoints: the content "
+            "of these finished ones changed since (checkpoint_hashes); use another output "
+            "directory, or restore them to resume:\n  " + "\n  ".join(changed)
+        )
+
+
+def _run_chunks(
+    run_chunk: Callable,
+    steps,
+    chunk_size: int,
+    store,
+    progress: bool,
+    *,
+    read: Callable | None = None,
+) -> list[LLCResult]:
     """Run (or read back) every chunk in order, writing each to ``store`` as it finishes.
 
     The finished chunks are listed once, before any chunk runs, so that every process
-    (each runs every chunk's collective program) skips the same ones.
+    (each runs every chunk's collective program) skips the same ones, and are never read.
+    Without ``read``, ``run_chunk(indices)`` makes a chunk's result. With it,
+    ``read(indices)`` gives the chunk's :class:`~slt_jax._src.io.checkpoints.Chunk` (its
+    checkpoints and their hashes), called on a background thread one chunk ahead, so that
+    the next chunk's files are read while the current one samples, and
+    ``run_chunk(indices, chunk)`` makes the result; the hashes are written with it. An
+    error of a read is raised here when its chunk's turn comes, after the chunks before
+    it are written.
     """
     finished = store.finished_chunks(steps, chunk_size) if store is not None else set()
+    chunks = [
+        (index, np.arange(start, min(start + chunk_size, len(steps))))
+        for index, start in enumerate(range(0, len(steps), chunk_size))
+    ]
+    todo = [indices for index, indices in chunks if index not in finished]
+    ahead = _ReadAhead(read, todo) if read is not None else None
     results = []
     bar = _progress_bar(len(steps), enabled=progress and jax.process_index() == 0)
-    for index, start in enumerate(range(0, len(steps), chunk_size)):
-        indices = np.arange(start, min(start + chunk_size, len(steps)))
-        if index in finished:
-            results.append(store.read_chunk(index))
-        else:
-            results.append(run_chunk(indices))
-            if store is not None and store.writer:
-                store.write_chunk(index, results[-1])
-        bar.update(len(indices))
-        bar.set_postfix_str(f"last step {int(steps[indices[-1]])}")
-    bar.close()
+    try:
+        for index, indices in chunks:
+            hashes = None
+            if index in finished:
+                results.append(store.read_chunk(index))
+            elif ahead is None:
+                results.append(run_chunk(indices))
+            else:
+                chunk = ahead.next()
+                results.append(run_chunk(indices, chunk))
+                hashes = chunk.hashes[: len(indices)]
+                del chunk  # its host arrays go before the next chunk is taken
+                memory.release_host_memory()
+            if index not in finished and store is not None and store.writer:
+                store.write_chunk(index, results[-1], hashes=hashes)
+            bar.update(len(indices))
+            bar.set_postfix_str(f"last step {int(steps[indices[-1]])}")
+    except CheckpointReadError as error:
+        if store is None:
+            raise
+        done = len(store.finished_chunks())
+        raise CheckpointReadError(
+            f"{error}\nThe sweep stopped there; its {done} finished chunk(s) stay in "
+            f"{str(store.path)!r}: once the checkpoint is back (or complete), run the same "
+            "sweep again to resume."
+        ) from error
+    finally:
+        bar.close()
+        if ahead is not None:
+            ahead.close()
     return results
+
+
+class _ReadAhead:
+    """``read(indices)`` of each chunk in ``todo``, in order, on one background thread, the
+    next one started as soon as the current one is taken: at most two chunks are held (the
+    one running, the one being read)."""
+
+    def __init__(self, read: Callable, todo: list):
+        self._read, self._todo = read, list(todo)
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="slt_jax-read")
+        self._future = self._submit()
+
+    def _submit(self):
+        return self._pool.submit(self._read, self._todo.pop(0)) if self._todo else None
+
+    def next(self):
+        """The next chunk (waiting for its read; its read's error is raised here)."""
+        future, self._future = self._future, None
+        chunk = future.result()
+        self._future = self._submit()
+        return chunk
+
+    def close(self) -> None:
+        if self._future is not None:
+            self._future.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _progress_bar(total: int, *, enabled: bool):

@@ -30,7 +30,7 @@ from slt_jax._src import refine, validation
 from slt_jax._src.config import LLCConfig, run_options
 from slt_jax._src.engine import programs
 from slt_jax._src.io.checkpoints import as_checkpoint_set
-from slt_jax._src.io.fingerprint import checkpoint_hashes, data_hash, loss_fingerprint, manifest
+from slt_jax._src.io.fingerprint import data_hash, loss_fingerprint, manifest
 from slt_jax._src.io.store import MANIFEST, read_manifest, read_results
 from slt_jax._src.jobs import orchestrate, refined, report
 from slt_jax._src.jobs.checkpoints import Sweep, _lock_store, _run
@@ -126,7 +126,7 @@ def estimate_refined_llc_checkpoints(
             "chosen step_size, localization and nbeta."
         )
     checkpoint_set = as_checkpoint_set(checkpoints, steps=steps, like=like, format=format)
-    first = _first(checkpoint_set)
+    first = checkpoint_set.read(0)  # one checkpoint (the others are read chunk by chunk)
     if refinements is None:
         refinements = {"all": "*"}
     masks = refine.masks(first, refinements, layout=layout)  # checked before anything runs
@@ -173,10 +173,6 @@ def estimate_refined_llc_checkpoints(
     return result
 
 
-def _first(checkpoint_set) -> PyTree:
-    return jax.tree.map(lambda x: x[0], checkpoint_set.select([0]).params)
-
-
 def _digest(tree: PyTree) -> str:
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(tree):
@@ -220,51 +216,9 @@ class RefinedSweep(Sweep):
             for name, mask in self.masks.items()
         ]
 
-    def centers(self, indices) -> PyTree:
-        """The chunk's checkpoints (read through ``select``: a lazy set reads only these)."""
-        unique, where = np.unique(np.asarray(indices), return_inverse=True)
-        params = self.checkpoint_set.select(unique).params
-        return jax.tree.map(lambda x: np.asarray(x)[where], params)
-
-    def lower(self, chunk: int):
-        indices = np.zeros(chunk, int)
-        return orchestrate.lower(
-            self.loss_fn,
-            self.centers(indices),
-            self.data,
-            self.groups(indices),
-            mesh=self.mesh,
-            plugins=self.plugins,
-            observed=self.observed,
-        )
-
-    def run_chunk(self, indices, chunk_size: int) -> RefinedCheckpointsResult:
-        """One chunk's results (padded to ``chunk_size`` checkpoints: one compilation)."""
-        padded = np.concatenate([indices, np.full(chunk_size - len(indices), indices[-1])])
-        centers = self.centers(padded)
-        labels = self.labels(padded)
-        losses = orchestrate.center_losses(
-            self.loss_fn,
-            centers,
-            self.data,
-            self.config,
-            labels,
-            key=self.key,
-            mesh=self.mesh,
-            flag=True,
-        )
+    def result(self, indices, outcomes) -> RefinedCheckpointsResult:
+        """The chunk's result from its (checkpoint, refinement) outcomes, checkpoint-major."""
         num = len(self.masks)
-        outcomes = orchestrate.run(
-            self.loss_fn,
-            centers,
-            self.data,
-            self.groups(padded)[: len(indices) * num],
-            mesh=self.mesh,
-            losses=losses,
-            plugins=self.plugins,
-            observed=self.observed,
-            pad_to=chunk_size * num,
-        )
         steps = self.checkpoint_set.steps[indices]
         names = list(self.masks)
         by_name = {n: outcomes[r::num] for r, n in enumerate(names)}
@@ -288,12 +242,22 @@ class RefinedSweep(Sweep):
         """Settings, data, loss, refinements (their masks' hash), what is observed (the
         observed sets' hashes) and ``checkpoints``: ``{step: hash}``, which a later run may
         extend."""
-        first = _first(self.checkpoint_set)
+        first = (
+            self.checkpoint_set.template
+            if self.checkpoint_set.lazy
+            else self.checkpoint_set.read(0)
+        )
         loss = loss_fingerprint(self.loss_fn, first, self.data, self.config.batch_size)
         contents = manifest(self.config, self.checkpoint_set, self.data, self.key, chunk_size, loss)
         steps = contents.pop("steps")
-        hashes = contents.pop("checkpoint_hashes", None) or checkpoint_hashes(self.checkpoint_set)
-        contents["checkpoints"] = {str(s): h for s, h in zip(steps, hashes, strict=True)}
+        # A set in memory: each step's content hash. A lazy set (nothing read yet): each
+        # step's file, its content checked on resume by `verify_finished` against the
+        # stamps kept in the manifest and the hashes written with each chunk.
+        if "checkpoint_hashes" in contents:
+            identity = contents.pop("checkpoint_hashes")
+        else:
+            identity = list(self.checkpoint_set.sources)
+        contents["checkpoints"] = {str(s): h for s, h in zip(steps, identity, strict=True)}
         contents["refinements"] = list(self.masks)
         contents["num_selected"] = [refine.num_selected(m) for m in self.masks.values()]
         contents["masks_sha256"] = _digest(list(self.masks.values()))
