@@ -184,11 +184,11 @@ def test_an_interrupted_sweep_resumes_with_the_missing_chunks_only(tmp_path, mon
     real = refined_sweep.RefinedSweep.run_chunk
     calls = []
 
-    def crash_on_second(self, indices, chunk_size):
+    def crash_on_second(self, indices, chunk_size, chunk=None):
         calls.append(indices.tolist())
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, indices, chunk_size)
+        return real(self, indices, chunk_size, chunk)
 
     monkeypatch.setattr(refined_sweep.RefinedSweep, "run_chunk", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
