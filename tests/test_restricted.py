@@ -10,6 +10,10 @@ over the k moving coordinates, terms of order 1/2 each computed from position di
 rounding of ~3e-6 per term, up to ~1e-3 over k ≈ 500 terms.
 """
 
+import os
+import pathlib
+import subprocess
+import sys
 import warnings
 
 import jax
@@ -195,3 +199,24 @@ def test_a_selector_that_selects_nothing_is_an_error_before_compiling(neox):
     assert programs.num_compiled() == before
     with pytest.raises(ValueError, match="selects no coordinate"):
         restricted.plan(params, {"none": nothing}, "sgld")
+
+
+def test_sharded_compact_chains_equal_one_device():
+    """tests/restricted_check.py with 8 forced host devices: items, items × model and model
+    meshes (and the mask path on 2 × 4) give one device's chains, to the float rounding of
+    the partitioned arithmetic (rtol 2e-4, as tests/model_parallel_check.py)."""
+    here = pathlib.Path(__file__).resolve().parent
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONWARNINGS": "ignore",
+    }
+    run = subprocess.run(
+        [sys.executable, str(here / "restricted_check.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0 and run.stdout.strip().endswith("OK"), run.stderr[-3000:]
