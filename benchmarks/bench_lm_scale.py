@@ -111,7 +111,7 @@ def restricted(quick: bool) -> dict:
     names = [f"l{i}h{h}" for i in range(layout.num_layers) for h in range(layout.num_heads)]
     names += [f"l{i} mlp" for i in range(layout.num_layers)]
     masks = sj.refine.masks(params, {n: n for n in names}, layout=layout)
-    steps = 20 if quick else 100
+    steps = 10 if quick else 20
     base = dict(num_chains=2, batch_size=8, step_size=1e-4, localization=300.0, nbeta=30.0)
     base |= dict(chain_layout="vmap")
     num_params = sum(int(np.size(x)) for x in jax.tree.leaves(params))

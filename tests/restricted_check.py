@@ -1,6 +1,6 @@
 """Run with 8 forced host devices (see test_restricted.py): compact restricted chains on an
-8-device items mesh, a 2 × 4 (items × model) mesh and an 8-way model mesh equal one device,
-and equal the mask path there."""
+8-device items mesh and a 2 × 4 (items × model) mesh equal one device, and equal the mask
+path there."""
 
 import warnings
 
@@ -47,7 +47,7 @@ def unit(u):  # "head" u: 8 hidden units (columns of layer0, its biases, rows of
 refinements = {f"unit{u}": unit(u) for u in range(4)}
 refinements["scattered"] = lambda path, leaf: np.arange(leaf.size).reshape(leaf.shape) % 5 == 1
 refinements["layer1"] = "layer1/*"
-kw = dict(num_chains=3, num_steps=40, step_size=1e-4, localization=50.0, batch_size=32)
+kw = dict(num_chains=3, num_steps=20, step_size=1e-4, localization=50.0, batch_size=32)
 kw |= dict(nbeta=100.0, diagnostic_every=5)
 single = sj.estimate_refined_llc(
     loss_fn, params, (x, y), refinements, devices=jax.devices()[:1], **kw
@@ -55,7 +55,6 @@ single = sj.estimate_refined_llc(
 meshes = {
     "8 items": dict(devices=jax.devices()),
     "2 x 4": dict(mesh=jax.make_mesh((2, 4), ("items", "model"))),
-    "8 model": dict(mesh=jax.make_mesh((8,), ("model",))),
 }
 runs = {
     k: sj.estimate_refined_llc(loss_fn, params, (x, y), refinements, **m, **kw)

@@ -202,9 +202,9 @@ def test_a_selector_that_selects_nothing_is_an_error_before_compiling(neox):
 
 
 def test_sharded_compact_chains_equal_one_device():
-    """tests/restricted_check.py with 8 forced host devices: items, items × model and model
-    meshes (and the mask path on 2 × 4) give one device's chains, to the float rounding of
-    the partitioned arithmetic (rtol 2e-4, as tests/model_parallel_check.py)."""
+    """tests/restricted_check.py with 8 forced host devices: items and items × model meshes
+    (and the mask path on 2 × 4) give one device's chains, to the float rounding of the
+    partitioned arithmetic (rtol 2e-4, as tests/model_parallel_check.py)."""
     here = pathlib.Path(__file__).resolve().parent
     env = {
         **os.environ,
