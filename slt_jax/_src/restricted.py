@@ -1,7 +1,7 @@
 r"""Compact restricted chains: a weight refinement whose chains hold only what moves.
 
 A weight-refined chain (:mod:`slt_jax.refine`) moves the selected coordinates ``V`` and
-holds the others at ``w*``. The mask restriction (:class:`slt_jax.refine.MaskRestriction`)
+holds the others at ``w*``. The mask restriction (:class:`slt_jax._src.refine.MaskRestriction`)
 runs it as a full-size chain: a full copy of every parameter, a full boolean mask, full
 sampler state, a gradient of every parameter, moves put back onto the mask every step.
 A *compact* restriction runs the same chain on the selected entries alone:
