@@ -136,6 +136,7 @@ def test_compact_chains_equal_the_mask_path_one_program_per_shape_group(neox, mo
     assert all(k * 2 <= size for k, size in zip(heads.sizes, sizes, strict=True))
 
 
+@pytest.mark.slow  # beyond the default suite's time budget
 def test_preconditioned_compact_chains_equal_the_mask_path(neox, monkeypatch):
     refinements = {"l0h0": "l0h0", "scattered": _scattered}
     kw = dict(sampler="rmsprop_sgld", monkeypatch=monkeypatch)
@@ -143,6 +144,7 @@ def test_preconditioned_compact_chains_equal_the_mask_path(neox, monkeypatch):
     _assert_same(compact, _run(neox, refinements, compact=False, **kw)[0])
 
 
+@pytest.mark.slow  # beyond the default suite's time budget
 def test_observers_see_the_same_parameters(neox, monkeypatch):
     """Observables and per-token probe statistics evaluate the full parameters rebuilt from
     the compact position: equal to the mask path's."""
