@@ -32,7 +32,7 @@ STAGES = [
     ("samplers",),
     ("config",),
     ("engine",),
-    ("refine", "layouts", "observe"),
+    ("refine", "restricted", "layouts", "observe"),
     ("estimators.diagnostics", "estimators.influence"),
     ("results",),
     ("estimators.llc",),

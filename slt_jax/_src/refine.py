@@ -245,8 +245,17 @@ class MaskRestriction:
 
 
 class _BoundMask:
+    projects = True  # the position is a full copy: moves are put back onto the mask
+    noise = None  # the kernel's own draw over the full position
+
     def __init__(self, mask_tree: PyTree):
         self.mask = mask_tree
+
+    def origin(self, center):
+        return center
+
+    def params(self, position, center):
+        return restrict(self.mask, position, center)
 
     def loss(self, loss_fn, center):
         """``loss_fn`` of the selected coordinates (the others read from ``center``): its

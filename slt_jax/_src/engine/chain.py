@@ -62,7 +62,7 @@ def periodically(draw, every: int, update: Callable, state):
 def measure(loss_fn, static, center, arrays, info, state, new_state, batch, eps, restriction):
     """The chain diagnostics of one move: MALA acceptance (one extra gradient for a
     Langevin sampler), ``‖w − w*‖``, ``‖∇log p‖`` and ``‖noise‖``, over the moving
-    coordinates."""
+    coordinates (``loss_fn`` and ``center``: in the restriction's coordinates)."""
     position = restriction.restrict(state.position, center)
     proposal = restriction.restrict(new_state.position, center)
     grad = restriction.select(info.logdensity_grad)
@@ -116,7 +116,11 @@ class Parts(NamedTuple):
 def chain_parts(
     loss_fn, static: Static, key, center, arrays: Arrays, restriction=EVERYTHING, observer=None
 ) -> Parts:
-    """The parts of one chain (see :func:`run_chain`, which runs them over on-device data)."""
+    """The parts of one chain (see :func:`run_chain`, which runs them over on-device data).
+
+    The chain samples in the restriction's coordinates: ``origin`` (the centre there) is
+    where it starts and what it is localized to; an observer sees the full parameters."""
+    origin = restriction.origin(center)
     loss = restriction.loss(
         transforms.evaluation(
             loss_fn,
@@ -126,10 +130,13 @@ def chain_parts(
         ),
         center,
     )
+    noise = {} if restriction.noise is None else {"noise": restriction.noise}
+    if noise and not static.sampler.compactable:
+        raise ValueError(f"sampler {static.sampler.name!r} cannot run a compact restriction.")
     kernel = static.sampler.build(
-        loss, center, nbeta=arrays.nbeta, localization=arrays.localization
+        loss, origin, nbeta=arrays.nbeta, localization=arrays.localization, **noise
     )
-    project = restriction is not EVERYTHING and not static.sampler.full_batch
+    project = restriction.projects and not static.sampler.full_batch
     batch_key, noise_key = jax.random.split(key)
     eps_at = step_size_at(static, arrays)
     paired, every = static.estimator == "paired", static.diagnostic_every
@@ -140,22 +147,22 @@ def chain_parts(
         eps = eps_at(t)
         new_state, info = kernel.step(jax.random.fold_in(noise_key, t), state, batch, eps)
         if project:
-            position = restriction.restrict(new_state.position, center)
+            position = restriction.restrict(new_state.position, origin)
             new_state = new_state._replace(position=position)
         finite = jnp.isfinite(info.loss) & tree_all_finite(new_state.position)
         out = _wide(info.loss)  # a bf16/f16 loss is recorded in float32 (see data.wide)
         if record:
-            out = (out, _wide(loss(center, batch))) if paired else out
+            out = (out, _wide(loss(origin, batch))) if paired else out
             draw = t - static.num_burnin
             if every:
                 values = lambda: measure(  # noqa: E731
-                    loss, static, center, arrays, info, state, new_state, batch, eps, restriction
+                    loss, static, origin, arrays, info, state, new_state, batch, eps, restriction
                 )
                 diagnostics = periodically(
                     draw, every, lambda d: d.at[:, draw // every].set(values()), diagnostics
                 )
             if observe_every:  # the observer sees w_t in the model's own float types
-                moved = restriction.restrict(state.position, center)
+                moved = restriction.params(state.position, center)
                 at = jax.tree.map(lambda w, c: w.astype(c.dtype), moved, center)
                 observed = periodically(
                     draw,
@@ -166,7 +173,7 @@ def chain_parts(
         return (new_state, diverged | ~finite, diagnostics, observed), out
 
     def init(batch):
-        start = jax.tree.map(lambda c: c.astype(sampling_dtype(c.dtype)), center)
+        start = jax.tree.map(lambda c: c.astype(sampling_dtype(c.dtype)), origin)
         diagnostics = jnp.full((len(DIAGNOSTICS), static.num_diagnostics), jnp.nan, jnp.float32)
         observed = observer.init() if observer is not None else None
         return (kernel.init(start, batch), jnp.asarray(False), diagnostics, observed)

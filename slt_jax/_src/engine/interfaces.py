@@ -33,21 +33,38 @@ class ChainTrace(NamedTuple):
 
 
 class BoundRestriction(Protocol):
-    """A restriction bound to one chain's arguments (inside the traced chain)."""
+    """A restriction bound to one chain's arguments (inside the traced chain).
+
+    A chain samples in the restriction's *coordinates*: the full parameters (a mask
+    restriction, whose position is a full copy with the fixed coordinates put back), or
+    only the moving ones (a compact restriction, whose position holds the selected entries
+    of the affected leaves and nothing else).
+    """
+
+    #: Whether a stochastic-gradient move must be put back onto the moving coordinates
+    #: after every step (``restrict``); ``False`` when the position holds nothing else.
+    projects: bool
+    #: ``(key, position) -> N(0, I)`` noise for the kernel, or ``None`` for its own draw.
+    noise: Any
+
+    def origin(self, center: PyTree) -> PyTree:
+        """The chain's ``w*`` in its coordinates: where it starts and is localized."""
 
     def loss(self, loss_fn, center: PyTree):
-        """``loss_fn`` as a function of the moving coordinates (the others at ``center``)."""
+        """``loss_fn`` as a function of the chain's coordinates (the rest at ``center``)."""
 
-    def restrict(self, position: PyTree, center: PyTree) -> PyTree:
-        """``position`` with the coordinates that do not move put back at ``center``."""
+    def params(self, position: PyTree, center: PyTree) -> PyTree:
+        """The full parameters at the chain's ``position`` (for observers)."""
+
+    def restrict(self, position: PyTree, origin: PyTree) -> PyTree:
+        """``position`` with the coordinates that do not move put back at ``origin``."""
 
     def select(self, tree: PyTree) -> PyTree:
         """``tree`` with the coordinates that do not move set to 0 (for diagnostics)."""
 
 
 class Restriction(Protocol):
-    """Which coordinates a chain moves. ``project``: whether a stochastic-gradient move is
-    projected back after every step (a Metropolis sampler samples the others as dummies)."""
+    """Which coordinates a chain moves (a static, hashable spec)."""
 
     def bind(self, args: PyTree) -> BoundRestriction: ...
 
@@ -76,8 +93,17 @@ class Observer(Protocol):
 class _Everything:
     """The default restriction: every coordinate moves."""
 
+    projects = False
+    noise = None
+
+    def origin(self, center):
+        return center
+
     def loss(self, loss_fn, center):
         return loss_fn
+
+    def params(self, position, center):
+        return position
 
     def restrict(self, position, center):
         return position

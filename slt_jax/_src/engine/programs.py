@@ -168,9 +168,13 @@ def num_compiled() -> int:
     return _EVICTED[0] + sum(program._cache_size() for program in live)
 
 
-def program(loss_fn, static: Static, plugins: Plugins, mesh: Mesh):
-    """The jitted item program for one loss, static configuration, plug-ins and mesh."""
-    return _cached((loss_fn, static, plugins, mesh), lambda: _build(loss_fn, static, plugins, mesh))
+def program(loss_fn, static: Static, plugins: Plugins, mesh: Mesh, shared: bool = False):
+    """The jitted item program for one loss, static configuration, plug-ins and mesh
+    (``shared``: one centre for every item, passed once; see :class:`Items`)."""
+    return _cached(
+        (loss_fn, static, plugins, mesh, shared),
+        lambda: _build(loss_fn, static, plugins, mesh, shared),
+    )
 
 
 def _cached(cache_key, build):
@@ -192,7 +196,7 @@ def _cached(cache_key, build):
 MAP_THRESHOLD = 2**22
 
 
-def default_layout(static: Static, centers: PyTree, num_items: int) -> str:
+def default_layout(static: Static, centers: PyTree, num_items: int, shared: bool = False) -> str:
     """``"vmap"`` on accelerators; on CPU, ``"map"`` when a chain-step is large (XLA's CPU
     backend runs batched matmuls of medium size slower than one chain at a time)."""
     if static.chain_layout != "auto":
@@ -200,6 +204,8 @@ def default_layout(static: Static, centers: PyTree, num_items: int) -> str:
     if jax.default_backend() != "cpu":
         return "vmap"
     per_chain = sum(np.size(x) for x in jax.tree.leaves(centers)) // max(1, num_items)
+    if shared:
+        per_chain = sum(np.size(x) for x in jax.tree.leaves(centers))
     return "map" if per_chain * static.batch_size >= MAP_THRESHOLD else "vmap"
 
 
@@ -242,19 +248,21 @@ def over_items(per_device, mesh: Mesh, per_item: tuple[bool, ...]):
     return jax.jit(sharded)
 
 
-def _build(loss_fn, static: Static, plugins: Plugins, mesh: Mesh):
+def _build(loss_fn, static: Static, plugins: Plugins, mesh: Mesh, shared: bool = False):
     one = functools.partial(item, loss_fn, static, plugins)
     if static.chain_layout == "map":
 
         def per_device(keys, centers, data, arrays, args, observed):
             def chain(xs):
-                return one(xs[0], xs[1], data, xs[2], xs[3], observed)
+                center = centers if shared else xs[1]
+                return one(xs[0], center, data, xs[2], xs[3], observed)
 
-            return map_in_batches(chain, (keys, centers, arrays, args), static.chain_batch)
+            per_item = (keys, None if shared else centers, arrays, args)
+            return map_in_batches(chain, per_item, static.chain_batch)
 
     else:
-        per_device = jax.vmap(one, in_axes=(0, 0, None, 0, 0, None))
-    return over_items(per_device, mesh, (True, True, False, True, True, False))
+        per_device = jax.vmap(one, in_axes=(0, None if shared else 0, None, 0, 0, None))
+    return over_items(per_device, mesh, (True, not shared, False, True, True, False))
 
 
 def _global(host: np.ndarray, mesh: Mesh, spec: P) -> jax.Array:
@@ -274,12 +282,18 @@ def _host(tree: PyTree) -> PyTree:
 class Items(NamedTuple):
     """The inputs of ``W`` items (one chain each), as host values: ``keys`` ``(W,)``,
     ``centers`` and ``args`` (a restriction's arguments, or ``None``) with a leading ``W``
-    axis, ``arrays`` scalars shared by every item or ``(W,)`` arrays."""
+    axis, ``arrays`` scalars shared by every item or ``(W,)`` arrays.
+
+    ``shared``: every item has the same centre, and ``centers`` is that one centre (no
+    leading axis). It is passed to the program once, replicated over the items axes (split
+    over a model axis as usual), and the chains' ``vmap`` leaves it unbatched: a leaf no
+    chain moves is held once, not once per chain."""
 
     keys: jax.Array
     centers: PyTree
     arrays: Arrays
     args: PyTree = None
+    shared: bool = False
 
 
 def padded_rows(num_items: int, mesh: Mesh) -> np.ndarray:
@@ -314,10 +328,15 @@ def place(items: Items, data, mesh: Mesh, observed=None, rules=None) -> tuple:
     replicated = lambda x: _global(np.asarray(x), mesh, P())  # noqa: E731
     key_data = np.asarray(jax.random.key_data(items.keys))
     arrays = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (num_items,)), items.arrays)
-    centers = jax.tree.map(lambda x: np.asarray(x)[take], items.centers)
+    if items.shared:
+        one = jax.tree.map(lambda x: np.asarray(x)[None], items.centers)
+        centers = jax.tree.map(lambda x: x[0], place_centers(one, mesh, rules, None))
+    else:
+        centers = jax.tree.map(lambda x: np.asarray(x)[take], items.centers)
+        centers = place_centers(centers, mesh, rules, sharding.item_axes(mesh) or None)
     return (
         jax.random.wrap_key_data(per_item(key_data)),
-        place_centers(centers, mesh, rules, sharding.item_axes(mesh) or None),
+        centers,
         jax.tree.map(replicated, data),
         jax.tree.map(per_item, arrays),
         jax.tree.map(per_item, items.args),
@@ -329,9 +348,10 @@ def run_items(
     loss_fn, static: Static, items: Items, data, mesh: Mesh, *, plugins=NO_PLUGINS, observed=None
 ) -> ChainTrace:
     """Run the items sharded over ``mesh``: host traces with a leading item axis."""
-    static = static._replace(chain_layout=default_layout(static, items.centers, len(items.keys)))
+    layout = default_layout(static, items.centers, len(items.keys), items.shared)
+    static = static._replace(chain_layout=layout)
     placed = place(items, data, mesh, observed, static.partition_rules)
-    traces = _host(program(loss_fn, static, plugins, mesh)(*placed))
+    traces = _host(program(loss_fn, static, plugins, mesh, items.shared)(*placed))
     return jax.tree.map(lambda x: x[: len(items.keys)], traces)
 
 
@@ -339,6 +359,7 @@ def lower_items(
     loss_fn, static: Static, items: Items, data, mesh: Mesh, *, plugins=NO_PLUGINS, observed=None
 ):
     """The lowered item program for these inputs (for XLA's memory analysis)."""
-    static = static._replace(chain_layout=default_layout(static, items.centers, len(items.keys)))
+    layout = default_layout(static, items.centers, len(items.keys), items.shared)
+    static = static._replace(chain_layout=layout)
     placed = place(items, data, mesh, observed, static.partition_rules)
-    return program(loss_fn, static, plugins, mesh).lower(*placed)
+    return program(loss_fn, static, plugins, mesh, items.shared).lower(*placed)

@@ -61,7 +61,7 @@ _PER_ITEM = {
 }
 
 
-def _program(phase: str, loss_fn, static: Static, plugins, mesh):
+def _program(phase: str, loss_fn, static: Static, plugins, mesh, shared: bool = False):
     def build():
         fn = {
             "init": _init,
@@ -71,10 +71,12 @@ def _program(phase: str, loss_fn, static: Static, plugins, mesh):
         }[phase]
         one = functools.partial(fn, loss_fn, static, plugins)
         per_item = _PER_ITEM[phase]
+        if shared:  # one centre for every item (programs.Items.shared): not batched
+            per_item = (per_item[0], False, *per_item[2:])
         per_device = jax.vmap(one, in_axes=tuple(0 if p else None for p in per_item))
         return programs.over_items(per_device, mesh, per_item)
 
-    return programs._cached(("stream", phase, loss_fn, static, plugins, mesh), build)
+    return programs._cached(("stream", phase, loss_fn, static, plugins, mesh, shared), build)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
@@ -142,7 +144,7 @@ def _start(loss_fn, static, items, source, mesh, plugins, observed):
     feeder = _Feeder(source, batch_keys, take, mesh, static.batch_size, k)
     pending = feeder.submit(*blocks[0][1:])
     first = jax.tree.map(lambda x: x[:, 0], pending.result())
-    carry = _program("init", loss_fn, static, plugins, mesh)(*inputs, first)
+    carry = _program("init", loss_fn, static, plugins, mesh, items.shared)(*inputs, first)
     return inputs, take, blocks, feeder, pending, carry
 
 
@@ -162,7 +164,7 @@ def run_items(loss_fn, static: Static, items, source, mesh, *, plugins, observed
             batches = pending.result()
             if i + 1 < len(blocks):
                 pending = feeder.submit(*blocks[i + 1][1:])
-            run = _program(phase, loss_fn, static, plugins, mesh)
+            run = _program(phase, loss_fn, static, plugins, mesh, items.shared)
             carry, out = run(*inputs, carry, _steps(start, length, mesh), batches)
             outputs[phase].append(out)
     finally:
@@ -171,7 +173,7 @@ def run_items(loss_fn, static: Static, items, source, mesh, *, plugins, observed
     join = lambda parts: jax.tree.map(lambda *x: np.concatenate(x, axis=1), *parts)  # noqa: E731
     burnin = join(outputs["burnin"]) if outputs["burnin"] else np.zeros((len(take), 0), np.float32)
     place = lambda x: programs._global(np.asarray(x), mesh, sharding.item_spec(mesh))  # noqa: E731
-    finish = _program("finish", loss_fn, static, plugins, mesh)
+    finish = _program("finish", loss_fn, static, plugins, mesh, items.shared)
     trace = finish(*inputs, carry, place(burnin), jax.tree.map(place, join(outputs["draws"])))
     return jax.tree.map(lambda x: x[: len(items.keys)], programs._host(trace))
 
@@ -186,5 +188,5 @@ def lower_items(loss_fn, static: Static, items, source, mesh, *, plugins, observ
         batches = feeder.submit(start, length).result()
     finally:
         feeder.close()
-    run = _program("draws", loss_fn, static, plugins, mesh)
+    run = _program("draws", loss_fn, static, plugins, mesh, items.shared)
     return run.lower(*inputs, carry, _steps(start, length, mesh), batches)

@@ -1,7 +1,8 @@
 """``estimate_refined_llc``: weight- and data-refined LLCs, observables and probe statistics.
 
 Every refinement (a set of coordinates that move, :mod:`slt_jax.refine`) is its own group
-of chains; refinements × chains are the items of one compiled program, so H attention
+of chains; the refinements of one shape group (:func:`slt_jax._src.restricted.plan`: e.g.
+the H heads of a layer) × chains are the items of one compiled program, so H attention
 heads cost one compilation and one call. Chain ``i`` of every refinement uses the same
 key (common random numbers: differences between refinements are measured with less
 noise). The chains observe named data sets and a probe set every ``observe_every`` draws
@@ -20,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from slt_jax._src import data as _data
-from slt_jax._src import lm, refine, sources, validation
+from slt_jax._src import lm, refine, restricted, sources, validation
 from slt_jax._src.config import LLCConfig, run_options
 from slt_jax._src.engine import programs
 from slt_jax._src.estimators.influence import ObservableLLCs, ProbeStatistics
@@ -226,6 +227,12 @@ def estimate_refined_llc(
     Unselected coordinates never move; the noise and the localization act on the selected
     ones only.
 
+    With an SGLD or RMSProp-SGLD sampler the chains are *compact*: they hold, move and
+    differentiate only the selected entries, the model's other parameters are held once
+    for all chains, and refinements of the same shape (e.g. the heads of one layer) share
+    one compiled program; the estimates equal the masked full-size chains' to float
+    rounding (:mod:`slt_jax._src.restricted`). Other samplers run masked full-size chains.
+
     Args:
       loss_fn, params, data: as for :func:`~slt_jax.estimate_llc`; ``data`` is the data set
         the chains sample with.
@@ -288,23 +295,27 @@ def estimate_refined_llc(
     one = jax.tree.map(lambda x: jax.numpy.asarray(x)[None], params)
     mesh = programs.resolve_mesh(mesh, devices)
     losses = orchestrate.center_losses(loss_fn, one, data, config, [""], key=key, mesh=mesh)
-    keys = orchestrate.chain_keys(key, config.num_chains, len(masks), common=True)
-    groups = [
-        orchestrate.Group(config, 0, k, label=f"refinement {name!r}", args=masks[name])
-        for name, k in zip(masks, keys, strict=True)
-    ]
-    outcomes = orchestrate.run(
-        loss_fn,
-        one,
-        data,
-        groups,
-        mesh=mesh,
-        losses=losses,
-        plugins=programs.Plugins(refine.MaskRestriction(), observer),
-        observed=observed if observer is not None else None,
-    )
+    keys = orchestrate.chain_keys(key, config.num_chains, 1, common=True)[0]
+    done = {}
+    for part in restricted.plan(params, masks, config.sampler):  # one program per shape group
+        groups = [
+            orchestrate.Group(config, 0, keys, label=f"refinement {name!r}", args=part.args[name])
+            for name in part.names
+        ]
+        outcomes = orchestrate.run(
+            loss_fn,
+            one,
+            data,
+            groups,
+            mesh=mesh,
+            losses=losses,
+            plugins=programs.Plugins(part.restriction, observer),
+            observed=observed if observer is not None else None,
+        )
+        done.update(zip(part.names, outcomes, strict=True))
     results, observable_llcs, probes = {}, {}, {}
-    for name, outcome in zip(masks, outcomes, strict=True):
+    for name in masks:
+        outcome = done[name]
         results[name] = result = outcome.result
         obs = outcome.trace.observed
         if names:

@@ -25,6 +25,7 @@ scaled; the small ``Γ`` correction term of Li et al. is dropped, as in their ex
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -32,8 +33,11 @@ import jax.numpy as jnp
 
 from slt_jax._src.posterior import LogDensityGrad, tree_sum
 from slt_jax._src.samplers.base import Kernel, StepInfo
+from slt_jax._src.samplers.noise import gaussian
 
 PyTree = Any
+#: ``(key, position) -> noise``: standard normal noise shaped like the position.
+NoiseFn = Callable[[jax.Array, PyTree], PyTree]
 
 
 def _cast_like(tree: PyTree, like: PyTree) -> PyTree:
@@ -45,7 +49,9 @@ class SGLDState(NamedTuple):
     position: PyTree
 
 
-def sgld(logdensity_grad: LogDensityGrad, temperature: float = 1.0) -> Kernel:
+def sgld(
+    logdensity_grad: LogDensityGrad, temperature: float = 1.0, *, noise: NoiseFn | None = None
+) -> Kernel:
     """Build an SGLD kernel; ``step(key, state, batch, step_size)`` takes ``ε``.
 
     Args:
@@ -53,12 +59,18 @@ def sgld(logdensity_grad: LogDensityGrad, temperature: float = 1.0) -> Kernel:
         :func:`slt_jax._src.posterior.localized_logdensity_grad`.
       temperature: scales the injected noise variance; ``0`` turns SGLD into gradient
         ascent on ``log p`` (used by the exactness tests).
+      noise: ``(key, position) -> N(0, I)`` noise shaped like the position; default
+        :func:`slt_jax._src.samplers.noise.gaussian` (a restricted chain passes the
+        entries of the full-size draw for its coordinates).
     """
-    # Imported here: importing blackjax initialises JAX's backend, which must wait until a
-    # multi-host user has called jax.distributed.initialize().
-    from blackjax.sgmcmc.diffusions import overdamped_langevin
+    if noise is not None:
+        integrator = _euler(noise)
+    else:
+        # Imported here: importing blackjax initialises JAX's backend, which must wait until
+        # a multi-host user has called jax.distributed.initialize().
+        from blackjax.sgmcmc.diffusions import overdamped_langevin
 
-    integrator = overdamped_langevin()
+        integrator = overdamped_langevin()
 
     def init(position: PyTree, batch: PyTree = None) -> SGLDState:
         del batch
@@ -76,6 +88,21 @@ def sgld(logdensity_grad: LogDensityGrad, temperature: float = 1.0) -> Kernel:
     return Kernel(init, step)
 
 
+def _euler(noise: NoiseFn):
+    """BlackJAX's overdamped Langevin Euler step (the same arithmetic) with ``noise``."""
+
+    def one_step(key, position, logdensity_grad, step_size, temperature=1.0):
+        xi = noise(key, position)
+        return jax.tree.map(
+            lambda p, g, n: p + step_size * g + jnp.sqrt(2 * temperature * step_size) * n,
+            position,
+            logdensity_grad,
+            xi,
+        )
+
+    return one_step
+
+
 class RMSPropSGLDState(NamedTuple):
     position: PyTree
     square_avg: PyTree  # V, the running mean of g²
@@ -83,7 +110,11 @@ class RMSPropSGLDState(NamedTuple):
 
 
 def rmsprop_sgld(
-    logdensity_grad: LogDensityGrad, *, alpha: float = 0.9999, eps: float = 0.1
+    logdensity_grad: LogDensityGrad,
+    *,
+    alpha: float = 0.9999,
+    eps: float = 0.1,
+    noise: NoiseFn | None = None,
 ) -> Kernel:
     """Build an RMSProp-preconditioned SGLD kernel (pSGLD, Li et al. 2016).
 
@@ -91,8 +122,9 @@ def rmsprop_sgld(
       logdensity_grad: ``(position, batch) -> (loss, grad log p)``.
       alpha: decay of the running mean of squared gradients.
       eps: ``δ``, added to ``sqrt(V)``; bounds the preconditioner by ``1/δ``.
+      noise: ``(key, position) -> N(0, I)`` noise, as for :func:`sgld`.
     """
-    from blackjax.util import generate_gaussian_noise
+    draw = gaussian if noise is None else noise
 
     def init(position: PyTree, batch: PyTree = None) -> RMSPropSGLDState:
         del batch
@@ -107,7 +139,7 @@ def rmsprop_sgld(
         )
         correction = 1 - alpha ** count.astype(jnp.float32)
         precond = jax.tree.map(lambda v: 1 / (eps + jnp.sqrt(v / correction)), square_avg)
-        xi = generate_gaussian_noise(key, state.position)
+        xi = draw(key, state.position)
         noise = jax.tree.map(lambda n, p: jnp.sqrt(step_size * p) * n, xi, precond)
         position = jax.tree.map(
             lambda w, g, p, n: w + (step_size / 2) * p * g + n,

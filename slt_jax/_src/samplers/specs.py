@@ -38,8 +38,12 @@ class Sampler:
     full_batch: ClassVar[bool] = False
     #: Moves are Langevin proposals, so their MALA acceptance can be computed.
     langevin: ClassVar[bool] = False
+    #: ``build`` takes ``noise=`` and the selected coordinates of a restricted chain move
+    #: as the masked full-size chain's do (so a compact restricted chain may stand in for it).
+    compactable: ClassVar[bool] = False
 
-    def build(self, loss_fn, center, *, nbeta, localization) -> Kernel:
+    def build(self, loss_fn, center, *, nbeta, localization, noise=None) -> Kernel:
+        """The kernel for this loss and centre (``noise``: see :attr:`compactable`)."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -98,9 +102,10 @@ class SGLD(Sampler):
 
     name: ClassVar[str] = "sgld"
     langevin: ClassVar[bool] = True
+    compactable: ClassVar[bool] = True
 
-    def build(self, loss_fn, center, *, nbeta, localization) -> Kernel:
-        return langevin.sgld(_grad(loss_fn, center, nbeta, localization))
+    def build(self, loss_fn, center, *, nbeta, localization, noise=None) -> Kernel:
+        return langevin.sgld(_grad(loss_fn, center, nbeta, localization), noise=noise)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,10 +147,11 @@ class RMSPropSGLD(Sampler):
     eps: float = 0.1
     name: ClassVar[str] = "rmsprop_sgld"
     langevin: ClassVar[bool] = True
+    compactable: ClassVar[bool] = True
 
-    def build(self, loss_fn, center, *, nbeta, localization) -> Kernel:
+    def build(self, loss_fn, center, *, nbeta, localization, noise=None) -> Kernel:
         grad = _grad(loss_fn, center, nbeta, localization)
-        return langevin.rmsprop_sgld(grad, alpha=self.alpha, eps=self.eps)
+        return langevin.rmsprop_sgld(grad, alpha=self.alpha, eps=self.eps, noise=noise)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +176,7 @@ class SGHMC(Sampler):
     friction: float = 10.0
     name: ClassVar[str] = "sghmc"
 
-    def build(self, loss_fn, center, *, nbeta, localization) -> Kernel:
+    def build(self, loss_fn, center, *, nbeta, localization, noise=None) -> Kernel:
         grad = _grad(loss_fn, center, nbeta, localization)
         return hamiltonian.sghmc(grad, friction=self.friction)
 
@@ -200,7 +206,7 @@ class SGNHT(Sampler):
     diffusion: float = 10.0
     name: ClassVar[str] = "sgnht"
 
-    def build(self, loss_fn, center, *, nbeta, localization) -> Kernel:
+    def build(self, loss_fn, center, *, nbeta, localization, noise=None) -> Kernel:
         grad = _grad(loss_fn, center, nbeta, localization)
         return hamiltonian.sgnht(grad, diffusion=self.diffusion)
 
@@ -227,7 +233,7 @@ class MALA(Sampler):
     name: ClassVar[str] = "mala"
     full_batch: ClassVar[bool] = True
 
-    def build(self, loss_fn, center, *, nbeta, localization) -> Kernel:
+    def build(self, loss_fn, center, *, nbeta, localization, noise=None) -> Kernel:
         return exact.mala(*_exact_parts(loss_fn, center, nbeta, localization))
 
 
@@ -250,7 +256,7 @@ class HMC(Sampler):
     name: ClassVar[str] = "hmc"
     full_batch: ClassVar[bool] = True
 
-    def build(self, loss_fn, center, *, nbeta, localization) -> Kernel:
+    def build(self, loss_fn, center, *, nbeta, localization, noise=None) -> Kernel:
         parts = _exact_parts(loss_fn, center, nbeta, localization)
         return exact.hmc(*parts, num_integration_steps=self.num_integration_steps)
 
@@ -273,7 +279,7 @@ class NUTS(Sampler):
     name: ClassVar[str] = "nuts"
     full_batch: ClassVar[bool] = True
 
-    def build(self, loss_fn, center, *, nbeta, localization) -> Kernel:
+    def build(self, loss_fn, center, *, nbeta, localization, noise=None) -> Kernel:
         parts = _exact_parts(loss_fn, center, nbeta, localization)
         return exact.nuts(*parts, max_num_doublings=self.max_num_doublings)
 
