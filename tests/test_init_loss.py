@@ -242,7 +242,7 @@ def test_checkpoints_share_the_sample_and_it_survives_the_store(tmp_path):
     # an exact result records nothing new (results written before the option resume)
     exact = sj.estimate_llc(loss_fn, W, (X[:200], Y[:200]), **RUN)
     assert "init_loss_batches" not in exact.config.to_dict()
-    assert sj.LLCConfig.from_dict(exact.config.to_dict()) == exact.config
+    assert sj.LLCConfig(**exact.config.to_dict()) == exact.config
     assert "exact, all 200 examples" in exact.summary()
 
 

@@ -179,6 +179,13 @@ class LLCConfig:
     step_size_schedule: str | None = None
     schedule: object = dataclasses.field(default=None, compare=False, repr=False)
 
+    def __post_init__(self):
+        # A resolved configuration that does not say how L_n(w*) was computed used the
+        # exact pass: results written before the option existed (and exact ones, which
+        # record nothing: to_dict) read back as they were resolved.
+        if self.num_examples is not None and self.init_loss_batches is None:
+            object.__setattr__(self, "init_loss_batches", EXACT)
+
     @property
     def num_draws(self) -> int:
         return self.num_steps - self.num_burnin
@@ -199,15 +206,6 @@ class LLCConfig:
             del fields["init_loss_batches"]
         return fields
 
-    @classmethod
-    def from_dict(cls, fields: dict) -> LLCConfig:
-        """The inverse of :meth:`to_dict`: a resolved configuration that does not record
-        ``init_loss_batches`` used the exact ``L_n(w*)`` (results written before the option
-        existed, or exact ones)."""
-        fields = dict(fields)
-        if fields.get("num_examples") is not None:
-            fields.setdefault("init_loss_batches", EXACT)
-        return cls(**fields)
 
     def resolve(self, num_examples: int) -> tuple[LLCConfig, jax.Array]:
         """Check every option against a data set of ``num_examples`` and fill in the

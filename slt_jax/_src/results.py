@@ -149,7 +149,7 @@ class LLCResult:
     def init_loss_batches(self) -> int | str:
         """How ``init_loss`` was computed: ``"exact"`` (every example) or the number of
         minibatches of ``config.batch_size`` it is the mean of."""
-        return self.config.init_loss_batches or "exact"
+        return self.config.init_loss_batches or "exact"  # an unresolved config: None
 
     @property
     def llc_mcse(self):
@@ -272,7 +272,7 @@ class LLCResult:
     @classmethod
     def from_xarray(cls, dataset) -> LLCResult:
         """The inverse of :meth:`to_xarray`."""
-        config = LLCConfig.from_dict(json.loads(dataset.attrs["config"]))
+        config = LLCConfig(**json.loads(dataset.attrs["config"]))
         calibration = None
         if "calibration" in dataset.attrs:
             calibration = CalibrationRecord.from_dict(json.loads(dataset.attrs["calibration"]))
