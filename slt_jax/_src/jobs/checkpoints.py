@@ -317,13 +317,15 @@ class Sweep:
     def lower(self, chunk: int):
         """The compiled-program-to-be of a chunk of ``chunk`` checkpoints."""
         indices = np.zeros(chunk, int)
+        # The program with the most groups (they run one after another: the largest decides).
+        plugins, groups = max(self.programs(indices), key=lambda program: len(program[1]))
         return orchestrate.lower(
             self.loss_fn,
             self.placeholder(chunk),
             self.data,
-            self.groups(indices),
+            groups,
             mesh=self.mesh,
-            plugins=self.plugins,
+            plugins=plugins,
             observed=self.observed,
         )
 
@@ -353,8 +355,8 @@ class Sweep:
     def run_chunk(self, indices, chunk_size: int, chunk: Chunk | None = None):
         """One chunk's results (padded to ``chunk_size``: every chunk has the same shapes,
         one compilation), from its checkpoints ``chunk`` as :meth:`read_chunk` gives them
-        (read now if ``None``): :func:`orchestrate.run` on :meth:`groups` with
-        :attr:`plugins`, then :meth:`result`."""
+        (read now if ``None``): :func:`orchestrate.run` for each of :meth:`programs`, one
+        after another, then :meth:`result` of their outcomes (in that order)."""
         padded = np.concatenate([indices, np.full(chunk_size - len(indices), indices[-1])])
         chunk = chunk if chunk is not None else self.read_chunk(indices, chunk_size)
         centers = chunk.params
@@ -368,20 +370,26 @@ class Sweep:
             mesh=self.mesh,
             flag=True,
         )
-        groups = self.groups(padded)
-        per_checkpoint = len(groups) // chunk_size
-        outcomes = orchestrate.run(
-            self.loss_fn,
-            centers,
-            self.data,
-            groups[: len(indices) * per_checkpoint],
-            mesh=self.mesh,
-            losses=losses,
-            plugins=self.plugins,
-            observed=self.observed,
-            pad_to=chunk_size * per_checkpoint,
-        )
+        outcomes = []
+        for plugins, groups in self.programs(padded):
+            per_checkpoint = len(groups) // chunk_size
+            outcomes += orchestrate.run(
+                self.loss_fn,
+                centers,
+                self.data,
+                groups[: len(indices) * per_checkpoint],
+                mesh=self.mesh,
+                losses=losses,
+                plugins=plugins,
+                observed=self.observed,
+                pad_to=chunk_size * per_checkpoint,
+            )
         return self.result(indices, outcomes)
+
+    def programs(self, indices) -> list[tuple[programs.Plugins, list[orchestrate.Group]]]:
+        """The plug-ins and groups of each compiled program that a chunk of checkpoints
+        ``indices`` runs (groups checkpoint-major: each checkpoint's groups together)."""
+        return [(self.plugins, self.groups(indices))]
 
     def result(self, indices, outcomes: list[orchestrate.Outcome]) -> LLCResult:
         """The chunk's result from its groups' outcomes (one per checkpoint here)."""

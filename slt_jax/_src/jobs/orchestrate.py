@@ -220,8 +220,10 @@ def lower(loss_fn, centers, data, groups, *, mesh, plugins=programs.NO_PLUGINS, 
 
 def items(groups: Sequence[Group], centers: PyTree) -> programs.Items:
     """The groups flattened into items, group after group (one item per chain): each
-    chain's key, its group's centre, array settings and restriction arguments. When every
-    group has the same centre it is passed once (``Items.shared``), not once per chain."""
+    chain's key, its group's centre, array settings and restriction arguments. When
+    ``centers`` holds one centre it is passed once (``Items.shared``), not once per chain.
+    (Only then: a chunked sweep passes its chunk's centres even where the groups use one,
+    in its padded last chunk, so that every chunk runs the same program.)"""
     counts = [g.config.num_chains for g in groups]
     owners = np.repeat([g.center for g in groups], counts)
     keys = np.concatenate([np.asarray(jax.random.key_data(g.keys)) for g in groups])
@@ -233,8 +235,8 @@ def items(groups: Sequence[Group], centers: PyTree) -> programs.Items:
     if groups[0].args is not None:
         stack = lambda *a: np.repeat(np.stack(a), counts, axis=0)  # noqa: E731
         args = jax.tree.map(stack, *[g.args for g in groups])
-    if len({g.center for g in groups}) == 1:
-        one = jax.tree.map(lambda x: np.asarray(x)[groups[0].center], centers)
+    if np.shape(jax.tree.leaves(centers)[0])[0] == 1:
+        one = jax.tree.map(lambda x: np.asarray(x)[0], centers)
         return programs.Items(jax.random.wrap_key_data(keys), one, arrays, args, shared=True)
     return programs.Items(
         jax.random.wrap_key_data(keys),

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from slt_jax._src import refine, validation
+from slt_jax._src import refine, restricted, validation
 from slt_jax._src.config import LLCConfig, run_options
 from slt_jax._src.engine import programs
 from slt_jax._src.io.checkpoints import as_checkpoint_set
@@ -150,6 +150,7 @@ def estimate_refined_llc_checkpoints(
         data,
         programs.resolve_mesh(mesh, devices),
         masks=masks,
+        parts=restricted.plan(first, masks, config.sampler),
         observer=observer,
         observed=observed if observer is not None else None,
         observe={
@@ -189,39 +190,51 @@ class RefinedSweep(Sweep):
     result_type = RefinedCheckpointsResult
 
     masks: dict = dataclasses.field(default_factory=dict)
+    parts: list = dataclasses.field(default_factory=list)  # restricted.plan of the masks
     observer: Any = None
     observed: Any = None
     observe: dict = dataclasses.field(default_factory=dict)
     token_fields: dict = dataclasses.field(default_factory=dict)
 
-    @property
-    def plugins(self) -> programs.Plugins:
-        return programs.Plugins(refine.MaskRestriction(), self.observer)
-
     @classmethod
     def store_options(cls) -> dict:
         return {"result_type": cls.result_type, "growing": {"checkpoints": "checkpoints at steps"}}
 
-    def groups(self, indices, config: LLCConfig | None = None) -> list[orchestrate.Group]:
-        """Checkpoint ``j`` of the chunk × each refinement; every group's chain keys are
+    def programs(self, indices) -> list:
+        """One program per shape group of the refinements (:func:`restricted.plan`: compact
+        chains, or the mask path for a sampler that needs it); in each, checkpoint ``j`` of
+        the chunk × each refinement of the group. Every group's chain keys are
         ``split(key, num_chains)`` (common random numbers)."""
-        config = config or self.config
-        keys = jax.random.split(self.key, config.num_chains)
+        keys = jax.random.split(self.key, self.config.num_chains)
         labels = self.labels(indices)
         return [
-            orchestrate.Group(
-                config, j, keys, label=f"refinement {name!r} at {labels[j]}", args=mask
+            (
+                programs.Plugins(part.restriction, self.observer),
+                [
+                    orchestrate.Group(
+                        self.config,
+                        j,
+                        keys,
+                        label=f"refinement {name!r} at {labels[j]}",
+                        args=part.args[name],
+                    )
+                    for j in range(len(indices))
+                    for name in part.names
+                ],
             )
-            for j in range(len(indices))
-            for name, mask in self.masks.items()
+            for part in self.parts
         ]
 
     def result(self, indices, outcomes) -> RefinedCheckpointsResult:
-        """The chunk's result from its (checkpoint, refinement) outcomes, checkpoint-major."""
-        num = len(self.masks)
+        """The chunk's result from its outcomes: program after program (:meth:`programs`),
+        checkpoint-major in each."""
         steps = self.checkpoint_set.steps[indices]
         names = list(self.masks)
-        by_name = {n: outcomes[r::num] for r, n in enumerate(names)}
+        by_name, start = {}, 0
+        for part in self.parts:
+            block = outcomes[start : start + len(indices) * len(part.names)]
+            by_name.update({n: block[r :: len(part.names)] for r, n in enumerate(part.names)})
+            start += len(block)
         results = {n: stack_results([o.result for o in by_name[n]], steps) for n in names}
         observed = None
         if self.observer is not None:
