@@ -122,6 +122,7 @@ def test_quick_league_table_and_score(league, tmp_path, capsys):
     for row in rows:
         assert row["case"] in printed
         assert row["wall_s"] > 0
+        assert row["error_kind"] in (None, "CalibrationError")  # no crash
         if row["error"] is not None:
             assert row["estimate"] is None and row["cost_ratio"] is None
             continue
@@ -137,6 +138,7 @@ def test_quick_league_table_and_score(league, tmp_path, capsys):
         "within_15",
         "trusted_outside_25",
         "errors",
+        "crashes",
         "median_cost_ratio",
         "median_wall_s",
     }
