@@ -408,6 +408,8 @@ def run_case(case: Case) -> dict:
             chain_steps_total=None,
             cost_ratio=None,
             llc_leading=None,
+            corrected=None,
+            explanation=None,
         )
         return row
     record, config = result.calibration, result.config
@@ -424,6 +426,8 @@ def run_case(case: Case) -> dict:
         chain_steps_final=final,
         chain_steps_total=int(record.chain_steps) + final,
         cost_ratio=(int(record.chain_steps) + final) / final,
+        corrected=record.corrected_llc,  # the calibration's ε → 0 fit (None: not fitted)
+        explanation=record.explanation,
     )
     # the leading finite-nβ value of nβ·E[K] where m > 1 (module docstring)
     row["llc_leading"] = case.llc - (case.multiplicity - 1) / math.log(record.nbeta)
