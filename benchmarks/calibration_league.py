@@ -507,6 +507,28 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def family_table(rows: list[dict]) -> str:
+    """A markdown table of the score's shares per family."""
+    lines = [
+        "| family | cases | within ±15 % | trusted | trusted outside ±25 % | errors "
+        "| median error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for family in FAMILIES:
+        mine = [r for r in rows if r["family"] == family]
+        if not mine:
+            continue
+        s = score(mine)
+        errors = [r["rel_error"] for r in mine if r["rel_error"] is not None]
+        median = f"{100 * np.median(errors):+.0f} %" if errors else "–"
+        lines.append(
+            f"| {family} | {len(mine)} | {round(s['within_15'] * len(mine))} "
+            f"| {round(s['trusted'] * len(mine))} | {s['num_trusted_outside_25']} "
+            f"| {round((s['errors'] + s['crashes']) * len(mine))} | {median} |"
+        )
+    return "\n".join(lines)
+
+
 def score_text(s: dict) -> str:
     pct = lambda v: "–" if v is None or math.isnan(v) else f"{100 * v:.0f} %"  # noqa: E731
     return "\n".join(
@@ -572,6 +594,8 @@ def main(argv=None) -> dict:
     )
     print()
     print(table(out["cases"]))
+    print()
+    print(family_table(out["cases"]))
     print()
     print(score_text(out["score"]))
     if args.json:

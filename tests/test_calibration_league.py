@@ -145,5 +145,6 @@ def test_quick_league_table_and_score(league, tmp_path, capsys):
     assert score["num_cases"] == 3
     within = np.mean([r["error"] is None and abs(r["rel_error"]) <= 0.15 for r in rows])
     assert score["within_15"] == pytest.approx(within)
+    assert "| family | cases | within ±15 %" in printed
     for line in ("within ±15 %", "trusted and outside ±25 %", "errors", "median cost"):
         assert line in printed
