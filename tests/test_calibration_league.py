@@ -84,6 +84,22 @@ def test_tms_table_is_the_oracle(league):
                         tms.kgon_learning_coefficient(k, c, num_positive=num_positive)
 
 
+def test_published_league_is_redrawn(league):
+    """The cases of the league in benchmarks/README.md are those the seed draws today."""
+    published = json.loads(
+        (SCRIPT.parent / "results" / "calibration_league_seed0.json").read_text()
+    )
+    cases = league.draw_cases(published["seed"], published["families"], len(published["cases"]))
+    for row, case in zip(published["cases"], cases, strict=True):
+        assert row["case"] == case.name
+        assert (row["spec"], row["n"], row["batch_size"]) == (case.spec, case.n, case.batch_size)
+        assert (row["llc"], row["multiplicity"], row["seed"]) == (
+            case.llc,
+            case.multiplicity,
+            case.seed,
+        )
+
+
 def test_problems_have_their_minimum_at_w_star(league):
     """w* is a stationary point of L_n (the exact minimum for the fitted families; the TMS
     k-gons are the tms module's own tested critical points)."""
