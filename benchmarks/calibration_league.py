@@ -12,8 +12,8 @@ full batch with probability 1/2 where ``n <= 2000``):
 * ``dln``: deep linear networks ``x ↦ x K_1 ⋯ K_L`` of 2–5 layers, widths 2–12, at
   ``w* = 0`` with a rank-0 truth: λ = Aoyagi's value
   (:func:`slt_jax.theory.dln_learning_coefficient` with ``rank=0``), the local one at 0.
-* ``normal_crossing``: ``y = x·Π_i w_i^{k_i} + noise`` (2–4 coordinates, ``k_i`` in 1–3),
-  truth 0, ``w* = 0``: λ = min 1/(2k_i)
+* ``normal_crossing``: ``y = x·Π_i w_i^{k_i} + noise`` (2–4 coordinates, ``k_i`` in 1–3,
+  the largest one unique), truth 0, ``w* = 0``: λ = min 1/(2k_i), multiplicity 1
   (:func:`~slt_jax.theory.normal_crossing_learning_coefficient`).
 * ``monomial``: ``y = Σ_i x_i w_i^{p_i/2} + noise`` (1–4 coordinates, ``p_i`` in {2, 4, 6},
   independent unit-variance inputs, so ``K(w) = ½ Σ w_i^{p_i}``), truth 0, ``w* = 0``:
@@ -38,10 +38,13 @@ families avoid it the same way, with ``w*`` at the fit.
 
 **Multiplicity.** Where the multiplicity ``m`` of λ exceeds 1 the tempered posterior's
 ``nβ·E[K]`` tends to λ only as ``λ − (m − 1)/log(nβ)`` (from ``Z(t) ∝ t^{−λ}(log t)^{m−1}``):
-at ``nβ = 1e4``, −0.11 per extra unit of ``m``. The table shows ``m``; the score is taken
-against λ, as the issue asks; also over the ``m = 1`` cases alone, and against the
-leading-order value ``λ − (m − 1)/log(nβ)`` (a reference only: the next terms are
-``O(1/log² nβ)``).
+at ``nβ = 1e4``, −0.11 per extra unit of ``m``. For a normal crossing (λ ≤ 1/2) that is
+−25 % to −100 % of λ at the league's ``nβ``: no estimate could meet ±15 % there, so its
+exponents are drawn with a unique maximum (``m = 1``). A DLN's λ is large beside it (−1 %
+to −5 % in the first two seeds' DLNs with ``m`` up to 7), so any widths are kept. The
+table shows ``m``; the score is taken against λ, as the issue asks; also over the ``m = 1``
+cases alone, and against the leading-order value ``λ − (m − 1)/log(nβ)`` (a reference
+only: the next terms are ``O(1/log² nβ)``).
 
 **Recorded per case:** the estimate and its standard error, ``trusted`` (the calibration
 verified its setting: ``result.calibration.trusted``), the relative error against λ, the
@@ -181,9 +184,11 @@ def _draw_spec(family: str, rng, small: bool) -> tuple[dict, float, int]:
         lam, m = theory.dln_learning_coefficient(widths, 0)
         return {"widths": widths}, lam, m
     if family == "normal_crossing":
-        exponents = [int(k) for k in rng.integers(1, 4, size=int(rng.integers(2, 5)))]
-        lam, m = theory.normal_crossing_learning_coefficient(exponents)
-        return {"exponents": exponents}, lam, m
+        while True:  # a unique largest exponent: multiplicity 1 (module docstring)
+            exponents = [int(k) for k in rng.integers(1, 4, size=int(rng.integers(2, 5)))]
+            lam, m = theory.normal_crossing_learning_coefficient(exponents)
+            if m == 1:
+                return {"exponents": exponents}, lam, m
     if family == "monomial":
         powers = [int(p) for p in rng.choice([2, 4, 6], size=int(rng.integers(1, 5)))]
         return {"powers": powers}, theory.monomial_learning_coefficient(powers), 1
