@@ -219,7 +219,7 @@ def problem_w1_w2(quick: bool, num_checkpoints: int) -> tuple[Problem, Problem]:
         sj.examples.train_classifier(
             model, data, num_steps=train_steps, checkpoint_dir=tmp, checkpoint_steps=steps
         )
-        checkpoint_set = sj.load_checkpoint_set(tmp, like=template)
+        checkpoint_set = sj.load_checkpoint_set(tmp, like=template, lazy=False)  # tmp goes
     snapshots = [
         jax.tree.map(lambda leaf, k=k: np.asarray(leaf[k]), checkpoint_set.params)
         for k in range(len(checkpoint_set))

@@ -273,15 +273,7 @@ def stack_checkpoints(
     for i, snapshot in enumerate(snapshots):
         flat, tree_i = jax.tree_util.tree_flatten_with_path(snapshot)
         if tree_i != treedef:
-            got = [leaf_name(p) for p, _ in flat]
-            missing = [n for n in names if n not in set(got)]
-            extra = [n for n in got if n not in set(names)]
-            if missing:
-                what = f"leaf {missing[0]} is missing"
-            elif extra:
-                what = f"it has an extra leaf {extra[0]}"
-            else:
-                what = f"{tree_i} vs {treedef}"
+            what = _lazy.structure_difference(flat, tree_i, treedef, names)
             raise ValueError(f"{where(i)} does not match {where(0)}: structure differs: {what}.")
         for name, column, (_, leaf) in zip(names, columns, flat, strict=True):
             x = np.asarray(leaf)

@@ -54,21 +54,7 @@ from slt_jax._src.validation import leaf_name
 PyTree = Any
 
 # safetensors' dtypes as ``safetensors.numpy`` (and, for BF16, jax) reads them.
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": jnp.bfloat16,
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U64": np.uint64,
-    "U32": np.uint32,
-    "U16": np.uint16,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
-}
+_SAFETENSORS_DTYPES = {**hf._DTYPES, "F16": np.float16, "BF16": jnp.bfloat16}
 
 
 class CheckpointReadError(ValueError):
@@ -178,19 +164,25 @@ def _check_msgpack(path: pathlib.Path) -> None:
         raise _corrupt(path, "msgpack", "data follow the first object (Unpack failed: extra data)")
 
 
+def structure_difference(flat, tree_i, treedef, names) -> str:
+    """What differs between a tree (``flat``: its leaves with paths, ``tree_i``: its
+    structure) and the set's structure ``treedef`` with leaf ``names``: the first missing
+    leaf, else the first extra one, else the two structures."""
+    got = [leaf_name(p) for p, _ in flat]
+    missing = [n for n in names if n not in set(got)]
+    extra = [n for n in got if n not in set(names)]
+    if missing:
+        return f"leaf {missing[0]} is missing"
+    if extra:
+        return f"it has an extra leaf {extra[0]}"
+    return f"{tree_i} vs {treedef}"
+
+
 def _mismatch(tree: PyTree, treedef, names, specs, where: str, first: str) -> str | None:
     """How ``tree`` (arrays or specs) differs from the set's structure, or ``None``."""
     flat, tree_i = jax.tree_util.tree_flatten_with_path(tree)
     if tree_i != treedef:
-        got = [leaf_name(p) for p, _ in flat]
-        missing = [n for n in names if n not in set(got)]
-        extra = [n for n in got if n not in set(names)]
-        if missing:
-            what = f"leaf {missing[0]} is missing"
-        elif extra:
-            what = f"it has an extra leaf {extra[0]}"
-        else:
-            what = f"{tree_i} vs {treedef}"
+        what = structure_difference(flat, tree_i, treedef, names)
         return f"{where} does not match {first}: structure differs: {what}."
     for name, spec, (_, leaf) in zip(names, specs, flat, strict=True):
         for what, a, b in (
