@@ -318,7 +318,7 @@ class Sweep:
         """The compiled-program-to-be of a chunk of ``chunk`` checkpoints."""
         indices = np.zeros(chunk, int)
         # The program with the most groups (they run one after another: the largest decides).
-        plugins, groups = max(self.programs(indices), key=lambda program: len(program[1]))
+        plugins, groups = max(self.chunk_programs(indices), key=lambda program: len(program[1]))
         return orchestrate.lower(
             self.loss_fn,
             self.placeholder(chunk),
@@ -355,7 +355,7 @@ class Sweep:
     def run_chunk(self, indices, chunk_size: int, chunk: Chunk | None = None):
         """One chunk's results (padded to ``chunk_size``: every chunk has the same shapes,
         one compilation), from its checkpoints ``chunk`` as :meth:`read_chunk` gives them
-        (read now if ``None``): :func:`orchestrate.run` for each of :meth:`programs`, one
+        (read now if ``None``): :func:`orchestrate.run` for each of :meth:`chunk_programs`, one
         after another, then :meth:`result` of their outcomes (in that order)."""
         padded = np.concatenate([indices, np.full(chunk_size - len(indices), indices[-1])])
         chunk = chunk if chunk is not None else self.read_chunk(indices, chunk_size)
@@ -371,7 +371,7 @@ class Sweep:
             flag=True,
         )
         outcomes = []
-        for plugins, groups in self.programs(padded):
+        for plugins, groups in self.chunk_programs(padded):
             per_checkpoint = len(groups) // chunk_size
             outcomes += orchestrate.run(
                 self.loss_fn,
@@ -386,7 +386,7 @@ class Sweep:
             )
         return self.result(indices, outcomes)
 
-    def programs(self, indices) -> list[tuple[programs.Plugins, list[orchestrate.Group]]]:
+    def chunk_programs(self, indices) -> list[tuple[programs.Plugins, list[orchestrate.Group]]]:
         """The plug-ins and groups of each compiled program that a chunk of checkpoints
         ``indices`` runs (groups checkpoint-major: each checkpoint's groups together)."""
         return [(self.plugins, self.groups(indices))]

@@ -200,7 +200,7 @@ class RefinedSweep(Sweep):
     def store_options(cls) -> dict:
         return {"result_type": cls.result_type, "growing": {"checkpoints": "checkpoints at steps"}}
 
-    def programs(self, indices) -> list:
+    def chunk_programs(self, indices) -> list:
         """One program per shape group of the refinements (:func:`restricted.plan`: compact
         chains, or the mask path for a sampler that needs it); in each, checkpoint ``j`` of
         the chunk × each refinement of the group. Every group's chain keys are
@@ -226,7 +226,7 @@ class RefinedSweep(Sweep):
         ]
 
     def result(self, indices, outcomes) -> RefinedCheckpointsResult:
-        """The chunk's result from its outcomes: program after program (:meth:`programs`),
+        """The chunk's result from its outcomes: program after program (:meth:`chunk_programs`),
         checkpoint-major in each."""
         steps = self.checkpoint_set.steps[indices]
         names = list(self.masks)
