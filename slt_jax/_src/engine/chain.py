@@ -26,7 +26,7 @@ from slt_jax._src.config import Arrays, Static
 from slt_jax._src.engine import transforms
 from slt_jax._src.engine.interfaces import EVERYTHING, ChainTrace
 from slt_jax._src.posterior import (
-    half_square_distance,
+    localized_logdensity_change,
     localized_logdensity_grad,
     sampling_dtype,
     tree_all_finite,
@@ -62,7 +62,9 @@ def periodically(draw, every: int, update: Callable, state):
 def measure(loss_fn, static, center, arrays, info, state, new_state, batch, eps, restriction):
     """The chain diagnostics of one move: MALA acceptance (one extra gradient for a
     Langevin sampler), ``‖w − w*‖``, ``‖∇log p‖`` and ``‖noise‖``, over the moving
-    coordinates (``loss_fn`` and ``center``: in the restriction's coordinates)."""
+    coordinates (``loss_fn`` and ``center``: in the restriction's coordinates). The
+    acceptance is computed without cancelling O(P) terms, so it stays sound in float32 at
+    10⁹ parameters (see :func:`~slt_jax._src.samplers.langevin.langevin_acceptance`)."""
     position = restriction.restrict(state.position, center)
     proposal = restriction.restrict(new_state.position, center)
     grad = restriction.select(info.logdensity_grad)
@@ -72,16 +74,19 @@ def measure(loss_fn, static, center, arrays, info, state, new_state, batch, eps,
             loss_fn, center, nbeta=arrays.nbeta, localization=arrays.localization
         )
         proposal_loss, proposal_grad = logdensity_grad(proposal, batch)
-
-        def logdensity(loss, w):
-            localize = arrays.localization * half_square_distance(w, center)
-            return -arrays.nbeta * loss - localize
-
+        change = localized_logdensity_change(
+            info.loss,
+            proposal_loss,
+            position,
+            proposal,
+            center,
+            nbeta=arrays.nbeta,
+            localization=arrays.localization,
+        )
         acceptance = langevin_acceptance(
             position=position,
             proposal=proposal,
-            logdensity=logdensity(info.loss, position),
-            proposal_logdensity=logdensity(proposal_loss, proposal),
+            logdensity_change=change,
             grad=grad,
             proposal_grad=proposal_grad,
             step_size=eps,
