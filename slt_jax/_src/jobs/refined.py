@@ -33,6 +33,13 @@ from slt_jax._src.results import LLCResult
 PyTree = Any
 
 
+def observable_cells(obs: ObservableLLCs) -> str:
+    """A table row's cells for the data-refined ``λ̂ ± se`` of each observable."""
+    return "".join(
+        f" {m:>8.4g}±{s:<5.2g}" for m, s in zip(obs.llc_mean, obs.llc_stderr, strict=True)
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class RefinedLLCResult(Mapping[str, LLCResult]):
     """Refined LLCs keyed by refinement name: ``res["head0"]`` is an
@@ -82,11 +89,7 @@ class RefinedLLCResult(Mapping[str, LLCResult]):
                 f"{r.llc_stderr:>8.2g} {r.rhat:>6.3f} {r.ess:>7.0f}"
             )
             if names:
-                obs = self.observables[key]
-                row += "".join(
-                    f" {m:>8.4g}±{s:<5.2g}"
-                    for m, s in zip(obs.llc_mean, obs.llc_stderr, strict=True)
-                )
+                row += observable_cells(self.observables[key])
             lines.append(row)
         return "\n".join(lines)
 

@@ -205,11 +205,7 @@ class RefinedCheckpointsResult:
                     f"{r.ess[k]:>7.0f} {int(np.sum(r.diverged[k])):>5d}"
                 )
                 if names:
-                    obs = observables[n][k]
-                    row += "".join(
-                        f" {m:>8.4g}±{s:<5.2g}"
-                        for m, s in zip(obs.llc_mean, obs.llc_stderr, strict=True)
-                    )
+                    row += refined.observable_cells(observables[n][k])
                 lines.append(row)
         return "\n".join(lines)
 
