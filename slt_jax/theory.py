@@ -10,6 +10,7 @@ from slt_jax._src.theory import quadratic_oracle_llc as quadratic_oracle_llc
 from slt_jax._src.theory import (
     quadratic_oracle_stationary_variance as quadratic_oracle_stationary_variance,
 )
+from slt_jax._src.theory import quadratic_selection_bias as quadratic_selection_bias
 from slt_jax._src.theory import regular_learning_coefficient as regular_learning_coefficient
 from slt_jax._src.theory import rrr_learning_coefficient as rrr_learning_coefficient
 
@@ -19,6 +20,7 @@ __all__ = [
     "normal_crossing_learning_coefficient",
     "quadratic_oracle_llc",
     "quadratic_oracle_stationary_variance",
+    "quadratic_selection_bias",
     "regular_learning_coefficient",
     "rrr_learning_coefficient",
 ]

@@ -43,9 +43,31 @@ def test_public_names():
         "normal_crossing_learning_coefficient",
         "quadratic_oracle_llc",
         "quadratic_oracle_stationary_variance",
+        "quadratic_selection_bias",
         "rrr_learning_coefficient",
         "dln_learning_coefficient",
     }
+
+
+def test_selection_bias_limits():
+    """Long epochs against the relaxation time: the reshuffled bias tends to nβ·d/n (S = H,
+    γ → 0), i.e. 2λ/log n at nβ = n/log n; replaying an epoch adds the same-batch term; an
+    independent minibatch has none."""
+    n, d, b = 10**5, 4, 10
+    nbeta = n / np.log(n)
+    known = dict(nbeta=nbeta, localization=1e-6, step_size=1e-5, num_examples=n, batch_size=b)
+    eye = np.eye(d)
+    reshuffle = theory.quadratic_selection_bias(eye, eye, **known)
+    # relaxation 2/(εnβ) ≈ 23 steps against a 10^4-step epoch: within 1% of the limit
+    assert abs(reshuffle - nbeta * d / n) < 0.01 * nbeta * d / n
+    assert abs(reshuffle - 2 * (d / 2) / np.log(n)) < 0.01 * reshuffle
+    assert theory.quadratic_selection_bias(eye, eye, order="independent", **known) == 0.0
+    replay = theory.quadratic_selection_bias(eye, eye, order="replay", **known)
+    assert replay > reshuffle
+    with pytest.raises(ValueError, match="unknown order"):
+        theory.quadratic_selection_bias(eye, eye, order="cycle", **known)
+    with pytest.raises(ValueError, match="batch_size < num_examples"):
+        theory.quadratic_selection_bias(eye, eye, **{**known, "batch_size": n})
 
 
 # ------------------------------------------------------------------ simple models

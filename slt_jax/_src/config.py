@@ -32,6 +32,8 @@ from slt_jax._src.samplers.specs import Sampler, resolve_sampler
 
 #: The LLC estimators (see :mod:`slt_jax._src.estimators.llc`).
 ESTIMATORS = ("paired", "plain")
+#: Which minibatch the recorded loss ``L_B(w_t)`` is read on (see ``LLCConfig.loss_batch``).
+LOSS_BATCHES = ("step", "independent")
 #: The localization γ when none is given and it is not calibrated.
 DEFAULT_LOCALIZATION = 100.0
 AUTO = "auto"
@@ -51,6 +53,7 @@ _RECORDED_IF_SET = {
     "chain_layout": "auto",
     "chain_batch": 1,
     "partition_rules": None,
+    "loss_batch": "step",
 }
 
 
@@ -70,6 +73,7 @@ class Static(NamedTuple):
     chain_layout: str = "auto"  # "vmap", "map", or "auto" (decided for the model's size)
     chain_batch: int = 1  # with "map": chains vmapped together inside the map
     partition_rules: tuple | None = None  # ((regex, spec), ...) over a "model" mesh axis
+    loss_batch: str = "step"  # the recorded loss on the step's minibatch or an independent one
 
     @property
     def num_diagnostics(self) -> int:
@@ -144,6 +148,19 @@ class LLCConfig:
         (:func:`resolve_init_loss_batches`: exact when the data hold no more examples than
         the run's chains see, else a bounded sample). ``k`` batches that would cover the
         data resolve to ``"exact"``. Resolved: ``"exact"`` or ``k``.
+      loss_batch: which minibatch the recorded loss ``L_B(w_t)`` is read on. ``"step"``:
+        the step's own minibatch (free: its loss comes with the gradient). Minibatches
+        drawn without replacement make that choice depend on the chain's past (the
+        examples of ``B_t`` are those the chain has not stepped on for longest in the
+        epoch), which biases ``λ̂`` upward, to first order by
+        ``nβ²(ε/2)/(n−1)·E_j Σ_{k≤j} tr(M^{k−1} S)`` (``S`` the per-example gradients'
+        covariance at ``w*``, ``M = I − εA/2``): up to ``≈ 2λ/log n`` for a regular model
+        at the default ``nβ`` (measured: ``benchmarks/multipass_bias.py``).
+        ``"independent"``: a minibatch of the same size from a separate keyed stream,
+        independent of the chain's path, so ``E[L_B(w_t)] = E[L_n(w_t)]`` exactly; one
+        more forward pass per recorded draw (two with the paired estimator, whose
+        ``L_B(w*)`` is then read on that minibatch too). Exact-gradient runs (``batch_size
+        = n``, MALA/HMC/NUTS) resolve to ``"step"``: they have no such choice.
       step_size_schedule: resolved: a description of the schedule, ``None`` if constant.
       schedule: resolved: the schedule itself (not saved, not compared).
 
@@ -176,6 +193,7 @@ class LLCConfig:
     chain_batch: int = 1
     partition_rules: Any = None
     init_loss_batches: int | str | None = None
+    loss_batch: str = "step"
     step_size_schedule: str | None = None
     schedule: object = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -206,7 +224,6 @@ class LLCConfig:
             del fields["init_loss_batches"]
         return fields
 
-
     def resolve(self, num_examples: int) -> tuple[LLCConfig, jax.Array]:
         """Check every option against a data set of ``num_examples`` and fill in the
         defaults: ``(resolved configuration, the run's key)``. Raises ``ValueError`` or
@@ -221,6 +238,10 @@ class LLCConfig:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {ESTIMATORS}.")
         spec = check_sampler(self.sampler)
         batch_size = num_examples if spec.full_batch else self.batch_size
+        if self.loss_batch not in LOSS_BATCHES:
+            raise ValueError(
+                f"unknown loss_batch {self.loss_batch!r}; choose one of {LOSS_BATCHES}."
+            )
         step_size, schedule, text = self.step_size, None, None
         if self.schedule is not None:  # a resolved configuration: its schedule, again
             step_size = self.schedule
@@ -269,6 +290,7 @@ class LLCConfig:
             step_size_schedule=text,
             schedule=schedule,
             init_loss_batches=init_loss_batches,
+            loss_batch="step" if int(batch_size) >= int(num_examples) else self.loss_batch,
             **memory,
         )
         return resolved, key
@@ -289,6 +311,7 @@ class LLCConfig:
             self.chain_layout,
             self.chain_batch,
             normalize_rules(self.partition_rules),
+            self.loss_batch,
         )
 
     def arrays(self) -> Arrays:

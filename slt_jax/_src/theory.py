@@ -168,6 +168,75 @@ def quadratic_oracle_llc(
     return float(0.5 * nbeta * np.sum(h * var))
 
 
+#: Minibatch orders of :func:`quadratic_selection_bias`.
+BATCH_ORDERS = ("reshuffle", "replay", "independent")
+
+
+def quadratic_selection_bias(
+    hessian: ArrayLike,
+    gradient_covariance: ArrayLike,
+    *,
+    nbeta: float,
+    localization: float,
+    step_size: float,
+    num_examples: int,
+    batch_size: int,
+    order: str = "reshuffle",
+) -> float:
+    r"""First-order bias of the step-minibatch λ̂ of SGLD on a quadratic model.
+
+    Per-example losses with gradients ``g_i`` at the minimum ``w*`` (``Σ g_i = 0``,
+    covariance ``S = Σ g_i g_iᵀ / n``) and mean Hessian ``H``. With ``u = w − w*``,
+    ``A = nβH + γ`` and ``M = I − εA/2``, the loss recorded on the step's own minibatch,
+    ``L_B(w_t) − L_n(w*) = ½uᵀHu + ḡ_{B_t}ᵀu_t``, has a cross term whose mean is not zero
+    when the choice of ``B_t`` depends on the chain's past: ``u_t`` holds
+    ``−(ε/2)nβ Σ_k M^{k−1} ḡ_{B_{t−k}}``, so
+
+        bias(λ̂) = nβ²(ε/2) Σ_k ρ_k tr(M^{k−1} S),
+
+    ``ρ_k = −E[ḡ_{B_t}ᵀ ḡ_{B_{t−k}}] / tr(S)``-normalized: ``1/(n−1)`` for a disjoint minibatch
+    (an earlier step of the same epoch, without replacement), ``−(n−b)/(b(n−1))`` for the same
+    minibatch, ``0`` for an independent one. ``order``:
+
+    * ``"reshuffle"`` (slt_jax: a new permutation every epoch): only the ``j`` earlier steps
+      of the epoch count, ``j`` uniform on ``0 … P−1`` with ``P = n // b``;
+    * ``"replay"`` (devinterp 2.0.1's ``itertools.cycle`` over its ``DataLoader``: the first
+      epoch's order every epoch): every earlier step, the same minibatch every ``P`` steps;
+    * ``"independent"`` (the loss read on a minibatch drawn apart from the steps'): 0.
+
+    For a well-specified regular model (``S = H``) at small ``γ`` with epochs much longer
+    than the chain's relaxation time ``2/(εnβh)``, the reshuffled bias tends to
+    ``(nβ/n)·d = 2λ/log n`` at the default ``nβ = n/log n``. Checked against float64
+    chains in ``benchmarks/multipass_bias.py`` and ``tests/test_loss_batch.py``.
+
+    >>> round(quadratic_selection_bias(np.eye(2), np.eye(2), nbeta=100.0, localization=1.0,
+    ...       step_size=1e-3, num_examples=1000, batch_size=10), 4)
+    0.1592
+    """
+    if order not in BATCH_ORDERS:
+        raise ValueError(f"unknown order {order!r}; choose one of {BATCH_ORDERS}.")
+    n, b = int(num_examples), int(batch_size)
+    if not 1 <= b < n:
+        raise ValueError(f"need 1 <= batch_size < num_examples, got {b} and {n}.")
+    if order == "independent":
+        return 0.0
+    h, v = np.linalg.eigh(np.asarray(hessian, np.float64))
+    s_diag = np.einsum("ij,jk,ki->i", v.T, np.asarray(gradient_covariance, np.float64), v)
+    m = 1.0 - 0.5 * step_size * (nbeta * h + localization)
+    if np.any(np.abs(m) >= 1):
+        raise ValueError("the step size is beyond SGLD's stability (|1 − εA/2| >= 1).")
+    per = n // b
+    lags = np.arange(1, per)
+    powers = m[None, :] ** (lags[:, None] - 1)
+    disjoint = 1.0 / (n - 1)
+    if order == "reshuffle":
+        total = np.sum(((per - lags) / per)[:, None] * powers * disjoint * s_diag)
+    else:
+        period = np.sum(powers * disjoint, axis=0) - m ** (per - 1) * (n - b) / (b * (n - 1))
+        total = np.sum(period / (1.0 - m**per) * s_diag)
+    return float(nbeta**2 * step_size / 2 * total)
+
+
 def rrr_learning_coefficient(
     input_dim: int, hidden_dim: int, output_dim: int, rank: int
 ) -> tuple[float, int]:

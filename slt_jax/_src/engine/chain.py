@@ -4,7 +4,8 @@ A chain is a ``lax.scan`` over steps: burn-in, then ``num_draws`` recorded steps
 takes the minibatch of its step (:func:`minibatch_source`), the step size of its step
 (:func:`step_size_at`), moves with the sampler's kernel, puts back the coordinates a
 restriction holds fixed, and records: the loss (and, for the paired estimator, the loss of
-``w*`` on the same minibatch) every draw, the chain diagnostics every
+``w*`` on the same minibatch) every draw, read on the step's minibatch or on an independent
+one (:func:`evaluation_source`), the chain diagnostics every
 ``diagnostic_every`` draws (:func:`measure`) and an observer's observations every
 ``observer.every`` draws. The data set stays on the device; nothing leaves the loop.
 
@@ -44,6 +45,26 @@ def minibatch_source(static: Static, data: PyTree, batch_key: jax.Array) -> Call
     if static.sampler.full_batch:
         return lambda t: data
     return lambda t: _data.minibatch(batch_key, t, data, static.batch_size)
+
+
+#: ``fold_in`` constant that separates the independent loss minibatches' stream from the
+#: chain's step minibatches (``loss_batch="independent"``).
+LOSS_BATCH_STREAM = 0x1B5E
+
+
+def evaluation_key(batch_key: jax.Array) -> jax.Array:
+    """The key of a chain's independent loss minibatches (its own epochs and permutations,
+    independent of the steps' minibatches and so of the chain's path)."""
+    return jax.random.fold_in(batch_key, LOSS_BATCH_STREAM)
+
+
+def evaluation_source(static: Static, data: PyTree, batch_key: jax.Array) -> Callable | None:
+    """``eval_at(t)``: the independent minibatch the loss of draw ``t`` is read on, or
+    ``None`` when the loss is read on the step's own minibatch (``loss_batch="step"``)."""
+    if static.loss_batch != "independent" or static.sampler.full_batch:
+        return None
+    key = evaluation_key(batch_key)
+    return lambda t: _data.minibatch(key, t, data, static.batch_size)
 
 
 def step_size_at(static: Static, arrays: Arrays) -> Callable:
@@ -109,8 +130,9 @@ def _wide(x):
 
 class Parts(NamedTuple):
     """One chain taken apart, for a data set streamed from the host: ``init(batch_0)`` is
-    the first carry, ``step(carry, t, batch, record)`` one step (its record: the loss,
-    with the paired reference), ``finish(carry, burnin_loss, records)`` the trace."""
+    the first carry, ``step(carry, t, batch, record, evaluation=None)`` one step (its
+    record: the loss, with the paired reference; read on ``evaluation``, an independent
+    minibatch, when one is given), ``finish(carry, burnin_loss, records)`` the trace."""
 
     init: Callable
     step: Callable
@@ -147,7 +169,7 @@ def chain_parts(
     paired, every = static.estimator == "paired", static.diagnostic_every
     observe_every = observer.every if observer is not None else 0
 
-    def step(carry, t, batch, record):
+    def step(carry, t, batch, record, evaluation=None):
         state, diverged, diagnostics, observed = carry
         eps = eps_at(t)
         new_state, info = kernel.step(jax.random.fold_in(noise_key, t), state, batch, eps)
@@ -157,7 +179,10 @@ def chain_parts(
         finite = jnp.isfinite(info.loss) & tree_all_finite(new_state.position)
         out = _wide(info.loss)  # a bf16/f16 loss is recorded in float32 (see data.wide)
         if record:
-            out = (out, _wide(loss(origin, batch))) if paired else out
+            if evaluation is not None:  # L_E(w_t) on a minibatch independent of the path
+                out = _wide(loss(state.position, evaluation))
+            read_on = batch if evaluation is None else evaluation
+            out = (out, _wide(loss(origin, read_on))) if paired else out
             draw = t - static.num_burnin
             if every:
                 values = lambda: measure(  # noqa: E731
@@ -212,11 +237,15 @@ def run_chain(
     """
     parts = chain_parts(loss_fn, static, key, center, arrays, restriction, observer)
     batch_at = minibatch_source(static, data, parts.batch_key)
+    eval_at = evaluation_source(static, data, parts.batch_key)
+    evaluation = (lambda t: None) if eval_at is None else eval_at
     burnin = jnp.arange(static.num_burnin)
     draws = jnp.arange(static.num_burnin, static.num_burnin + static.num_draws)
     carry = parts.init(batch_at(0))
     carry, burnin_loss = jax.lax.scan(
         lambda c, t: parts.step(c, t, batch_at(t), False), carry, burnin
     )
-    carry, records = jax.lax.scan(lambda c, t: parts.step(c, t, batch_at(t), True), carry, draws)
+    carry, records = jax.lax.scan(
+        lambda c, t: parts.step(c, t, batch_at(t), True, evaluation(t)), carry, draws
+    )
     return parts.finish(carry, burnin_loss, records)

@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 from slt_jax._src import data as _data
 from slt_jax._src.config import Static
 from slt_jax._src.engine import programs, sharding
-from slt_jax._src.engine.chain import chain_parts
+from slt_jax._src.engine.chain import chain_parts, evaluation_key
 
 
 def _parts(loss_fn, static, plugins, key, center, arrays, args, observed):
@@ -43,8 +43,18 @@ def _init(loss_fn, static, plugins, key, center, arrays, args, observed, batch):
 
 
 def _block(record, loss_fn, static, plugins, key, center, arrays, args, observed, carry, ts, b):
+    """``b``: the block's minibatches, or ``(minibatches, independent loss minibatches)``
+    for a recorded block with ``loss_batch="independent"``."""
     parts = _parts(loss_fn, static, plugins, key, center, arrays, args, observed)
+    if _independent(static) and record:
+        step = lambda c, x: parts.step(c, x[0], x[1], record, x[2])  # noqa: E731
+        return jax.lax.scan(step, carry, (ts, *b))
     return jax.lax.scan(lambda c, x: parts.step(c, x[0], x[1], record), carry, (ts, b))
+
+
+def _independent(static: Static) -> bool:
+    """Whether recorded steps read their loss on independent minibatches."""
+    return static.loss_batch == "independent" and not static.sampler.full_batch
 
 
 def _finish(loss_fn, static, plugins, key, center, arrays, args, observed, carry, burn, recs):
@@ -89,7 +99,8 @@ def _indices(batch_keys, steps, n: int, batch_size: int):
 def block_steps(source, static: Static, num_items: int, mesh) -> int:
     """``K``: steps per block (see the module docstring), at least 1."""
     per_device = math.ceil(num_items / sharding.num_item_slots(mesh))
-    per_step = max(1, per_device * static.batch_size * source.example_bytes)
+    copies = 2 if _independent(static) else 1  # a recorded step's independent minibatch
+    per_step = max(1, copies * per_device * static.batch_size * source.example_bytes)
     return int(
         max(1, min(static.num_burnin + static.num_draws, source.device_bytes // 2 // per_step))
     )
@@ -109,20 +120,28 @@ def _schedule(static: Static, k: int):
 class _Feeder:
     """Gathers and places the blocks' minibatches, one block ahead, in a background thread."""
 
-    def __init__(self, source, batch_keys, take, mesh, batch_size, k):
+    def __init__(self, source, batch_keys, take, mesh, batch_size, k, evaluation_keys=None):
         self.source, self.keys, self.take, self.mesh = source, batch_keys, take, mesh
-        self.batch_size, self.k = batch_size, k
+        self.batch_size, self.k, self.evaluation_keys = batch_size, k, evaluation_keys
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 
-    def _load(self, start, length):
+    def _rows(self, keys, start, length):
         steps = jnp.arange(start, start + self.k)  # always K steps: one index program
-        indices = np.asarray(_indices(self.keys, steps, len(self.source), self.batch_size))
+        indices = np.asarray(_indices(keys, steps, len(self.source), self.batch_size))
         rows = self.source.gather(indices[self.take, :length])
         spec = sharding.item_spec(self.mesh)
         return jax.tree.map(lambda x: programs._global(np.asarray(x), self.mesh, spec), rows)
 
-    def submit(self, start, length):
-        return self.pool.submit(self._load, start, length)
+    def _load(self, start, length, record):
+        rows = self._rows(self.keys, start, length)
+        if record and self.evaluation_keys is not None:
+            return rows, self._rows(self.evaluation_keys, start, length)
+        return rows
+
+    def submit(self, phase, start, length):
+        """The minibatches of a block (with the independent loss minibatches of a
+        recorded block, when the loss is read on those)."""
+        return self.pool.submit(self._load, start, length, phase == "draws")
 
     def close(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -141,9 +160,13 @@ def _start(loss_fn, static, items, source, mesh, plugins, observed):
     batch_keys = jax.vmap(lambda k: jax.random.split(k)[0])(items.keys)
     k = block_steps(source, static, len(take), mesh)
     blocks = _schedule(static, k)
-    feeder = _Feeder(source, batch_keys, take, mesh, static.batch_size, k)
-    pending = feeder.submit(*blocks[0][1:])
-    first = jax.tree.map(lambda x: x[:, 0], pending.result())
+    evaluation_keys = jax.vmap(evaluation_key)(batch_keys) if _independent(static) else None
+    feeder = _Feeder(source, batch_keys, take, mesh, static.batch_size, k, evaluation_keys)
+    pending = feeder.submit(*blocks[0])
+    first_block = pending.result()
+    if blocks[0][0] == "draws" and evaluation_keys is not None:
+        first_block = first_block[0]
+    first = jax.tree.map(lambda x: x[:, 0], first_block)
     carry = _program("init", loss_fn, static, plugins, mesh, items.shared)(*inputs, first)
     return inputs, take, blocks, feeder, pending, carry
 
@@ -163,7 +186,7 @@ def run_items(loss_fn, static: Static, items, source, mesh, *, plugins, observed
         for i, (phase, start, length) in enumerate(blocks):
             batches = pending.result()
             if i + 1 < len(blocks):
-                pending = feeder.submit(*blocks[i + 1][1:])
+                pending = feeder.submit(*blocks[i + 1])
             run = _program(phase, loss_fn, static, plugins, mesh, items.shared)
             carry, out = run(*inputs, carry, _steps(start, length, mesh), batches)
             outputs[phase].append(out)
@@ -185,7 +208,7 @@ def lower_items(loss_fn, static: Static, items, source, mesh, *, plugins, observ
     inputs, _, blocks, feeder, _, carry = started
     try:
         _, start, length = next(b for b in blocks if b[0] == "draws")
-        batches = feeder.submit(start, length).result()
+        batches = feeder.submit("draws", start, length).result()
     finally:
         feeder.close()
     run = _program("draws", loss_fn, static, plugins, mesh, items.shared)
