@@ -7,6 +7,7 @@ public names, one per line.
 
 from slt_jax import examples as examples
 from slt_jax import influence as influence
+from slt_jax import kernels as kernels
 from slt_jax import lm as lm
 from slt_jax import refine as refine
 from slt_jax import samplers as samplers
@@ -92,6 +93,7 @@ __all__ = [
     "joint_essential_dynamics",
     "linen_loss",
     "llc_function",
+    "kernels",
     "lm",
     "load_checkpoint_set",
     "load_refined_results",

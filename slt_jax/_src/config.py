@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slt_jax._src import validation
-from slt_jax._src.samplers.specs import Sampler, resolve_sampler
+from slt_jax._src.samplers.specs import Sampler, check_sampler, resolve_sampler
 
 #: The LLC estimators (see :mod:`slt_jax._src.estimators.llc`).
 ESTIMATORS = ("paired", "plain")
@@ -114,7 +114,10 @@ class LLCConfig:
       batch_size: minibatch size (exact-gradient samplers: the whole data set).
       num_examples: ``n``, set when resolved.
       estimator: ``"paired"`` or ``"plain"``.
-      sampler: a name, a spec of :mod:`slt_jax.samplers` (resolved: its description).
+      sampler: a name, or a spec (any :class:`slt_jax.samplers.Sampler`, a user's own
+        subclass too); resolved: the checked spec (:meth:`~slt_jax.samplers.Sampler.check`).
+        Saved as its description (``to_dict``); results read back from disk hold that
+        string, which a spec compares equal to.
       seed: an integer seed or a JAX key (resolved: the integer, or ``None`` for a key).
       diagnostic_every: record chain diagnostics every this many draws (0: none).
       microbatch_size: evaluate each minibatch this many rows at a time, the gradient
@@ -199,6 +202,7 @@ class LLCConfig:
         options only when set, so that results written before they existed resume)."""
         fields = dataclasses.asdict(self)
         del fields["schedule"]
+        fields["sampler"] = str(self.sampler)  # a spec's description (Sampler.describe)
         for name, default in _RECORDED_IF_SET.items():
             if fields[name] == default:
                 del fields[name]
@@ -259,7 +263,7 @@ class LLCConfig:
             batch_size=validation.check_batch_size(batch_size, num_examples),
             num_examples=int(num_examples),
             estimator=self.estimator,
-            sampler=spec.describe(),
+            sampler=spec,
             seed=int(seed)
             if isinstance(seed, int | np.integer) and not isinstance(seed, bool)
             else None,
@@ -421,37 +425,6 @@ def normalize_rules(rules) -> tuple | None:
             entries.append(entry)
         out.append((pattern, tuple(entries)))
     return tuple(out)
-
-
-def check_sampler(sampler) -> Sampler:
-    """A sampler spec (from a name or a spec) whose numeric options are positive."""
-    spec = resolve_sampler(sampler)
-    # Float options as floats (friction=50 is friction=50.0: one description, one program).
-    spec = dataclasses.replace(
-        spec,
-        **{
-            f.name: float(getattr(spec, f.name))
-            for f in dataclasses.fields(spec)
-            if isinstance(f.default, float)
-            and isinstance(getattr(spec, f.name), int | np.integer | np.floating)
-            and not isinstance(getattr(spec, f.name), bool)
-        },
-    )
-    for field in dataclasses.fields(spec):
-        value = getattr(spec, field.name)
-        if spec.name == "rmsprop_sgld" and field.name == "alpha":
-            continue  # a decay in [0, 1): 0 keeps only the current g² (checked below)
-        if isinstance(field.default, float):
-            validation.check_positive(f"{spec.name}.{field.name}", value)
-        elif isinstance(field.default, int):
-            validation.check_count(f"{spec.name}.{field.name}", value, minimum=1)
-    if spec.name == "rmsprop_sgld" and (
-        isinstance(spec.alpha, bool | str)
-        or not isinstance(spec.alpha, int | float | np.integer | np.floating)
-        or not 0 <= spec.alpha < 1
-    ):
-        raise ValueError(f"rmsprop_sgld.alpha must be in [0, 1), got {spec.alpha}.")
-    return spec
 
 
 def check_schedule(schedule, num_steps: int) -> tuple[float, str]:
