@@ -13,7 +13,9 @@ from slt_jax import refine as refine
 from slt_jax import samplers as samplers
 from slt_jax import theory as theory
 from slt_jax._src.compilation import enable_compilation_cache as enable_compilation_cache
+from slt_jax._src.config import Auto as Auto
 from slt_jax._src.config import LLCConfig as LLCConfig
+from slt_jax._src.config import Placement as Placement
 from slt_jax._src.dynamics import EssentialDynamics as EssentialDynamics
 from slt_jax._src.dynamics import essential_dynamics as essential_dynamics
 from slt_jax._src.dynamics import joint_essential_dynamics as joint_essential_dynamics
@@ -62,6 +64,7 @@ from slt_jax._src.sources import TokenWindows as TokenWindows
 from slt_jax._src.version import __version__ as __version__
 
 __all__ = [
+    "Auto",
     "Calibration",
     "CalibrationError",
     "CalibrationRecord",
@@ -74,6 +77,7 @@ __all__ = [
     "LLCDiagnosticWarning",
     "LLCEstimate",
     "LLCResult",
+    "Placement",
     "RefinedCheckpointsResult",
     "RefinedLLCResult",
     "RunPlan",

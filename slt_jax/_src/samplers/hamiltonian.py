@@ -73,9 +73,11 @@ def _momentum_step(noise: NoiseFn, alpha: float):
     def one_step(key, position, momentum, friction, logdensity_grad, step_size):
         xi = noise(key, position)
         return jax.tree.map(
-            lambda p, g, n: (1.0 - friction * step_size) * p
-            + step_size * g
-            + jnp.sqrt(step_size * (2 * alpha)) * n,
+            lambda p, g, n: (
+                (1.0 - friction * step_size) * p
+                + step_size * g
+                + jnp.sqrt(step_size * (2 * alpha)) * n
+            ),
             momentum,
             logdensity_grad,
             xi,

@@ -136,7 +136,17 @@ class Sampler:
         return spec
 
     def acceptance(
-        self, loss_fn, center, *, nbeta, localization, position, proposal, info, grad, batch,
+        self,
+        loss_fn,
+        center,
+        *,
+        nbeta,
+        localization,
+        position,
+        proposal,
+        info,
+        grad,
+        batch,
         step_size,
     ) -> jax.Array:
         """The acceptance diagnostic of one move ``position → proposal`` (recorded every
@@ -488,8 +498,9 @@ def check_sampler(sampler) -> Sampler:
         hash(spec)
     except TypeError:
         raise TypeError(
-            f"sampler {type(spec).__name__} is not hashable: declare it with "
-            "@dataclasses.dataclass(frozen=True) (it selects the compiled program)."
+            f"sampler {spec!r} is not hashable: a spec selects the compiled program, so it "
+            "must be a @dataclasses.dataclass(frozen=True) whose options are hashable "
+            "(numbers, strings, tuples)."
         ) from None
     return spec
 
