@@ -2,7 +2,8 @@
 
 Pass a name (``"sgld"``, ``"rmsprop_sgld"``, ``"sghmc"``, ``"sgnht"``, ``"mala"``,
 ``"hmc"``, ``"nuts"``) for the defaults, or a spec with options, e.g.
-``sj.samplers.RMSPropSGLD(alpha=0.999)``. A spec is static: it selects the compiled
+``sj.samplers.RMSPropSGLD(alpha=0.999)``, or a spec of your own (a frozen-dataclass
+subclass of :class:`Sampler`: docs/extending.md). A spec is static: it selects the compiled
 program; the step size, localization and ``nβ`` stay array arguments.
 
 * Stochastic-gradient samplers (minibatches): :class:`SGLD`, :class:`RMSPropSGLD`,
@@ -59,8 +60,7 @@ class Sampler:
       >>> import dataclasses, jax.numpy as jnp, slt_jax as sj
       >>> @dataclasses.dataclass(frozen=True)
       ... class ColdSGLD(sj.samplers.Sampler):  # SGLD with its noise scaled down
-      ...     temperature: float = 0.5
-      ...     langevin = True  # (a ClassVar: not an option)
+      ...     temperature: float = 0.5  # an option (a field); `name = ...` would be a ClassVar
       ...     def build(self, loss_fn, center, *, nbeta, localization, noise=None):
       ...         grad = sj.kernels.localized_logdensity_grad(
       ...             loss_fn, center, nbeta=nbeta, localization=localization)
