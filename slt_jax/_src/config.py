@@ -658,7 +658,10 @@ def run_options(*, exclude: tuple[str, ...] = (), **defaults):
     ``config=`` that sets one of them to other than its default is an error). A ``config=``
     brings all its fields: the entry point's own defaults (``defaults``) apply only to the
     options passed one by one. The signature shown by ``help()`` and ``inspect.signature``
-    lists every option.
+    lists every option. Two grouped spellings are unpacked here: ``placement=``
+    (a :class:`Placement`: its six options, each given once) and ``step_size=``
+    :class:`Auto` (``"auto"`` with the keywords ``calibration_budget`` and
+    ``calibrate_on``, for an entry point that takes them).
     """
     names = [n for n in OPTIONS if n not in exclude]
     grouped = not set(PLACEMENT) & set(exclude)
