@@ -7,12 +7,15 @@ public names, one per line.
 
 from slt_jax import examples as examples
 from slt_jax import influence as influence
+from slt_jax import kernels as kernels
 from slt_jax import lm as lm
 from slt_jax import refine as refine
 from slt_jax import samplers as samplers
 from slt_jax import theory as theory
 from slt_jax._src.compilation import enable_compilation_cache as enable_compilation_cache
+from slt_jax._src.config import Auto as Auto
 from slt_jax._src.config import LLCConfig as LLCConfig
+from slt_jax._src.config import Placement as Placement
 from slt_jax._src.dynamics import EssentialDynamics as EssentialDynamics
 from slt_jax._src.dynamics import essential_dynamics as essential_dynamics
 from slt_jax._src.dynamics import joint_essential_dynamics as joint_essential_dynamics
@@ -61,6 +64,7 @@ from slt_jax._src.sources import TokenWindows as TokenWindows
 from slt_jax._src.version import __version__ as __version__
 
 __all__ = [
+    "Auto",
     "Calibration",
     "CalibrationError",
     "CalibrationRecord",
@@ -73,6 +77,7 @@ __all__ = [
     "LLCDiagnosticWarning",
     "LLCEstimate",
     "LLCResult",
+    "Placement",
     "RefinedCheckpointsResult",
     "RefinedLLCResult",
     "RunPlan",
@@ -92,6 +97,7 @@ __all__ = [
     "joint_essential_dynamics",
     "linen_loss",
     "llc_function",
+    "kernels",
     "lm",
     "load_checkpoint_set",
     "load_refined_results",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -33,38 +34,67 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
-def _number_or_auto(text: str) -> float | str:
-    """A float, or the word ``auto``."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number or 'auto': {text!r}") from None
-
-
-def _batches_or_exact(text: str) -> int | str:
-    """A positive whole number of batches, or the word ``exact``."""
-    if text.strip().lower() == "exact":
-        return "exact"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number or 'exact': {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (or 'exact'), got {value}")
-    return value
-
-
 def parse_bytes_free_count(text: str) -> int:
     """A whole count, written ``2000000`` or ``2e6``."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a count: {text!r}") from None
-    if not value.is_integer() or value < 1:
-        raise argparse.ArgumentTypeError(f"not a positive whole count: {text!r}")
-    return int(value)
+    return _argument_type(_config().whole_count)(text)
+
+
+def _config():
+    from slt_jax._src import config  # imported late: `slt-jax --help` stays fast
+
+    return config
+
+
+def _argument_type(parse):
+    """``parse`` (text -> value, raising ``ValueError``) as an argparse ``type``."""
+    if parse in (int, float, str):
+        return parse  # argparse's own messages ("invalid int value: 'x'")
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except (ValueError, TypeError) as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _add_field(group, field, default) -> None:
+    """One flag from a configuration field's declaration (:func:`slt_jax._src.config.option`)."""
+    meta = field.metadata
+    flag = meta.get("flag", "--" + field.name.replace("_", "-"))
+    dest = meta.get("keyword", field.name)
+    help = meta["help"].format(samplers=_sampler_names())
+    if meta.get("switch"):
+        group.add_argument(flag, dest=dest, action="store_true", default=default, help=help)
+        return
+    parse = meta.get("parse") or _parse_of(field)
+    extra = {"choices": meta["choices"]} if "choices" in meta else {}
+    if "choices" not in meta:  # named after the flag: --chains CHAINS
+        extra["metavar"] = meta.get("metavar", flag.lstrip("-").replace("-", "_").upper())
+    group.add_argument(
+        flag, dest=dest, type=_argument_type(parse), default=default, help=help, **extra
+    )
+
+
+def _parse_of(field):
+    """int, float or str, from the field's annotation (``"int | None"`` → int)."""
+    kind = str(field.type).split("|")[0].strip()
+    return {"int": int, "float": float, "str": str}[kind]
+
+
+def _sampler_names() -> str:
+    from slt_jax._src.samplers.specs import names_help
+
+    return names_help()
+
+
+def _run_fields():
+    """The fields of :class:`~slt_jax.LLCConfig` that are run options, with their group."""
+    config = _config()
+    fields = [f for f in dataclasses.fields(config.LLCConfig) if f.name in config.OPTIONS]
+    return [(f, f.metadata.get("group", "sampler")) for f in fields]
 
 
 def load_factory(spec: str):
@@ -98,58 +128,18 @@ def _model_from_factory(spec: str):
 
 
 def _add_sampler_options(p: argparse.ArgumentParser, *, chains=8, steps=1000) -> None:
+    """The run options, generated from :class:`~slt_jax.LLCConfig`'s fields (names,
+    defaults and help declared there once) and :class:`~slt_jax.Auto`'s, then the
+    sweep's own (chunking, memory budget, progress, devices)."""
+    config = _config()
+    defaults = {"num_chains": chains, "num_steps": steps}
     g = p.add_argument_group("sampler (see slt_jax.estimate_llc)")
-    g.add_argument("--chains", type=int, default=chains, help="chains per checkpoint")
-    g.add_argument("--steps", type=int, default=steps, help="SGLD steps per chain")
-    g.add_argument("--burnin", type=int, default=None, help="burn-in steps (default steps/4)")
-    g.add_argument(
-        "--step-size",
-        type=_number_or_auto,
-        default=1e-4,
-        help="ε (devinterp's lr), or 'auto': calibrate on one checkpoint first "
-        "(slt_jax.calibrate) and use the chosen setting for all",
-    )
-    g.add_argument(
-        "--localization",
-        type=_number_or_auto,
-        default=None,
-        help="γ (default 100; with --step-size auto, calibrated too unless given)",
-    )
-    g.add_argument(
-        "--calibrate-on",
-        type=int,
-        default=None,
-        help="with --step-size auto: the training step to calibrate on (default: the last)",
-    )
-    g.add_argument(
-        "--calibration-budget",
-        type=parse_bytes_free_count,
-        default=None,
-        help="with --step-size auto: the most chain-steps the calibration may spend",
-    )
-    g.add_argument("--nbeta", type=float, default=None, help="nβ (default n / log n)")
-    g.add_argument("--batch-size", type=int, default=256)
-    g.add_argument("--estimator", choices=("paired", "plain"), default="paired")
-    g.add_argument(
-        "--init-loss-batches",
-        type=_batches_or_exact,
-        default=None,
-        help="L_n(w*) from this many minibatches, or 'exact' (default: exact when the data "
-        "are no larger than what the chains see, else a bounded sample)",
-    )
-    g.add_argument(
-        "--sampler",
-        default="sgld",
-        help="sgld, rmsprop_sgld, sghmc, sgnht, mala, hmc, nuts, or with options, e.g. "
-        "'sghmc(friction=50.0)' (see slt_jax.samplers)",
-    )
-    g.add_argument(
-        "--diagnostic-every",
-        type=int,
-        default=10,
-        help="record MALA acceptance and norms every this many draws (0: off)",
-    )
-    g.add_argument("--seed", type=int, default=0)
+    m = p.add_argument_group("memory, layout and compilation (see slt_jax.Placement)")
+    for field, group in _run_fields():
+        default = defaults.get(field.name, field.default)
+        _add_field(m if group == "memory" else g, field, default)
+    for field in dataclasses.fields(config.Auto):
+        _add_field(g, field, field.default)
     g.add_argument(
         "--chunk-size",
         type=int,
@@ -163,22 +153,6 @@ def _add_sampler_options(p: argparse.ArgumentParser, *, chains=8, steps=1000) ->
         help="bytes, e.g. 2000000000, 2e9, 2GB or 1.5GiB (default: the free memory)",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    m = p.add_argument_group("memory, layout and compilation (see slt_jax.LLCConfig)")
-    m.add_argument(
-        "--microbatch-size",
-        type=int,
-        default=None,
-        help="evaluate each minibatch this many rows at a time, gradient accumulated",
-    )
-    m.add_argument("--remat", action="store_true", help="recompute activations (jax.checkpoint)")
-    m.add_argument("--compute-dtype", default=None, help="e.g. bfloat16: the loss's parameters")
-    m.add_argument(
-        "--chain-layout",
-        choices=("auto", "vmap", "map"),
-        default="auto",
-        help="the chains of a device as one vmap or a map over them (default: by a rule)",
-    )
-    m.add_argument("--chain-batch", type=int, default=1, help="with --chain-layout map")
     m.add_argument(
         "--model-parallel",
         type=int,
@@ -186,12 +160,6 @@ def _add_sampler_options(p: argparse.ArgumentParser, *, chains=8, steps=1000) ->
         metavar="M",
         help="split each chain's parameters over M devices (a mesh of (devices/M) x M, "
         "axes items x model; FSDP unless --partition-rules)",
-    )
-    m.add_argument(
-        "--partition-rules",
-        default=None,
-        metavar="FILE",
-        help='a JSON list of [regex, spec] pairs, e.g. [["attn/.*/kernel", [null, "model"]]]',
     )
     m.add_argument(
         "--no-compilation-cache",
@@ -218,30 +186,16 @@ def _add_sampler_options(p: argparse.ArgumentParser, *, chains=8, steps=1000) ->
 
 
 def _sampler_kwargs(args) -> dict:
+    """The keyword arguments of ``estimate_llc_checkpoints`` from the parsed flags."""
+    options = {field.name: getattr(args, field.name) for field, _ in _run_fields()}
+    options["partition_rules"] = _partition_rules(args)
     return dict(
-        num_chains=args.chains,
-        num_steps=args.steps,
-        num_burnin=args.burnin,
-        step_size=args.step_size,
-        localization=args.localization,
-        nbeta=args.nbeta,
-        batch_size=args.batch_size,
-        estimator=args.estimator,
-        init_loss_batches=args.init_loss_batches,
-        sampler=args.sampler,
-        diagnostic_every=args.diagnostic_every,
-        seed=args.seed,
+        **options,
         chunk_size=args.chunk_size,
         memory_budget=args.memory_budget,
         progress=not args.no_progress,
         calibrate_on=args.calibrate_on,
         calibration_budget=args.calibration_budget,
-        microbatch_size=args.microbatch_size,
-        remat=args.remat,
-        compute_dtype=args.compute_dtype,
-        chain_layout=args.chain_layout,
-        chain_batch=args.chain_batch,
-        partition_rules=_partition_rules(args),
         mesh=_mesh(args),
     )
 
@@ -437,7 +391,7 @@ def demo(args: argparse.Namespace) -> None:
     )
     print(
         f"equivalent command: slt-jax llc {checkpoints} --model slt_jax.examples:digits_mlp "
-        f"--out {results} --steps {args.steps}"
+        f"--out {results} --steps {args.num_steps}"
     )
     args.model, args.checkpoints, args.out = (
         "slt_jax.examples:digits_mlp",

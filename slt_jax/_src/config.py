@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slt_jax._src import validation
-from slt_jax._src.samplers.specs import Sampler, resolve_sampler
+from slt_jax._src.samplers.specs import Sampler, check_sampler, resolve_sampler
 
 #: The LLC estimators (see :mod:`slt_jax._src.estimators.llc`).
 ESTIMATORS = ("paired", "plain")
@@ -101,6 +101,157 @@ def resolve_nbeta(nbeta: float | None, num_examples: int) -> float:
     return default_nbeta(num_examples) if nbeta is None else nbeta
 
 
+def option(default=None, help: str = "", **cli):
+    """A field of :class:`LLCConfig` (or of :class:`Auto`, :class:`Placement`) declared
+    once: its default, its one-line ``help``, and how the command line spells it (``cli``:
+    ``flag``, default ``--name-with-dashes``; ``parse``, text -> value raising
+    ``ValueError``, default from the default's type; ``choices``; ``switch``, a flag
+    without a value for a bool; ``metavar``). :mod:`slt_jax._src.cli` builds its flags
+    from these."""
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
+def number_or_auto(text: str) -> float | str:
+    """A float, or the word ``auto`` (command-line text of ``step_size``, ``localization``)."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"not a number or 'auto': {text!r}") from None
+
+
+def batches_or_exact(text: str) -> int | str:
+    """A positive whole number of batches, or the word ``exact``."""
+    if text.strip().lower() == EXACT:
+        return EXACT
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"not a whole number or 'exact': {text!r}") from None
+    if value < 1:
+        raise ValueError(f"must be >= 1 (or 'exact'), got {value}")
+    return value
+
+
+def whole_count(text: str) -> int:
+    """A whole count >= 1, written ``2000000`` or ``2e6``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a count: {text!r}") from None
+    if not value.is_integer() or value < 1:
+        raise ValueError(f"not a positive whole count: {text!r}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Auto:
+    """``step_size=sj.Auto(...)``: calibrate the step size first, then estimate with it.
+
+    The same as ``step_size="auto"`` (kept), with the calibration's own options carried by
+    the value instead of separate keywords: the entry point runs :func:`~slt_jax.calibrate`
+    (automatic grid, at the run's own length, sampler, batch size, estimator and ``nβ``)
+    and estimates at its recommended step size (and localization, unless given). Checked
+    when built, before anything compiles.
+
+    Attributes:
+      budget: the most chain-steps the calibration may spend (``None``: its full two-stage
+        grid). The keyword ``calibration_budget=`` is the older spelling.
+      on_step: for a checkpoint sweep, the training step of the checkpoint to calibrate on
+        (``None``: the last). The keyword ``calibrate_on=`` is the older spelling.
+
+    Example:
+      >>> import slt_jax as sj
+      >>> sj.Auto(budget=20_000)
+      Auto(budget=20000, on_step=None)
+      >>> sj.Auto(budget=0)
+      Traceback (most recent call last):
+      ...
+      ValueError: `Auto.budget` must be >= 1, got 0.
+    """
+
+    budget: int | None = option(
+        None,
+        "with --step-size auto: the most chain-steps the calibration may spend",
+        flag="--calibration-budget",
+        parse=whole_count,
+        keyword="calibration_budget",
+    )
+    on_step: int | None = option(
+        None,
+        "with --step-size auto: the training step to calibrate on (default: the last)",
+        flag="--calibrate-on",
+        parse=int,
+        keyword="calibrate_on",
+    )
+
+    def __post_init__(self):
+        for name in ("budget", "on_step"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+                raise TypeError(f"`Auto.{name}` must be an int or None, got {value!r}.")
+            if name == "budget":
+                validation.check_count("Auto.budget", value, minimum=1)
+            object.__setattr__(self, name, int(value))
+
+    def keywords(self) -> dict:
+        """The older keywords it stands for: ``calibration_budget``, ``calibrate_on``."""
+        return {f.metadata["keyword"]: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Memory, layout and placement options, grouped: ``placement=sj.Placement(...)``, an
+    entry point's keyword or :class:`LLCConfig`'s. Each is also a flat option of the same
+    name (``microbatch_size=4``, the older spelling), which is where the configuration
+    keeps it. None of them changes the result, only memory and speed; see
+    :class:`LLCConfig` for each in full. ``Placement.of(config)`` reads them back.
+
+    Example:
+      >>> import slt_jax as sj
+      >>> config = sj.LLCConfig(placement=sj.Placement(microbatch_size=8, remat=True))
+      >>> config.microbatch_size, sj.Placement.of(config).remat
+      (8, True)
+    """
+
+    microbatch_size: int | None = option(
+        None, "evaluate each minibatch this many rows at a time, gradient accumulated"
+    )
+    remat: bool = option(False, "recompute activations (jax.checkpoint)", switch=True)
+    compute_dtype: str | None = option(None, "e.g. bfloat16: the loss's parameters")
+    chain_layout: str = option(
+        "auto",
+        "the chains of a device as one vmap or a map over them (default: by a rule)",
+        choices=CHAIN_LAYOUTS,
+    )
+    chain_batch: int = option(1, "with --chain-layout map")
+    partition_rules: Any = option(
+        None,
+        'a JSON list of [regex, spec] pairs, e.g. [["attn/.*/kernel", [null, "model"]]]',
+        parse=str,
+        metavar="FILE",
+    )
+
+    @classmethod
+    def of(cls, config: LLCConfig) -> Placement:
+        """The placement options of a configuration."""
+        return cls(**{name: getattr(config, name) for name in PLACEMENT})
+
+
+#: The placement options (the flat fields of :class:`LLCConfig` that :class:`Placement` groups).
+PLACEMENT = tuple(f.name for f in dataclasses.fields(Placement))
+_PLACEMENT = Placement()
+
+
+def _placed(name: str):
+    """An :class:`LLCConfig` field declared by :class:`Placement`'s (default and help)."""
+    (field,) = (f for f in dataclasses.fields(Placement) if f.name == name)
+    return dataclasses.field(default=field.default, metadata={**field.metadata, "group": "memory"})
+
+
 @dataclasses.dataclass(frozen=True)
 class LLCConfig:
     """Every setting of a run. Unresolved (as given) or resolved (by :meth:`resolve`: what
@@ -111,16 +262,21 @@ class LLCConfig:
       num_steps: steps per chain, burn-in included.
       num_burnin: initial steps whose draws are discarded (``None``: ``num_steps // 4``).
       step_size: ``ε`` (SGLD's ``w ← w + ε/2·∇log p + N(0, ε)``, devinterp's ``lr``), a
-        schedule ``step -> ε`` (resolved: its first value), or ``"auto"`` (calibrated by
-        the entry point before resolving).
+        schedule ``step -> ε`` (resolved: its first value), or ``"auto"`` /
+        :class:`Auto` (calibrated by the entry point before resolving).
       localization: ``γ`` (``None``: 100, or calibrated with ``step_size="auto"``).
       nbeta: ``nβ`` (``None``: ``n / log n``).
       batch_size: minibatch size (exact-gradient samplers: the whole data set).
       num_examples: ``n``, set when resolved.
       estimator: ``"paired"`` or ``"plain"``.
-      sampler: a name, a spec of :mod:`slt_jax.samplers` (resolved: its description).
+      sampler: a name, or a spec (any :class:`slt_jax.samplers.Sampler`, a user's own
+        subclass too); resolved: the checked spec (:meth:`~slt_jax.samplers.Sampler.check`).
+        Saved as its description (``to_dict``); results read back from disk hold that
+        string, which a spec compares equal to.
       seed: an integer seed or a JAX key (resolved: the integer, or ``None`` for a key).
       diagnostic_every: record chain diagnostics every this many draws (0: none).
+      placement: (keyword only) a :class:`Placement` that sets the six memory and layout
+        options below at once (their grouped spelling).
       microbatch_size: evaluate each minibatch this many rows at a time, the gradient
         accumulated (``None``: at once); must divide the batch size. Same result, less memory.
       remat: the loss under ``jax.checkpoint`` (its activations recomputed in the backward
@@ -174,30 +330,68 @@ class LLCConfig:
       (256, dtype('float32'))
     """
 
-    num_chains: int = 8
-    num_steps: int = 1000
-    num_burnin: int | None = None
-    step_size: Any = 1e-4
-    localization: Any = None
-    nbeta: float | None = None
-    batch_size: int = 256
+    num_chains: int = option(8, "chains per checkpoint", flag="--chains")
+    num_steps: int = option(1000, "steps per chain, burn-in included", flag="--steps")
+    num_burnin: int | None = option(None, "burn-in steps (default steps/4)", flag="--burnin")
+    step_size: Any = option(
+        1e-4,
+        "ε (devinterp's lr), or 'auto': calibrate on one checkpoint first (slt_jax.calibrate) "
+        "and use the chosen setting for all",
+        parse=number_or_auto,
+    )
+    localization: Any = option(
+        None,
+        "γ (default 100; with --step-size auto, calibrated too unless given)",
+        parse=number_or_auto,
+    )
+    nbeta: float | None = option(None, "nβ (default n / log n)", parse=float)
+    batch_size: int = option(256, "minibatch size (exact-gradient samplers: all examples)")
     num_examples: int | None = None
-    estimator: str = "paired"
-    sampler: Any = "sgld"
-    seed: Any = 0
-    diagnostic_every: int = 10
-    microbatch_size: int | None = None
-    remat: bool = False
-    compute_dtype: str | None = None
-    chain_layout: str = "auto"
-    chain_batch: int = 1
-    partition_rules: Any = None
-    init_loss_batches: int | str | None = None
-    loss_batch: str = "step"
+    estimator: str = option("paired", "the λ̂ estimator", choices=ESTIMATORS)
+    sampler: Any = option(
+        "sgld",
+        "a sampler, or one with options, e.g. 'sghmc(friction=50.0)' (see slt_jax.samplers); "
+        "registered: {samplers}",
+        parse=str,
+    )
+    seed: Any = option(0, "integer seed", parse=int)
+    diagnostic_every: int = option(
+        10, "record MALA acceptance and norms every this many draws (0: off)"
+    )
+    microbatch_size: int | None = _placed("microbatch_size")
+    remat: bool = _placed("remat")
+    compute_dtype: str | None = _placed("compute_dtype")
+    chain_layout: str = _placed("chain_layout")
+    chain_batch: int = _placed("chain_batch")
+    partition_rules: Any = _placed("partition_rules")
+    init_loss_batches: int | str | None = option(
+        None,
+        "L_n(w*) from this many minibatches, or 'exact' (default: exact when the data are no "
+        "larger than what the chains see, else a bounded sample)",
+        parse=batches_or_exact,
+    )
+    loss_batch: str = option(
+        "step",
+        "read the recorded loss on the step's minibatch or on an independent one (unbiased "
+        "when the chains revisit examples; one more forward pass per draw)",
+        choices=LOSS_BATCHES,
+    )
     step_size_schedule: str | None = None
     schedule: object = dataclasses.field(default=None, compare=False, repr=False)
+    placement: dataclasses.InitVar[Placement | None] = None
 
-    def __post_init__(self):
+    def __post_init__(self, placement):
+        if placement is not None:  # the grouped spelling of the flat placement options
+            if not isinstance(placement, Placement):
+                raise TypeError(f"`placement` must be an sj.Placement, got {placement!r}.")
+            for name in PLACEMENT:
+                flat, grouped = getattr(self, name), getattr(placement, name)
+                if flat != getattr(_PLACEMENT, name) and flat != grouped:
+                    raise TypeError(
+                        f"`{name}` is given twice, as {flat!r} and as placement.{name}="
+                        f"{grouped!r}; give it once."
+                    )
+                object.__setattr__(self, name, grouped)
         # A resolved configuration that does not say how L_n(w*) was computed used the
         # exact pass: results written before the option existed (and exact ones, which
         # record nothing: to_dict) read back as they were resolved.
@@ -217,6 +411,7 @@ class LLCConfig:
         options only when set, so that results written before they existed resume)."""
         fields = dataclasses.asdict(self)
         del fields["schedule"]
+        fields["sampler"] = str(self.sampler)  # a spec's description (Sampler.describe)
         for name, default in _RECORDED_IF_SET.items():
             if fields[name] == default:
                 del fields[name]
@@ -245,8 +440,12 @@ class LLCConfig:
         step_size, schedule, text = self.step_size, None, None
         if self.schedule is not None:  # a resolved configuration: its schedule, again
             step_size = self.schedule
-        if isinstance(step_size, str):
-            raise TypeError(f"`step_size` must be a number or a schedule, got str {step_size!r}.")
+        if isinstance(step_size, str | Auto):
+            raise TypeError(
+                f"`step_size` must be a number or a schedule, got {step_size!r}: 'auto' and "
+                "sj.Auto(...) are calibrated by the entry point (estimate_llc, "
+                "estimate_llc_checkpoints) before the configuration is resolved."
+            )
         if callable(step_size):
             schedule = step_size
             step_size, text = check_schedule(schedule, int(num_steps))
@@ -280,7 +479,7 @@ class LLCConfig:
             batch_size=validation.check_batch_size(batch_size, num_examples),
             num_examples=int(num_examples),
             estimator=self.estimator,
-            sampler=spec.describe(),
+            sampler=spec,
             seed=int(seed)
             if isinstance(seed, int | np.integer) and not isinstance(seed, bool)
             else None,
@@ -446,37 +645,6 @@ def normalize_rules(rules) -> tuple | None:
     return tuple(out)
 
 
-def check_sampler(sampler) -> Sampler:
-    """A sampler spec (from a name or a spec) whose numeric options are positive."""
-    spec = resolve_sampler(sampler)
-    # Float options as floats (friction=50 is friction=50.0: one description, one program).
-    spec = dataclasses.replace(
-        spec,
-        **{
-            f.name: float(getattr(spec, f.name))
-            for f in dataclasses.fields(spec)
-            if isinstance(f.default, float)
-            and isinstance(getattr(spec, f.name), int | np.integer | np.floating)
-            and not isinstance(getattr(spec, f.name), bool)
-        },
-    )
-    for field in dataclasses.fields(spec):
-        value = getattr(spec, field.name)
-        if spec.name == "rmsprop_sgld" and field.name == "alpha":
-            continue  # a decay in [0, 1): 0 keeps only the current g² (checked below)
-        if isinstance(field.default, float):
-            validation.check_positive(f"{spec.name}.{field.name}", value)
-        elif isinstance(field.default, int):
-            validation.check_count(f"{spec.name}.{field.name}", value, minimum=1)
-    if spec.name == "rmsprop_sgld" and (
-        isinstance(spec.alpha, bool | str)
-        or not isinstance(spec.alpha, int | float | np.integer | np.floating)
-        or not 0 <= spec.alpha < 1
-    ):
-        raise ValueError(f"rmsprop_sgld.alpha must be in [0, 1), got {spec.alpha}.")
-    return spec
-
-
 def check_schedule(schedule, num_steps: int) -> tuple[float, str]:
     """Evaluate a step-size schedule (``step -> ε``, e.g. an optax schedule) at every step:
     all values finite and > 0. Returns its first value and a description that identifies
@@ -519,9 +687,13 @@ def run_options(*, exclude: tuple[str, ...] = (), **defaults):
     ``config=`` that sets one of them to other than its default is an error). A ``config=``
     brings all its fields: the entry point's own defaults (``defaults``) apply only to the
     options passed one by one. The signature shown by ``help()`` and ``inspect.signature``
-    lists every option.
+    lists every option. Two grouped spellings are unpacked here: ``placement=``
+    (a :class:`Placement`: its six options, each given once) and ``step_size=``
+    :class:`Auto` (``"auto"`` with the keywords ``calibration_budget`` and
+    ``calibrate_on``, for an entry point that takes them).
     """
     names = [n for n in OPTIONS if n not in exclude]
+    grouped = not set(PLACEMENT) & set(exclude)
     unknown = set(defaults) - set(names)
     if unknown:
         raise TypeError(f"not run options: {sorted(unknown)}")
@@ -531,6 +703,9 @@ def run_options(*, exclude: tuple[str, ...] = (), **defaults):
         @functools.wraps(fn)
         def wrapper(*args, config: LLCConfig | None = None, **kwargs):
             options = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+            if grouped and kwargs.get("placement") is not None:
+                options = _with_placement(options, kwargs.pop("placement"))
+            kwargs.pop("placement", None)
             if config is None:
                 config = base
             elif not isinstance(config, LLCConfig):
@@ -544,6 +719,8 @@ def run_options(*, exclude: tuple[str, ...] = (), **defaults):
                         )
             if options:
                 config = dataclasses.replace(config, **options)
+            if isinstance(config.step_size, Auto):
+                config, kwargs = _unpack_auto(fn, config, kwargs)
             return fn(*args, config=config, **kwargs)
 
         signature = inspect.signature(fn)
@@ -556,6 +733,10 @@ def run_options(*, exclude: tuple[str, ...] = (), **defaults):
             inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=getattr(base, n))
             for n in names
         ]
+        if grouped:
+            shown.append(
+                inspect.Parameter("placement", inspect.Parameter.KEYWORD_ONLY, default=None)
+            )
         config_param = inspect.Parameter(
             "config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="LLCConfig | None"
         )
@@ -565,3 +746,49 @@ def run_options(*, exclude: tuple[str, ...] = (), **defaults):
         return wrapper
 
     return decorate
+
+
+def _with_placement(options: dict, placement) -> dict:
+    """The run options with ``placement=`` spread into its flat options (each given once)."""
+    if not isinstance(placement, Placement):
+        raise TypeError(f"`placement` must be an sj.Placement, got {placement!r}.")
+    options = dict(options)
+    for name in PLACEMENT:
+        value = getattr(placement, name)
+        if name in options and options[name] != value:
+            raise TypeError(
+                f"`{name}` is given twice, as {options[name]!r} and as placement.{name}="
+                f"{value!r}; give it once."
+            )
+        options[name] = value
+    return options
+
+
+def _unpack_auto(fn, config: LLCConfig, kwargs: dict) -> tuple[LLCConfig, dict]:
+    """``step_size=sj.Auto(...)`` as the entry point's older spelling: ``step_size="auto"``
+    and the keywords ``calibration_budget``, ``calibrate_on`` (each given once, and only
+    to an entry point that takes it)."""
+    accepted = inspect.signature(fn).parameters
+    kwargs = dict(kwargs)
+    for (keyword, value), field in zip(
+        config.step_size.keywords().items(), dataclasses.fields(Auto), strict=True
+    ):
+        if value is None:
+            continue
+        if keyword not in accepted:
+            raise TypeError(
+                f"{fn.__name__} does not take sj.Auto({field.name}=...): "
+                + (
+                    "it calibrates on its one `params`; on_step chooses a checkpoint of a "
+                    "sweep (estimate_llc_checkpoints)."
+                    if field.name == "on_step"
+                    else "it does not calibrate the step size."
+                )
+            )
+        if kwargs.get(keyword) is not None:
+            raise TypeError(
+                f"the calibration's {field.name} is given twice, as sj.Auto({field.name}="
+                f"{value!r}) and as {keyword}={kwargs[keyword]!r}; give it once."
+            )
+        kwargs[keyword] = value
+    return dataclasses.replace(config, step_size=AUTO), kwargs

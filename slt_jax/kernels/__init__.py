@@ -1,5 +1,6 @@
 """Samplers as ``(init, step)`` pairs of pure functions over a NamedTuple state."""
 
+from slt_jax._src.posterior import localized_logdensity_grad as localized_logdensity_grad
 from slt_jax._src.samplers.base import Kernel as Kernel
 from slt_jax._src.samplers.base import StepInfo as StepInfo
 from slt_jax._src.samplers.exact import hmc as hmc
@@ -16,6 +17,7 @@ __all__ = [
     "StepInfo",
     "hmc",
     "langevin_acceptance",
+    "localized_logdensity_grad",
     "mala",
     "nuts",
     "rmsprop_sgld",

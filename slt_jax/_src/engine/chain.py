@@ -26,14 +26,7 @@ from slt_jax._src import data as _data
 from slt_jax._src.config import Arrays, Static
 from slt_jax._src.engine import transforms
 from slt_jax._src.engine.interfaces import EVERYTHING, ChainTrace
-from slt_jax._src.posterior import (
-    localized_logdensity_change,
-    localized_logdensity_grad,
-    sampling_dtype,
-    tree_all_finite,
-    tree_norm,
-)
-from slt_jax._src.samplers.langevin import langevin_acceptance
+from slt_jax._src.posterior import sampling_dtype, tree_all_finite, tree_norm
 
 PyTree = Any
 DIAGNOSTICS = ("acceptance", "weight_distance", "grad_norm", "noise_norm")
@@ -81,40 +74,27 @@ def periodically(draw, every: int, update: Callable, state):
 
 
 def measure(loss_fn, static, center, arrays, info, state, new_state, batch, eps, restriction):
-    """The chain diagnostics of one move: MALA acceptance (one extra gradient for a
-    Langevin sampler), ``‖w − w*‖``, ``‖∇log p‖`` and ``‖noise‖``, over the moving
-    coordinates (``loss_fn`` and ``center``: in the restriction's coordinates). The
-    acceptance is computed without cancelling O(P) terms, so it stays sound in float32 at
-    10⁹ parameters (see :func:`~slt_jax._src.samplers.langevin.langevin_acceptance`)."""
+    """The chain diagnostics of one move: the sampler's acceptance diagnostic
+    (:meth:`~slt_jax._src.samplers.specs.Sampler.acceptance`: a Metropolis sampler's own
+    acceptance, or a Langevin move's MALA acceptance at one extra gradient), ``‖w − w*‖``,
+    ``‖∇log p‖`` and ``‖noise‖``, over the moving coordinates (``loss_fn`` and ``center``:
+    in the restriction's coordinates)."""
     position = restriction.restrict(state.position, center)
     proposal = restriction.restrict(new_state.position, center)
     grad = restriction.select(info.logdensity_grad)
     noise = restriction.select(info.noise)
-    if static.sampler.langevin:
-        logdensity_grad = localized_logdensity_grad(
-            loss_fn, center, nbeta=arrays.nbeta, localization=arrays.localization
-        )
-        proposal_loss, proposal_grad = logdensity_grad(proposal, batch)
-        change = localized_logdensity_change(
-            info.loss,
-            proposal_loss,
-            position,
-            proposal,
-            center,
-            nbeta=arrays.nbeta,
-            localization=arrays.localization,
-        )
-        acceptance = langevin_acceptance(
-            position=position,
-            proposal=proposal,
-            logdensity_change=change,
-            grad=grad,
-            proposal_grad=proposal_grad,
-            step_size=eps,
-            preconditioner=info.preconditioner,
-        )
-    else:
-        acceptance = info.acceptance
+    acceptance = static.sampler.acceptance(
+        loss_fn,
+        center,
+        nbeta=arrays.nbeta,
+        localization=arrays.localization,
+        position=position,
+        proposal=proposal,
+        info=info,
+        grad=grad,
+        batch=batch,
+        step_size=eps,
+    )
     values = (
         acceptance,
         tree_norm(jax.tree.map(lambda w, c: w - c, position, center)),

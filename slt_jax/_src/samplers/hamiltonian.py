@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from slt_jax._src.posterior import LogDensityGrad
 from slt_jax._src.samplers.base import Kernel, StepInfo
+from slt_jax._src.samplers.langevin import NoiseFn
 
 PyTree = Any
 
@@ -64,7 +65,30 @@ def _momentum_noise(new, old, grad, friction, step_size):
     )
 
 
-def sghmc(logdensity_grad: LogDensityGrad, *, friction: float = 10.0) -> Kernel:
+def _momentum_step(noise: NoiseFn, alpha: float):
+    """BlackJAX's SGHMC/SGNHT momentum update (the same arithmetic, ``beta = 0``, unit
+    temperature) with the standard normal draw taken from ``noise``; the position update
+    is the papers' (:func:`_semi_implicit`). ``friction`` is ``α`` (SGHMC) or ``ξ`` (SGNHT)."""
+
+    def one_step(key, position, momentum, friction, logdensity_grad, step_size):
+        xi = noise(key, position)
+        return jax.tree.map(
+            lambda p, g, n: (
+                (1.0 - friction * step_size) * p
+                + step_size * g
+                + jnp.sqrt(step_size * (2 * alpha)) * n
+            ),
+            momentum,
+            logdensity_grad,
+            xi,
+        )
+
+    return one_step
+
+
+def sghmc(
+    logdensity_grad: LogDensityGrad, *, friction: float = 10.0, noise: NoiseFn | None = None
+) -> Kernel:
     """Build an SGHMC kernel; ``step(key, state, batch, step_size)`` takes ``h``.
 
     Args:
@@ -72,10 +96,18 @@ def sghmc(logdensity_grad: LogDensityGrad, *, friction: float = 10.0) -> Kernel:
       friction: ``α``, per unit time; the momentum keeps ``1 - αh`` per step. A direction
         of curvature ``A`` is critically damped at ``α ≈ 2√A``; stable for ``αh < 2`` and
         ``h²A < 2(2 − αh)``.
+      noise: ``(key, position) -> N(0, I)`` noise shaped like the position (default:
+        BlackJAX's draw; zeros give the noise-free heavy-ball limit).
     """
     from blackjax.sgmcmc.diffusions import sghmc as sghmc_diffusion
 
-    diffusion = sghmc_diffusion(alpha=friction)
+    if noise is None:
+        diffusion = sghmc_diffusion(alpha=friction)
+    else:
+        momentum_step = _momentum_step(noise, friction)
+
+        def diffusion(key, position, momentum, grad, step_size):
+            return None, momentum_step(key, position, momentum, friction, grad, step_size)
 
     def init(position: PyTree, batch: PyTree = None) -> SGHMCState:
         del batch
@@ -93,17 +125,29 @@ def sghmc(logdensity_grad: LogDensityGrad, *, friction: float = 10.0) -> Kernel:
     return Kernel(init, step)
 
 
-def sgnht(logdensity_grad: LogDensityGrad, *, diffusion: float = 10.0) -> Kernel:
+def sgnht(
+    logdensity_grad: LogDensityGrad, *, diffusion: float = 10.0, noise: NoiseFn | None = None
+) -> Kernel:
     """Build an SGNHT kernel; ``step(key, state, batch, step_size)`` takes ``h``.
 
     Args:
       logdensity_grad: ``(position, batch) -> (loss, grad log p)``.
       diffusion: ``α``, the injected noise ``sqrt(2αh)`` per step and the thermostat's
         starting value (the friction it settles at when the gradients are exact).
+      noise: ``(key, position) -> N(0, I)`` noise, as for :func:`sghmc`.
     """
     from blackjax.sgmcmc.diffusions import sgnht as sgnht_diffusion
 
-    solver = sgnht_diffusion(alpha=diffusion)
+    if noise is None:
+        solver = sgnht_diffusion(alpha=diffusion)
+    else:
+        momentum_step = _momentum_step(noise, diffusion)
+
+        def solver(key, position, momentum, xi, grad, step_size):
+            momentum = momentum_step(key, position, momentum, xi, grad, step_size)
+            kinetic = sum(jnp.sum(p * p) for p in jax.tree.leaves(momentum))
+            size = sum(p.size for p in jax.tree.leaves(momentum))
+            return None, momentum, xi + step_size * (kinetic / size - 1.0)
 
     def init(position: PyTree, batch: PyTree = None) -> SGNHTState:
         del batch

@@ -31,7 +31,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from slt_jax._src.posterior import LogDensityGrad, tree_accurate_sum
+from slt_jax._src.posterior import (
+    LogDensityGrad,
+    localized_logdensity_change,
+    localized_logdensity_grad,
+    tree_accurate_sum,
+)
 from slt_jax._src.samplers.base import Kernel, StepInfo
 from slt_jax._src.samplers.noise import gaussian
 
@@ -233,3 +238,71 @@ def langevin_acceptance(
     )
     log_ratio = logdensity_change + proposal_ratio
     return jnp.exp(jnp.minimum(log_ratio, 0.0))
+
+
+def move_acceptance(
+    loss_fn,
+    center: PyTree,
+    *,
+    nbeta: jax.Array,
+    localization: jax.Array,
+    position: PyTree,
+    proposal: PyTree,
+    loss: jax.Array,
+    grad: PyTree,
+    preconditioner: PyTree,
+    batch: PyTree,
+    step_size: jax.Array,
+) -> jax.Array:
+    r"""The MALA acceptance of one Langevin move ``position → proposal`` on the localized
+    posterior of ``loss_fn`` around ``center`` (one extra gradient, at the proposal, on the
+    same minibatch): :func:`langevin_acceptance` with
+
+    .. math::
+
+        \log p(w') - \log p(w) = -n\beta\,(L(w') - L(w))
+            - \gamma \textstyle\sum_i d_i\,(d_i/2 + (w - w^*)_i),\qquad d = w' - w,
+
+    which holds no large cancelling terms
+    (:func:`~slt_jax._src.posterior.localized_logdensity_change`).
+
+    Args:
+      loss_fn, center, nbeta, localization: the posterior.
+      position, proposal: ``w`` and ``w'``.
+      loss, grad: ``L_B(w)`` and ``∇log p(w)`` (what the kernel's step reported).
+      preconditioner: the proposal's diagonal ``G`` (``None``: the identity).
+      batch, step_size: the step's minibatch and ``ε``.
+
+    Returns:
+      ``min(1, p(w') q(w|w') / (p(w) q(w'|w)))``, a float32 scalar.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> loss = lambda w, batch: 0.5 * jnp.sum(w**2)
+      >>> w = jnp.zeros(2)
+      >>> float(move_acceptance(loss, w, nbeta=1.0, localization=0.0, position=w,
+      ...     proposal=w, loss=0.0, grad=w, preconditioner=None, batch=None, step_size=0.1))
+      1.0
+    """
+    logdensity_grad = localized_logdensity_grad(
+        loss_fn, center, nbeta=nbeta, localization=localization
+    )
+    proposal_loss, proposal_grad = logdensity_grad(proposal, batch)
+    change = localized_logdensity_change(
+        loss,
+        proposal_loss,
+        position,
+        proposal,
+        center,
+        nbeta=nbeta,
+        localization=localization,
+    )
+    return langevin_acceptance(
+        position=position,
+        proposal=proposal,
+        logdensity_change=change,
+        grad=grad,
+        proposal_grad=proposal_grad,
+        step_size=step_size,
+        preconditioner=preconditioner,
+    )

@@ -2,7 +2,8 @@
 
 Pass a name (``"sgld"``, ``"rmsprop_sgld"``, ``"sghmc"``, ``"sgnht"``, ``"mala"``,
 ``"hmc"``, ``"nuts"``) for the defaults, or a spec with options, e.g.
-``sj.samplers.RMSPropSGLD(alpha=0.999)``. A spec is static: it selects the compiled
+``sj.samplers.RMSPropSGLD(alpha=0.999)``, or a spec of your own (a frozen-dataclass
+subclass of :class:`Sampler`: docs/extending.md). A spec is static: it selects the compiled
 program; the step size, localization and ``nβ`` stay array arguments.
 
 * Stochastic-gradient samplers (minibatches): :class:`SGLD`, :class:`RMSPropSGLD`,
@@ -24,27 +25,90 @@ import ast
 import dataclasses
 from typing import ClassVar
 
-from slt_jax._src import posterior
+import jax
+import numpy as np
+
+from slt_jax._src import posterior, validation
 from slt_jax._src.samplers import exact, hamiltonian, langevin
 from slt_jax._src.samplers.base import Kernel
 
 
 @dataclasses.dataclass(frozen=True)
 class Sampler:
-    """Base of the sampler specs."""
+    r"""Base of the sampler specs: subclass it (a frozen dataclass) to add a sampler.
 
-    name: ClassVar[str]
+    A spec is a small hashable value: its fields are the sampler's static options (they
+    select the compiled program), its :meth:`build` gives the kernel. The configuration
+    keeps the spec itself, so any subclass works wherever a registered one does; its
+    :meth:`describe` string is what manifests and ``LLCConfig.to_dict`` record (and what
+    :func:`resolve_sampler` reads back for the registered ones, :data:`SAMPLERS`). A spec
+    compares equal to its description (``sj.samplers.SGLD() == "sgld"``), so results read
+    from disk, which hold the description, compare equal to the run that wrote them.
+
+    What a subclass gives:
+
+    * :meth:`build` (required): ``(loss_fn, center, *, nbeta, localization, noise=None) ->``
+      :class:`~slt_jax._src.samplers.base.Kernel` on the localized posterior
+      ``log p(w) = -nβ·L(w) - γ/2·‖w − w*‖²``. A stochastic-gradient sampler must honour
+      ``noise`` (``(key, position) -> N(0, I)`` draws shaped like the position; zeros give
+      its noise-free limit, which the conformance test checks).
+    * :meth:`check` (optional): its options checked, before anything compiles.
+    * :meth:`acceptance` (optional): its acceptance diagnostic for the chain's diagnostics.
+    * the class variables ``name``, ``full_batch``, ``langevin``, ``compactable``.
+
+    Example:
+      >>> import dataclasses, jax.numpy as jnp, slt_jax as sj
+      >>> @dataclasses.dataclass(frozen=True)
+      ... class ColdSGLD(sj.samplers.Sampler):  # SGLD with its noise scaled down
+      ...     temperature: float = 0.5  # an option (a field); `name = ...` would be a ClassVar
+      ...     def build(self, loss_fn, center, *, nbeta, localization, noise=None):
+      ...         grad = sj.kernels.localized_logdensity_grad(
+      ...             loss_fn, center, nbeta=nbeta, localization=localization)
+      ...         return sj.kernels.sgld(grad, self.temperature, noise=noise)
+      >>> ColdSGLD(temperature=0.25).describe()
+      'coldsgld(temperature=0.25)'
+      >>> res = sj.estimate_llc(lambda w, b: 0.5 * jnp.sum(w**2), jnp.zeros(2),
+      ...     jnp.zeros((10, 1)), sampler=ColdSGLD(), batch_size=10, num_chains=2,
+      ...     num_steps=100, step_size=1e-3, localization=1.0, nbeta=100.0)
+      >>> res.config.sampler
+      ColdSGLD(temperature=0.5)
+    """
+
+    #: The name its description starts with (default: the class name, lower case).
+    name: ClassVar[str] = "sampler"
     #: Steps see the whole data set (exact gradients and a Metropolis-Hastings test).
     full_batch: ClassVar[bool] = False
-    #: Moves are Langevin proposals, so their MALA acceptance can be computed.
+    #: Moves are Langevin proposals, so their MALA acceptance can be computed (the default
+    #: :meth:`acceptance`).
     langevin: ClassVar[bool] = False
     #: ``build`` takes ``noise=`` and the selected coordinates of a restricted chain move
     #: as the masked full-size chain's do (so a compact restricted chain may stand in for it).
     compactable: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__.lower()
+        if "__eq__" not in cls.__dict__:  # kept by @dataclass, which sets only missing ones
+            cls.__eq__ = Sampler.__eq__
+
+    def __eq__(self, other):
+        if isinstance(other, str):
+            return self.describe() == other
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(
+            getattr(self, f.name) == getattr(other, f.name) for f in dataclasses.fields(self)
+        )
+
+    __hash__ = object.__hash__  # replaced by @dataclass(frozen=True) in every spec
+
+    def __str__(self) -> str:
+        return self.describe()
+
     def build(self, loss_fn, center, *, nbeta, localization, noise=None) -> Kernel:
-        """The kernel for this loss and centre (``noise``: see :attr:`compactable`)."""
-        raise NotImplementedError
+        """The kernel for this loss and centre (``noise``: see the class docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define build().")
 
     def describe(self) -> str:
         """``name`` or ``name(option=value, ...)`` for options that differ from the defaults;
@@ -55,6 +119,75 @@ class Sampler:
             if getattr(self, f.name) != f.default
         ]
         return f"{self.name}({', '.join(changed)})" if changed else self.name
+
+    def check(self) -> Sampler:
+        """This spec with its options checked (``ValueError``/``TypeError`` naming the
+        option) and normalized: float options as floats (``friction=50`` is ``50.0``: one
+        description, one program). The default: an option whose default is a float must be
+        finite and > 0, one whose default is an int a count >= 1. Override it (calling
+        ``super().check()`` or not) for other rules."""
+        spec = dataclasses.replace(self, **_floats(self))
+        for field in dataclasses.fields(spec):
+            value = getattr(spec, field.name)
+            if isinstance(field.default, float):
+                validation.check_positive(f"{spec.name}.{field.name}", value)
+            elif isinstance(field.default, int) and not isinstance(field.default, bool):
+                validation.check_count(f"{spec.name}.{field.name}", value, minimum=1)
+        return spec
+
+    def acceptance(
+        self,
+        loss_fn,
+        center,
+        *,
+        nbeta,
+        localization,
+        position,
+        proposal,
+        info,
+        grad,
+        batch,
+        step_size,
+    ) -> jax.Array:
+        """The acceptance diagnostic of one move ``position → proposal`` (recorded every
+        ``diagnostic_every`` draws as ``mala_acceptance``). The default: for a Langevin
+        sampler (:attr:`langevin`) the Metropolis-Hastings acceptance the move would have
+        had as MALA (:func:`~slt_jax._src.samplers.langevin.move_acceptance`, one extra
+        gradient), else the kernel's own ``info.acceptance`` (NaN when it has none).
+
+        Args:
+          loss_fn, center, nbeta, localization: the posterior (in the chain's coordinates).
+          position, proposal: the move's start and end.
+          info: the kernel's :class:`~slt_jax._src.samplers.base.StepInfo` of the move.
+          grad: ``info.logdensity_grad`` over the moving coordinates.
+          batch, step_size: the step's minibatch and step size.
+        """
+        if not self.langevin:
+            return info.acceptance
+        return langevin.move_acceptance(
+            loss_fn,
+            center,
+            nbeta=nbeta,
+            localization=localization,
+            position=position,
+            proposal=proposal,
+            loss=info.loss,
+            grad=grad,
+            preconditioner=info.preconditioner,
+            batch=batch,
+            step_size=step_size,
+        )
+
+
+def _floats(spec: Sampler) -> dict:
+    """The float options given as ints or numpy numbers, as floats."""
+    return {
+        f.name: float(getattr(spec, f.name))
+        for f in dataclasses.fields(spec)
+        if isinstance(f.default, float)
+        and isinstance(getattr(spec, f.name), int | np.integer | np.floating)
+        and not isinstance(getattr(spec, f.name), bool)
+    }
 
 
 def _grad(loss_fn, center, nbeta, localization):
@@ -149,6 +282,19 @@ class RMSPropSGLD(Sampler):
     langevin: ClassVar[bool] = True
     compactable: ClassVar[bool] = True
 
+    def check(self) -> RMSPropSGLD:
+        """``eps > 0``; ``alpha`` a decay in ``[0, 1)`` (0 keeps only the current g²)."""
+        spec = dataclasses.replace(self, **_floats(self))
+        validation.check_positive(f"{spec.name}.eps", spec.eps)
+        alpha = spec.alpha
+        if (
+            isinstance(alpha, bool | str)
+            or not isinstance(alpha, int | float | np.integer | np.floating)
+            or not 0 <= alpha < 1
+        ):
+            raise ValueError(f"rmsprop_sgld.alpha must be in [0, 1), got {alpha}.")
+        return spec
+
     def build(self, loss_fn, center, *, nbeta, localization, noise=None) -> Kernel:
         grad = _grad(loss_fn, center, nbeta, localization)
         return langevin.rmsprop_sgld(grad, alpha=self.alpha, eps=self.eps, noise=noise)
@@ -178,7 +324,7 @@ class SGHMC(Sampler):
 
     def build(self, loss_fn, center, *, nbeta, localization, noise=None) -> Kernel:
         grad = _grad(loss_fn, center, nbeta, localization)
-        return hamiltonian.sghmc(grad, friction=self.friction)
+        return hamiltonian.sghmc(grad, friction=self.friction, noise=noise)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +354,7 @@ class SGNHT(Sampler):
 
     def build(self, loss_fn, center, *, nbeta, localization, noise=None) -> Kernel:
         grad = _grad(loss_fn, center, nbeta, localization)
-        return hamiltonian.sgnht(grad, diffusion=self.diffusion)
+        return hamiltonian.sgnht(grad, diffusion=self.diffusion, noise=noise)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,20 +435,74 @@ SAMPLERS: dict[str, type[Sampler]] = {
 }
 
 
+def register(cls: type[Sampler]) -> type[Sampler]:
+    """Add a spec class to :data:`SAMPLERS` (a class decorator), so that its name and
+    description strings resolve too: ``sampler="my_sgld"``, ``--sampler my_sgld`` on the
+    command line, results of it read back from disk. Not needed to run a spec object.
+
+    Example:
+      >>> import dataclasses, slt_jax as sj
+      >>> @sj.samplers.register
+      ... @dataclasses.dataclass(frozen=True)
+      ... class WarmSGLD(sj.samplers.SGLD):
+      ...     name = "warm_sgld"
+      >>> sj.samplers.resolve_sampler("warm_sgld")
+      WarmSGLD()
+      >>> del sj.samplers.SAMPLERS["warm_sgld"]
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Sampler)):
+        raise TypeError(f"register takes a subclass of slt_jax.samplers.Sampler, got {cls!r}.")
+    known = SAMPLERS.get(cls.name)
+    if known is not None and known is not cls:
+        raise ValueError(f"a sampler named {cls.name!r} is registered already ({known}).")
+    SAMPLERS[cls.name] = cls
+    return cls
+
+
+def names_help() -> str:
+    """The registered names with their options, for help texts (the command line's)."""
+    parts = []
+    for name, cls in SAMPLERS.items():
+        options = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
+        parts.append(f"{name}({options})" if options else name)
+    return ", ".join(parts)
+
+
 def resolve_sampler(sampler: str | Sampler) -> Sampler:
-    """A spec from a spec, a name, or a :meth:`Sampler.describe` string."""
+    """A spec from a spec, a registered name, or a :meth:`Sampler.describe` string."""
     if isinstance(sampler, Sampler):
         return sampler
     if not isinstance(sampler, str):
         raise TypeError(f"`sampler` must be a name or a slt_jax.samplers spec, got {sampler!r}.")
     name, _, rest = sampler.partition("(")
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}.")
+        raise ValueError(
+            f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}, or pass a spec "
+            "object (any slt_jax.samplers.Sampler subclass; sj.samplers.register adds a "
+            "name)."
+        )
     options = _spec_options(sampler, rest) if rest else {}
     try:
         return SAMPLERS[name](**options)
     except TypeError as error:
         raise ValueError(f"bad options for sampler {name!r}: {error}") from None
+
+
+def check_sampler(sampler) -> Sampler:
+    """A checked spec from a name or a spec: resolved, its own :meth:`Sampler.check`
+    applied, and hashable (it selects the compiled program)."""
+    spec = resolve_sampler(sampler).check()
+    if not isinstance(spec, Sampler):
+        raise TypeError(f"{type(sampler).__name__}.check() must return a Sampler, got {spec!r}.")
+    try:
+        hash(spec)
+    except TypeError:
+        raise TypeError(
+            f"sampler {spec!r} is not hashable: a spec selects the compiled program, so it "
+            "must be a @dataclasses.dataclass(frozen=True) whose options are hashable "
+            "(numbers, strings, tuples)."
+        ) from None
+    return spec
 
 
 def _spec_options(spec: str, rest: str) -> dict:
