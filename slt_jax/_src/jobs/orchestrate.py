@@ -264,7 +264,7 @@ def run(
     padded = list(groups) + [groups[-1]] * max(0, (pad_to or 0) - len(groups))
     runner = stream.run_items if sources.is_source(data) else programs.run_items
     traces = runner(
-        loss_fn,
+        traced.unwrap(loss_fn),  # see traced: a chain program traces the loss itself
         statics.pop(),
         items(padded, centers),
         data,
@@ -348,7 +348,7 @@ def lower(loss_fn, centers, data, groups, *, mesh, plugins=programs.NO_PLUGINS, 
     """The lowered program :func:`run` would compile for these groups (memory analysis)."""
     lower_items = stream.lower_items if sources.is_source(data) else programs.lower_items
     return lower_items(
-        loss_fn,
+        traced.unwrap(loss_fn),
         groups[0].config.static(),
         items(groups, centers),
         data,

@@ -1,20 +1,25 @@
-"""The user's loss traced once per input shape for a whole run.
+"""The user's loss traced once per input shape for the checks, centres and probes of a run.
 
-A job evaluates ``loss_fn`` in several places: the checks of the run (``jax.eval_shape`` on a
-minibatch and on the last short chunk of a full-data loss), the centre losses ``L_n(w*)``,
-the calibration's scale probes, and, inside one chain program, the gradient of the burn-in
-and of the recorded steps, the loss of ``w*`` on the same minibatch (paired estimator) and
-the diagnostics' extra gradient. Traced where it is called, the loss's Python body runs at
-every one of them, and each trace of a billion-parameter model costs seconds.
+A job evaluates ``loss_fn`` outside its chain programs in several places: the checks of the
+run (``jax.eval_shape`` on a minibatch and on the last short chunk of a full-data loss),
+the centre losses ``L_n(w*)`` (a program of the same shapes), the calibration's scale
+probes. Traced where it is called, the loss's Python body runs at every one of them, and
+each trace of a billion-parameter model costs seconds.
 
 :func:`shared` gives the run a ``jax.jit`` of the loss instead: JAX traces a jitted function
 once per signature (shapes, dtypes, weak types and the tracing context) and inserts the
 cached jaxpr wherever it is called, under ``eval_shape``, ``jit``, ``vmap``, ``grad`` and
-``scan`` alike. XLA inlines the nested call, so the compiled programs compute the same
-thing. The wrapper is cached per loss function (so the compiled-program cache, keyed by
-the loss, keeps hitting) and forwards every other attribute (``vocab_size``,
-``check_tokens``, ``per_token``, …) to the loss itself; ``inspect.unwrap`` gives the loss
-back (a results directory fingerprints the loss, not the wrapper).
+``scan`` alike; XLA inlines the nested call, so the compiled programs compute the same
+thing (bit for bit). The wrapper is cached per loss function (so the compiled programs
+keyed by it are reused) and forwards every other attribute (``vocab_size``,
+``check_tokens``, ``per_token``, …) to the loss itself; :func:`unwrap` (or
+``inspect.unwrap``) gives the loss back: a results directory fingerprints the loss's own
+jaxpr.
+
+The chain programs take the user's loss itself (:func:`unwrap`): one compilation traces it
+at each of its call sites (the gradient of the burn-in and of the recorded steps, the
+paired estimator's loss at ``w*``, the diagnostics' extra gradient), and the engine's
+one-compilation-per-shape test counts those traces to see a recompilation.
 
 Example:
   >>> import jax, jax.numpy as jnp
