@@ -6,7 +6,8 @@ centre-loss or chain program). Every trace of a billion-parameter loss costs sec
 the count is what a large model pays before sampling begins.
 
 Each case builds a fresh loss (so no compiled program is reused from an earlier case) on
-a tiny regression problem and prints ``case  traces``. Run:
+a tiny regression problem and prints ``case  traces  checks``, where ``checks`` counts the
+runs of the checks (``orchestrate.prepare``: the data, the options, the loss). Run:
 
     python benchmarks/count_traces.py            # the table
     python benchmarks/count_traces.py --json     # the counts as JSON
@@ -82,15 +83,26 @@ def cases():
     }
 
 
-def count(run) -> int:
-    loss = CountingLoss()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
+def count(run) -> tuple[int, int]:
+    """``(traces of a fresh loss, runs of the checks)`` during ``run(loss)``."""
+    from slt_jax._src.jobs import orchestrate
+
+    loss, checks, prepare = CountingLoss(), [0], orchestrate.prepare
+
+    def counted(*args, **kwargs):
+        checks[0] += 1
+        return prepare(*args, **kwargs)
+
+    orchestrate.prepare = counted
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             run(loss)
-        except sj.CalibrationError:  # a tiny budget may verify nothing: traces still count
-            pass
-    return loss.traces
+    except sj.CalibrationError:  # a tiny budget may verify nothing: traces still count
+        pass
+    finally:
+        orchestrate.prepare = prepare
+    return loss.traces, checks[0]
 
 
 def main() -> None:
@@ -99,9 +111,9 @@ def main() -> None:
         print(json.dumps(counts))
         return
     width = max(map(len, counts))
-    print(f"{'public call':<{width}}  traces of the loss")
-    for name, n in counts.items():
-        print(f"{name:<{width}}  {n}")
+    print(f"{'public call':<{width}}  traces  checks")
+    for name, (traces, checks) in counts.items():
+        print(f"{name:<{width}}  {traces:>6}  {checks:>6}")
 
 
 if __name__ == "__main__":

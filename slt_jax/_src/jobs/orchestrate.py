@@ -102,10 +102,14 @@ class Prepared:
         traced again (a remainder check that an exact ``L_n(w*)`` newly needs reuses the
         loss's trace on that shape, which the centre-loss program needs anyway)."""
         resolved, key = config.resolve(self.config.num_examples)
-        if resolved.init_loss_batches == EXACT and self.config.init_loss_batches != EXACT:
-            validation.check_remainder(
-                self.loss_fn, self.params, self.data, resolved.batch_size, _AT_CENTER
-            )
+        b = resolved.batch_size
+        if b != self.config.batch_size:  # a shape not checked yet (no job asks for one)
+            batch = validation.batch_like(self.data, b)
+            validation.check_loss_fn(self.loss_fn, self.params, batch)
+        if resolved.init_loss_batches == EXACT and (
+            self.config.init_loss_batches != EXACT or b != self.config.batch_size
+        ):
+            validation.check_remainder(self.loss_fn, self.params, self.data, b, _AT_CENTER)
         return dataclasses.replace(self, config=resolved, key=key)
 
     def at(self, params: PyTree) -> Prepared:
@@ -137,7 +141,8 @@ def prepare_run(
       >>> x = jnp.linspace(-1, 1, 64)[:, None]
       >>> loss = lambda w, b: jnp.mean((b[0] @ w - b[1]) ** 2)
       >>> run = prepare_run(loss, jnp.ones(1), (x, x[:, 0]), sj.LLCConfig(batch_size=16))
-      >>> run.config.num_examples, run.with_config(sj.LLCConfig(step_size=1e-3)).config.step_size
+      >>> cell = run.with_config(sj.LLCConfig(batch_size=16, step_size=1e-3))  # no new checks
+      >>> run.config.num_examples, cell.config.step_size
       (64, 0.001)
     """
     loss_fn = traced.shared(loss_fn)
