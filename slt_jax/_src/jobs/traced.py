@@ -10,11 +10,11 @@ each trace of a billion-parameter model costs seconds.
 once per signature (shapes, dtypes, weak types and the tracing context) and inserts the
 cached jaxpr wherever it is called, under ``eval_shape``, ``jit``, ``vmap``, ``grad`` and
 ``scan`` alike; XLA inlines the nested call, so the compiled programs compute the same
-thing (bit for bit). The wrapper is cached per loss function (so the compiled programs
-keyed by it are reused) and forwards every other attribute (``vocab_size``,
-``check_tokens``, ``per_token``, …) to the loss itself; :func:`unwrap` (or
-``inspect.unwrap``) gives the loss back: a results directory fingerprints the loss's own
-jaxpr.
+thing (bit for bit). The wrapper is kept for as long as the loss function lives (so
+the compiled programs keyed by it are reused; it holds the loss weakly) and forwards
+every other attribute (``vocab_size``, ``check_tokens``, ``per_token``, …) to the loss;
+:func:`unwrap` (or ``inspect.unwrap``) gives the loss back: a results directory
+fingerprints the loss's own jaxpr.
 
 The chain programs take the user's loss itself (:func:`unwrap`): one compilation traces it
 at each of its call sites (the gradient of the burn-in and of the recorded steps, the
@@ -37,54 +37,56 @@ Example:
 
 from __future__ import annotations
 
-import collections
 import weakref
 
 import jax
 
-#: The most wrapped loss functions kept (least recently used dropped first); above the
-#: compiled-program cache's size, so a cached program's loss keeps its wrapper.
-MAX_LOSSES = 64
-
-_SHARED: collections.OrderedDict = collections.OrderedDict()
+_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class SharedLoss:
-    """``loss_fn`` jitted (traced once per input signature), its attributes forwarded."""
+    """``loss_fn`` jitted (traced once per input signature), its attributes forwarded.
+
+    It refers to ``loss_fn`` weakly (the caller and the chain programs hold it), so that a
+    loss dropped by the user and by the program cache is freed, with its wrapper."""
 
     def __init__(self, loss_fn):
-        self.__wrapped__ = loss_fn
-        self._jitted = jax.jit(loss_fn)
+        ref = weakref.ref(loss_fn)
+
+        def call(params, batch):
+            return ref()(params, batch)
+
+        self._ref = ref
+        self._jitted = jax.jit(call)
+
+    @property
+    def __wrapped__(self):
+        return self._ref()
 
     def __call__(self, params, batch):
         return self._jitted(params, batch)
 
     def __getattr__(self, name):
-        if name.startswith("__") or name == "_jitted":
+        if name.startswith("__") or name in ("_ref", "_jitted"):
             raise AttributeError(name)
-        return getattr(self.__wrapped__, name)
+        return getattr(self._ref(), name)
 
     def __repr__(self) -> str:
-        return f"shared({self.__wrapped__!r})"
+        return f"shared({self._ref()!r})"
 
 
 def shared(loss_fn):
     """The run's loss: ``loss_fn`` traced once per input signature (the same object for the
-    same ``loss_fn``, so compiled programs keyed by it are reused). A loss that cannot be
-    wrapped (not callable, unhashable, not weakly referenceable) is returned as it is."""
+    same live ``loss_fn``, so compiled programs keyed by it are reused). A loss that cannot
+    be wrapped (not callable, unhashable, not weakly referenceable) is returned as it is."""
     if isinstance(loss_fn, SharedLoss) or not callable(loss_fn):
         return loss_fn
     try:
-        weakref.ref(loss_fn)
-        hash(loss_fn)
-    except TypeError:
+        wrapper = _SHARED.get(loss_fn)
+        if wrapper is None:
+            _SHARED[loss_fn] = wrapper = SharedLoss(loss_fn)
+    except TypeError:  # unhashable, or no weak reference to it
         return loss_fn
-    if loss_fn in _SHARED:
-        _SHARED.move_to_end(loss_fn)
-        return _SHARED[loss_fn]
-    _SHARED[loss_fn] = wrapper = SharedLoss(loss_fn)
-    while len(_SHARED) > MAX_LOSSES:
-        _SHARED.popitem(last=False)
     return wrapper
 
 
