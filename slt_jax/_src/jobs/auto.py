@@ -53,28 +53,42 @@ def wants_auto(step_size, localization) -> bool:
     return False
 
 
+def stand_in(config: LLCConfig, *, step_size=1.0, localization=1.0, **fields) -> LLCConfig:
+    """``config`` with numbers standing in for those a calibration will choose, so that
+    everything else is checked before it compiles: ``step_size``, and ``localization``
+    unless ``config`` gives one (a number); ``fields`` replaced too.
+
+    Example:
+      >>> import slt_jax as sj
+      >>> c = stand_in(sj.LLCConfig(step_size="auto", localization=5.0))
+      >>> c.step_size, c.localization
+      (1.0, 5.0)
+    """
+    given = config.localization is not None and not isinstance(config.localization, str)
+    return dataclasses.replace(
+        config,
+        step_size=step_size,
+        localization=config.localization if given else localization,
+        **fields,
+    )
+
+
 def resolve_auto(
-    loss_fn, params, data, config: LLCConfig, *, budget, mesh, devices, calibrate_on=None
+    prepared, config: LLCConfig, *, budget, calibrate_on=None
 ) -> tuple[LLCConfig, CalibrationRecord | None]:
     """``config`` with a calibrated step size (and localization, unless given) when its
     step size is ``"auto"``, and the calibration's record; else ``(config, None)``.
-    Everything but the calibrated numbers is checked before the calibration compiles."""
-    from slt_jax._src.jobs.orchestrate import prepare
 
+    ``prepared``: the run (:class:`~slt_jax._src.jobs.orchestrate.Prepared`), checked with
+    :func:`stand_in` numbers and centred where the calibration runs; it is taken as checked.
+    """
     if not wants_auto(config.step_size, config.localization):
         if budget is not None:
             raise ValueError("`calibration_budget` needs step_size='auto'.")
         return config, None
     given = config.localization is not None and not isinstance(config.localization, str)
-    stand_in = dataclasses.replace(
-        config, step_size=1.0, localization=config.localization if given else 1.0
-    )
-    _, key = prepare(loss_fn, params, data, stand_in)
     setting, record = calibrated_setting(
-        loss_fn,
-        params,
-        data,
-        key=key,
+        prepared,
         localization=config.localization if given else None,
         nbeta=config.nbeta,
         num_steps=config.num_steps,
@@ -85,18 +99,13 @@ def resolve_auto(
         estimator=config.estimator,
         sampler=config.sampler,
         diagnostic_every=config.diagnostic_every,
-        mesh=mesh,
-        devices=devices,
     )
     return dataclasses.replace(config, **setting), record
 
 
 def calibrated_setting(
-    loss_fn,
-    params,
-    data,
+    prepared,
     *,
-    key: jax.Array,
     localization,
     nbeta,
     num_steps: int,
@@ -108,25 +117,30 @@ def calibrated_setting(
     """Run the automatic calibration and return ``(setting, record)``.
 
     ``setting`` are the keyword arguments ``step_size``, ``localization`` and ``nbeta``;
-    ``localization`` is calibrated when it is ``None`` or ``"auto"``, else kept fixed.
+    ``localization`` is calibrated when it is ``None`` or ``"auto"``, else kept fixed. The
+    calibration runs on the ``prepared`` run (not checked again), with keys drawn apart
+    from its key; ``options``: the other options of :func:`~slt_jax.calibrate`.
 
     Raises:
       CalibrationError: when no setting passed the health checks (with what to run next).
     """
-    from slt_jax._src.jobs.calibrate import calibrate
+    from slt_jax._src.jobs.calibrate import calibrate, run_calibration
 
     fixed = None if localization is None or isinstance(localization, str) else [localization]
-    cal = calibrate(  # warns itself when its recommendation is not verified
-        loss_fn,
-        params,
-        data,
-        localizations=fixed,
-        nbetas=[nbeta],
+    config = dataclasses.replace(
+        calibrate.run_defaults,
         num_steps=num_steps,
         num_burnin=num_burnin,
-        seed=jax.random.fold_in(key, _CALIBRATION_STREAM),
-        budget=budget,
+        seed=jax.random.fold_in(prepared.key, _CALIBRATION_STREAM),
         **options,
+    )
+    cal = run_calibration(  # warns itself when its recommendation is not verified
+        prepared.with_config,
+        prepared.data,
+        config,
+        localizations=fixed,
+        nbetas=[nbeta],
+        budget=budget,
     )
     if cal.recommended is None:
         raise CalibrationError(f"step_size='auto' found no usable setting. {cal.explanation}")

@@ -25,6 +25,7 @@ from slt_jax._src.config import LLCConfig, resolve_nbeta, run_options
 from slt_jax._src.estimators.diagnostics import ACCEPTANCE_BAND, LLCDiagnosticWarning
 from slt_jax._src.jobs import orchestrate
 from slt_jax._src.jobs.assess import assess, cell_health
+from slt_jax._src.jobs.auto import stand_in
 from slt_jax._src.jobs.autogrid import (
     coarse_axes,
     measure_scales,
@@ -148,6 +149,38 @@ def calibrate(
       >>> bool(abs(best.llc_mean - 0.5) < 0.1)
       True
     """
+    prepare = lambda checked: orchestrate.prepare_run(  # noqa: E731
+        loss_fn, params, data, checked, mesh=mesh, devices=devices
+    )
+    return run_calibration(
+        prepare,
+        data,
+        config,
+        step_sizes=step_sizes,
+        localizations=localizations,
+        nbetas=nbetas,
+        acceptance_band=acceptance_band,
+        bias_tolerance=bias_tolerance,
+        budget=budget,
+    )
+
+
+def run_calibration(
+    prepare,
+    data: PyTree,
+    config: LLCConfig,
+    *,
+    step_sizes: Sequence[float] | None = None,
+    localizations: Sequence[float] | None = None,
+    nbetas: Sequence[float | None] = (None,),
+    acceptance_band: tuple[float, float] = ACCEPTANCE_BAND,
+    bias_tolerance: float = BIAS_TOLERANCE,
+    budget: int | None = None,
+) -> Calibration:
+    """:func:`calibrate` on a run that ``prepare(stand_in)`` gives, checked with the
+    calibration's stand-in configuration: :func:`~slt_jax._src.jobs.orchestrate.prepare_run`
+    (a public call checks it), or the ``with_config`` of a run already prepared (``step_size=
+    "auto"``: taken as checked). Its options are checked here, before anything compiles."""
     axes = {
         name: _check_axis(name, axis, data)
         for name, axis in (("step_sizes", step_sizes), ("localizations", localizations))
@@ -172,29 +205,23 @@ def calibrate(
     seed = config.seed
     # Everything about the run (options, data, the loss on a minibatch) before compiling.
     first = {name: axis[0] for name, axis in axes.items()}
-    stand_in = dataclasses.replace(
-        config,
-        num_steps=num_steps or 1000,
-        step_size=first.get("step_sizes", 1.0),
-        localization=first.get("localizations", 1.0),
-        nbeta=nbeta_axis[0],
+    prepared = prepare(
+        stand_in(
+            config,
+            step_size=first.get("step_sizes", 1.0),
+            localization=first.get("localizations", 1.0),
+            num_steps=num_steps or 1000,
+            nbeta=nbeta_axis[0],
+        )
     )
-    resolved, key = orchestrate.prepare(loss_fn, params, data, stand_in)
+    resolved, key = prepared.config, prepared.key
     judge = dict(
         acceptance_band=acceptance_band,
         tolerance=float(bias_tolerance),
         # one localization given: the user's choice, so only the step size is verified
         check_localization="localizations" not in axes or len(axes["localizations"]) > 1,
     )
-    run = dict(
-        loss_fn=loss_fn,
-        params=params,
-        data=data,
-        nbetas=nbeta_axis,
-        mesh=mesh,
-        devices=devices,
-        config=config,
-    )
+    run = dict(prepared=prepared, nbetas=nbeta_axis, config=config)
     if "step_sizes" in axes and "localizations" in axes:
         grid_runs = len(axes["step_sizes"]) * len(axes["localizations"]) * len(nbeta_axis)
         steps = num_steps or max(1, (budget or DEFAULT_BUDGET) // (grid_runs * num_chains))
@@ -250,16 +277,7 @@ def _stage(step_sizes, localizations, num_chains, num_steps, seed, run, judge, *
     config = dataclasses.replace(
         run["config"], num_chains=num_chains, num_steps=num_steps, seed=seed
     )
-    results = run_grid(
-        run["loss_fn"],
-        run["params"],
-        run["data"],
-        cells,
-        config=config,
-        common_keys=True,
-        mesh=run["mesh"],
-        devices=run["devices"],
-    )
+    results = run_grid(run["prepared"], cells, config=config, common_keys=True)
     shape = (len(step_sizes), len(localizations), len(nbetas))
     problems = [cell_health(r, judge["acceptance_band"], judge["tolerance"]) for r in results]
     verdict = assess(
@@ -308,8 +326,9 @@ def _automatic(axes, num_chains, num_steps, budget, key, config, run, judge) -> 
             **run,
             "config": dataclasses.replace(run["config"], num_burnin=stages.num_steps // 2),
         }
+    prepared = run["prepared"]
     scales = measure_scales(
-        run["loss_fn"], run["params"], run["data"], nbeta=nbeta, batch_size=config.batch_size
+        prepared.loss_fn, prepared.params, prepared.data, nbeta=nbeta, batch_size=config.batch_size
     )
     eps1, gamma1 = coarse_axes(scales, stages.coarse[:2])
     eps1 = axes.get("step_sizes", eps1)

@@ -20,7 +20,7 @@ from slt_jax._src.io.checkpoints import Chunk, as_checkpoint_set
 from slt_jax._src.io.fingerprint import loss_fingerprint, manifest
 from slt_jax._src.io.lazy import CheckpointReadError
 from slt_jax._src.io.store import ResultStore, check_out, read_manifest, stored_chunk_size
-from slt_jax._src.jobs import auto, memory, orchestrate, plan, report
+from slt_jax._src.jobs import auto, memory, orchestrate, plan, report, traced
 from slt_jax._src.results import CalibrationRecord, LLCResult, concat_results, stack_results
 
 PyTree = Any
@@ -126,16 +126,19 @@ def estimate_llc_checkpoints(
     # checked, when their chunk runs.
     first = checkpoint_set.template if checkpoint_set.lazy else checkpoint_set.read(0)
     wants = auto.wants_auto(config.step_size, config.localization)
-    # Everything is checked before anything is compiled or written (with stand-in numbers
-    # for what a calibration will choose).
-    stand_in = config
     given = config.localization is not None and not isinstance(config.localization, str)
-    if wants:
-        stand_in = dataclasses.replace(
-            config, step_size=1.0, localization=config.localization if given else 1.0
-        )
-    # a results directory records the data's fingerprint: computed in the checks' one read
-    _, key = orchestrate.prepare(loss_fn, first, data, stand_in, fingerprint=out is not None)
+    # Everything is checked once, before anything is compiled or written (with stand-in
+    # numbers for what a calibration will choose); a results directory records the data's
+    # fingerprint, computed in the checks' one read.
+    prepared = orchestrate.prepare_run(
+        loss_fn,
+        first,
+        data,
+        auto.stand_in(config) if wants else config,
+        mesh=mesh,
+        devices=devices,
+        fingerprint=out is not None,
+    )
     if chunk_size is not None:
         chunk_size = validation.check_count("chunk_size", chunk_size, minimum=1)
     if memory_budget is not None:
@@ -147,9 +150,8 @@ def estimate_llc_checkpoints(
         )
     elif calibrate_on is not None or calibration_budget is not None:
         raise ValueError("`calibrate_on` and `calibration_budget` need step_size='auto'.")
-    mesh = programs.resolve_mesh(mesh, devices)
     if dry_run:
-        resolved, _ = orchestrate.prepare(loss_fn, first, data, stand_in)
+        resolved = prepared.config
         calibration = None
         if wants:
             from slt_jax._src.jobs.autogrid import plan as calibration_plan
@@ -162,7 +164,7 @@ def estimate_llc_checkpoints(
                 default_budget=0,
             )
             calibration = stages.chain_steps()
-        sweep = Sweep(loss_fn, resolved, key, checkpoint_set, data, mesh)
+        sweep = Sweep.of(prepared, checkpoint_set)
         return plan.dry_run(sweep, chunk_size, memory_budget, calibration=calibration)
     # The output directory is checked and locked (and a stored manifest read, which fixes
     # the chunking and any earlier calibration) before anything is compiled; the manifest
@@ -173,13 +175,9 @@ def estimate_llc_checkpoints(
         if wants and record is None:
             centre = _checkpoint_at(checkpoint_set, request["calibrate_on"])
             config, record = auto.resolve_auto(
-                loss_fn,
-                centre,
-                data,
+                prepared.at(centre),
                 config,
                 budget=calibration_budget,
-                mesh=mesh,
-                devices=None,
                 calibrate_on=request["calibrate_on"],
             )
         elif wants:
@@ -189,8 +187,7 @@ def estimate_llc_checkpoints(
                 localization=record.localization,
                 nbeta=record.nbeta,
             )
-        config, key = orchestrate.prepare(loss_fn, first, data, config)
-        sweep = Sweep(loss_fn, config, key, checkpoint_set, data, mesh, record, request)
+        sweep = Sweep.of(prepared.with_config(config), checkpoint_set, record, request)
         result = _run(sweep, store, out, chunk_size, memory_budget, progress)
     finally:
         if store is not None:
@@ -274,6 +271,26 @@ class Sweep:
     record: CalibrationRecord | None = None
     request: dict | None = None
 
+    @classmethod
+    def of(cls, prepared: orchestrate.Prepared, checkpoint_set, *args, **kwargs) -> Sweep:
+        """The sweep of a prepared run over ``checkpoint_set`` (``args``, ``kwargs``: the
+        other fields)."""
+        return cls(
+            prepared.loss_fn,
+            prepared.config,
+            prepared.key,
+            checkpoint_set,
+            prepared.data,
+            prepared.mesh,
+            *args,
+            **kwargs,
+        )
+
+    @property
+    def prepared(self) -> orchestrate.Prepared:
+        """The sweep's run (its centres come chunk by chunk)."""
+        return orchestrate.Prepared(self.loss_fn, None, self.data, self.config, self.key, self.mesh)
+
     def labels(self, indices) -> list[str]:
         return [f"checkpoint at step {int(self.checkpoint_set.steps[i])}" for i in indices]
 
@@ -303,7 +320,8 @@ class Sweep:
         """What identifies the results on disk (compared on resume)."""
         checkpoint_set, config = self.checkpoint_set, self.config
         first = checkpoint_set.template if checkpoint_set.lazy else checkpoint_set.read(0)
-        loss = loss_fingerprint(self.loss_fn, first, self.data, config.batch_size)
+        # the user's loss (not the run's jitted wrapper): the fingerprint of its own jaxpr
+        loss = loss_fingerprint(traced.unwrap(self.loss_fn), first, self.data, config.batch_size)
         contents = manifest(config, checkpoint_set, self.data, self.key, chunk_size, loss)
         if self.record is not None:
             contents["calibration"] = self.record.to_dict()
@@ -355,35 +373,26 @@ class Sweep:
     def run_chunk(self, indices, chunk_size: int, chunk: Chunk | None = None):
         """One chunk's results (padded to ``chunk_size``: every chunk has the same shapes,
         one compilation), from its checkpoints ``chunk`` as :meth:`read_chunk` gives them
-        (read now if ``None``): :func:`orchestrate.run` for each of :meth:`chunk_programs`, one
-        after another, then :meth:`result` of their outcomes (in that order)."""
+        (read now if ``None``): :func:`orchestrate.run_prepared` of :meth:`chunk_programs`
+        (one after another), then :meth:`result` of their outcomes (in that order)."""
         padded = np.concatenate([indices, np.full(chunk_size - len(indices), indices[-1])])
         chunk = chunk if chunk is not None else self.read_chunk(indices, chunk_size)
-        centers = chunk.params
-        losses = orchestrate.center_losses(
-            self.loss_fn,
-            centers,
-            self.data,
-            self.config,
-            self.labels(padded),
-            key=self.key,
-            mesh=self.mesh,
-            flag=True,
-        )
-        outcomes = []
+        work = []
         for plugins, groups in self.chunk_programs(padded):
             per_checkpoint = len(groups) // chunk_size
-            outcomes += orchestrate.run(
-                self.loss_fn,
-                centers,
-                self.data,
-                groups[: len(indices) * per_checkpoint],
-                mesh=self.mesh,
-                losses=losses,
-                plugins=plugins,
-                observed=self.observed,
-                pad_to=chunk_size * per_checkpoint,
+            work.append(
+                orchestrate.Program(
+                    groups[: len(indices) * per_checkpoint], plugins, chunk_size * per_checkpoint
+                )
             )
+        outcomes = orchestrate.run_prepared(
+            self.prepared,
+            work,
+            centers=chunk.params,
+            labels=self.labels(padded),
+            observed=self.observed,
+            flag=True,
+        )
         return self.result(indices, outcomes)
 
     def chunk_programs(self, indices) -> list[tuple[programs.Plugins, list[orchestrate.Group]]]:

@@ -12,10 +12,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import jax
-
 from slt_jax._src.config import LLCConfig
-from slt_jax._src.engine import programs
 from slt_jax._src.jobs import orchestrate
 from slt_jax._src.results import LLCResult
 
@@ -23,18 +20,16 @@ PyTree = Any
 
 
 def run_grid(
-    loss_fn,
-    params: PyTree,
-    data: PyTree,
+    prepared: orchestrate.Prepared,
     settings: Sequence[dict],
     *,
     config: LLCConfig,
     common_keys: bool,
-    mesh=None,
-    devices=None,
 ) -> list[LLCResult]:
     """One :class:`~slt_jax.LLCResult` per entry of ``settings`` (dicts of ``step_size``,
-    ``localization`` and ``nbeta``; ``None``: n/log n), the other options from ``config``.
+    ``localization`` and ``nβ``; ``None``: n/log n), the other options from ``config``, on
+    the ``prepared`` run (its loss, ``w*``, data and mesh, taken as checked: the settings
+    are only resolved against the data).
 
     ``common_keys``: every setting's chain ``i`` uses the same key (common random numbers:
     differences between settings are then measured with less noise); otherwise each
@@ -44,16 +39,14 @@ def run_grid(
         raise ValueError("the grid of settings is empty.")
     if any(callable(cell["step_size"]) for cell in settings):
         raise TypeError("a grid takes numeric step sizes, not schedules.")
-    first, key = orchestrate.prepare(
-        loss_fn, params, data, dataclasses.replace(config, **settings[0])
-    )
-    configs = [first] + [
-        dataclasses.replace(config, **cell).resolve(first.num_examples)[0] for cell in settings[1:]
+    first = prepared.with_config(dataclasses.replace(config, **settings[0]))
+    n = first.config.num_examples
+    configs = [first.config] + [
+        dataclasses.replace(config, **cell).resolve(n)[0] for cell in settings[1:]
     ]
-    one = jax.tree.map(lambda x: jax.numpy.asarray(x)[None], params)
-    mesh = programs.resolve_mesh(mesh, devices)
-    losses = orchestrate.center_losses(loss_fn, one, data, configs[0], [""], key=key, mesh=mesh)
-    keys = orchestrate.chain_keys(key, configs[0].num_chains, len(configs), common=common_keys)
+    keys = orchestrate.chain_keys(
+        first.key, first.config.num_chains, len(configs), common=common_keys
+    )
     groups = [
         orchestrate.Group(
             c,
@@ -64,5 +57,4 @@ def run_grid(
         )
         for c, k in zip(configs, keys, strict=True)
     ]
-    outcomes = orchestrate.run(loss_fn, one, data, groups, mesh=mesh, losses=losses)
-    return [o.result for o in outcomes]
+    return [o.result for o in orchestrate.run_prepared(first, groups)]

@@ -10,7 +10,6 @@ import jax
 from jax.sharding import Mesh
 
 from slt_jax._src.config import LLCConfig, run_options
-from slt_jax._src.engine import programs
 from slt_jax._src.jobs import auto, orchestrate, report
 from slt_jax._src.results import LLCResult
 
@@ -120,15 +119,21 @@ def estimate_llc(
       >>> round(res.llc_mean, 1)  # a regular model with d = 1: λ = 1/2
       0.5
     """
-    config, record = auto.resolve_auto(
-        loss_fn, params, data, config, budget=calibration_budget, mesh=mesh, devices=devices
+    wants = auto.wants_auto(config.step_size, config.localization)
+    # checked once, with stand-in numbers for what a calibration will choose
+    prepared = orchestrate.prepare_run(
+        loss_fn,
+        params,
+        data,
+        auto.stand_in(config) if wants else config,
+        mesh=mesh,
+        devices=devices,
     )
-    config, key = orchestrate.prepare(loss_fn, params, data, config)
-    one = jax.tree.map(lambda x: jax.numpy.asarray(x)[None], params)
+    config, record = auto.resolve_auto(prepared, config, budget=calibration_budget)
+    prepared = prepared.with_config(config)
+    config, key = prepared.config, prepared.key
     group = orchestrate.Group(config, 0, jax.random.split(key, config.num_chains))
-    mesh = programs.resolve_mesh(mesh, devices)
-    losses = orchestrate.center_losses(loss_fn, one, data, config, [""], key=key, mesh=mesh)
-    (outcome,) = orchestrate.run(loss_fn, one, data, [group], mesh=mesh, losses=losses)
+    (outcome,) = orchestrate.run_prepared(prepared, [group])
     result = outcome.result
     if record is not None:
         result = dataclasses.replace(result, calibration=record)

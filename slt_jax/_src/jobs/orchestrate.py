@@ -1,9 +1,16 @@
 """The one orchestration every job uses.
 
+A public entry point checks and prepares its run once (:func:`prepare_run`: the options
+resolved against the data, the run's key, the mesh, the loss traced once per input shape,
+:mod:`slt_jax._src.jobs.traced`) and hands the :class:`Prepared` run to whatever it calls
+(``step_size="auto"`` → calibration → grid), which trusts it: a new setting is only
+resolved (:meth:`Prepared.with_config`), never checked or traced again.
+
 A job describes its work as *groups*: each group is a set of chains that makes one
 :class:`~slt_jax.LLCResult` (a checkpoint, a refinement, a grid cell, a temperature), with
 its resolved configuration, its centre, its chain keys and, for a restriction plug-in, its
-arguments. :func:`run` then
+arguments. :func:`run_prepared` runs a prepared run's groups (one or several compiled
+programs of them):
 
 0. (:func:`prepare`) checks the run before anything is compiled;
 1. computes each distinct centre's ``L_n(w*)`` once (a small program, before the chains:
@@ -33,15 +40,16 @@ from slt_jax._src.config import EXACT, LLCConfig
 from slt_jax._src.engine import programs, stream
 from slt_jax._src.engine.interfaces import ChainTrace
 from slt_jax._src.estimators.llc import init_loss_estimate, summarize
-from slt_jax._src.jobs import report
+from slt_jax._src.jobs import report, traced
 from slt_jax._src.results import LLCResult
 
 PyTree = Any
 
 
-def prepare(
-    loss_fn, params, data, config: LLCConfig, *, what="The loss at w*, L_n(w*),", fingerprint=False
-):
+_AT_CENTER = "The loss at w*, L_n(w*),"
+
+
+def prepare(loss_fn, params, data, config: LLCConfig, *, what=_AT_CENTER, fingerprint=False):
     """Check a run before anything is compiled: the parameters, the options against the
     data, the data (a host source once, in one read that with ``fingerprint`` also
     fingerprints it for a results directory), the loss on one minibatch and, for an exact
@@ -65,6 +73,81 @@ def prepare(
     if resolved.init_loss_batches == EXACT:  # a sample has whole minibatches only
         validation.check_remainder(loss_fn, params, data, resolved.batch_size, what)
     return resolved, key
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A run checked once, that the jobs it calls take as it is.
+
+    Attributes:
+      loss_fn: the loss, traced once per input shape (:func:`slt_jax._src.jobs.traced.shared`;
+        ``inspect.unwrap`` gives the user's).
+      params: ``w*`` (for a sweep: the checkpoint whose structure was checked).
+      data: the data set.
+      config: the resolved configuration.
+      key: the run's key (from ``config.seed``).
+      mesh: where the chains run (:func:`slt_jax._src.engine.programs.resolve_mesh`).
+    """
+
+    loss_fn: Any
+    params: PyTree
+    data: PyTree
+    config: LLCConfig
+    key: jax.Array
+    mesh: Any
+
+    def with_config(self, config: LLCConfig) -> Prepared:
+        """The same run with another setting (a calibrated step size, a grid cell):
+        ``config`` is resolved against the data (cheap checks of the options); nothing is
+        traced again (a remainder check that an exact ``L_n(w*)`` newly needs reuses the
+        loss's trace on that shape, which the centre-loss program needs anyway)."""
+        resolved, key = config.resolve(self.config.num_examples)
+        b = resolved.batch_size
+        if b != self.config.batch_size:  # a shape not checked yet (no job asks for one)
+            batch = validation.batch_like(self.data, b)
+            validation.check_loss_fn(self.loss_fn, self.params, batch)
+        if resolved.init_loss_batches == EXACT and (
+            self.config.init_loss_batches != EXACT or b != self.config.batch_size
+        ):
+            validation.check_remainder(self.loss_fn, self.params, self.data, b, _AT_CENTER)
+        return dataclasses.replace(self, config=resolved, key=key)
+
+    def at(self, params: PyTree) -> Prepared:
+        """The same run centred at ``params``, of the checked structure (its values are
+        checked: finite floating arrays)."""
+        validation.check_params(params)
+        return dataclasses.replace(self, params=params)
+
+    def one_center(self) -> PyTree:
+        """``params`` stacked as one centre (leading axis of 1)."""
+        return jax.tree.map(lambda x: jnp.asarray(x)[None], self.params)
+
+
+def prepare_run(
+    loss_fn,
+    params,
+    data,
+    config: LLCConfig,
+    *,
+    mesh=None,
+    devices=None,
+    fingerprint: bool = False,
+) -> Prepared:
+    """Check a run once (:func:`prepare`, with the loss traced once per input shape: its
+    checks' traces are those the compiled programs reuse) and resolve its mesh.
+
+    Example:
+      >>> import jax.numpy as jnp, slt_jax as sj
+      >>> x = jnp.linspace(-1, 1, 64)[:, None]
+      >>> loss = lambda w, b: jnp.mean((b[0] @ w - b[1]) ** 2)
+      >>> run = prepare_run(loss, jnp.ones(1), (x, x[:, 0]), sj.LLCConfig(batch_size=16))
+      >>> cell = run.with_config(sj.LLCConfig(batch_size=16, step_size=1e-3))  # no new checks
+      >>> run.config.num_examples, cell.config.step_size
+      (64, 0.001)
+    """
+    loss_fn = traced.shared(loss_fn)
+    resolved, key = prepare(loss_fn, params, data, config, fingerprint=fingerprint)
+    return Prepared(loss_fn, params, data, resolved, key, programs.resolve_mesh(mesh, devices))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +269,7 @@ def run(
     padded = list(groups) + [groups[-1]] * max(0, (pad_to or 0) - len(groups))
     runner = stream.run_items if sources.is_source(data) else programs.run_items
     traces = runner(
-        loss_fn,
+        traced.unwrap(loss_fn),  # see traced: a chain program traces the loss itself
         statics.pop(),
         items(padded, centers),
         data,
@@ -204,11 +287,73 @@ def run(
     return outcomes
 
 
+class Program(NamedTuple):
+    """The groups of one compiled program of a run, its plug-ins, and the number of groups
+    to pad to (see :func:`run`)."""
+
+    groups: Sequence[Group]
+    plugins: programs.Plugins = programs.NO_PLUGINS
+    pad_to: int | None = None
+
+
+def run_prepared(
+    prepared: Prepared,
+    work: Sequence[Group] | Sequence[Program],
+    *,
+    centers: PyTree = None,
+    labels: Sequence[str] | None = None,
+    observed: PyTree = None,
+    flag: bool = False,
+) -> list[Outcome]:
+    """Run a prepared run's groups: each distinct centre's ``L_n(w*)`` once
+    (:func:`center_losses`), then each compiled program (:func:`run`), one after another;
+    the outcomes in order.
+
+    Args:
+      prepared: the checked run (its loss, data, configuration, key and mesh).
+      work: the groups of one program, or several :class:`Program`.
+      centers: stacked centres (leading axis), default the run's ``params`` alone.
+      labels: each centre's name in messages.
+      observed: the observer plug-in's data.
+      flag: a centre whose loss is not finite is flagged (a sweep goes on), not an error.
+    """
+    if centers is None:
+        centers = prepared.one_center()
+    if labels is None:
+        labels = [""] * int(np.shape(jax.tree.leaves(centers)[0])[0])
+    losses = center_losses(
+        prepared.loss_fn,
+        centers,
+        prepared.data,
+        prepared.config,
+        labels,
+        key=prepared.key,
+        mesh=prepared.mesh,
+        flag=flag,
+    )
+    if work and isinstance(work[0], Group):
+        work = [Program(work)]
+    outcomes = []
+    for program in work:
+        outcomes += run(
+            prepared.loss_fn,
+            centers,
+            prepared.data,
+            program.groups,
+            mesh=prepared.mesh,
+            losses=losses,
+            plugins=program.plugins,
+            observed=observed,
+            pad_to=program.pad_to,
+        )
+    return outcomes
+
+
 def lower(loss_fn, centers, data, groups, *, mesh, plugins=programs.NO_PLUGINS, observed=None):
     """The lowered program :func:`run` would compile for these groups (memory analysis)."""
     lower_items = stream.lower_items if sources.is_source(data) else programs.lower_items
     return lower_items(
-        loss_fn,
+        traced.unwrap(loss_fn),
         groups[0].config.static(),
         items(groups, centers),
         data,

@@ -287,7 +287,8 @@ def estimate_refined_llc(
       >>> within(res["a"], 1), within(res["both"], 2)
       (True, True)
     """
-    config, key = orchestrate.prepare(loss_fn, params, data, config)
+    prepared = orchestrate.prepare_run(loss_fn, params, data, config, mesh=mesh, devices=devices)
+    loss_fn, config = prepared.loss_fn, prepared.config  # the loss traced once per shape
     if refinements is None:
         refinements = {"all": "*"}
     masks = refine.masks(params, refinements, layout=layout)
@@ -295,27 +296,22 @@ def estimate_refined_llc(
     tokens = _token_shape(loss_fn, params, observed.probe, per_token)
     token_fields = _token_fields(loss_fn, observed.probe, tokens)
     observer = _observer(names, observed, observe_every, probe_kernel, probe_trace, config, tokens)
-    one = jax.tree.map(lambda x: jax.numpy.asarray(x)[None], params)
-    mesh = programs.resolve_mesh(mesh, devices)
-    losses = orchestrate.center_losses(loss_fn, one, data, config, [""], key=key, mesh=mesh)
-    keys = orchestrate.chain_keys(key, config.num_chains, 1, common=True)[0]
-    done = {}
-    for part in restricted.plan(params, masks, config.sampler):  # one program per shape group
-        groups = [
-            orchestrate.Group(config, 0, keys, label=f"refinement {name!r}", args=part.args[name])
-            for name in part.names
-        ]
-        outcomes = orchestrate.run(
-            loss_fn,
-            one,
-            data,
-            groups,
-            mesh=mesh,
-            losses=losses,
-            plugins=programs.Plugins(part.restriction, observer),
-            observed=observed if observer is not None else None,
+    keys = orchestrate.chain_keys(prepared.key, config.num_chains, 1, common=True)[0]
+    parts = restricted.plan(params, masks, config.sampler)  # one program per shape group
+    work = [
+        orchestrate.Program(
+            [
+                orchestrate.Group(config, 0, keys, label=f"refinement {n!r}", args=part.args[n])
+                for n in part.names
+            ],
+            programs.Plugins(part.restriction, observer),
         )
-        done.update(zip(part.names, outcomes, strict=True))
+        for part in parts
+    ]
+    outcomes = orchestrate.run_prepared(
+        prepared, work, observed=observed if observer is not None else None
+    )
+    done = dict(zip([n for part in parts for n in part.names], outcomes, strict=True))
     results, observable_llcs, probes = {}, {}, {}
     for name in masks:
         outcome = done[name]

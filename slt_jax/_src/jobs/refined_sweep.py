@@ -32,7 +32,7 @@ from slt_jax._src.engine import programs
 from slt_jax._src.io.checkpoints import as_checkpoint_set
 from slt_jax._src.io.fingerprint import data_hash, loss_fingerprint, manifest
 from slt_jax._src.io.store import MANIFEST, read_manifest, read_results
-from slt_jax._src.jobs import orchestrate, refined, report
+from slt_jax._src.jobs import orchestrate, refined, report, traced
 from slt_jax._src.jobs.checkpoints import Sweep, _lock_store, _run
 from slt_jax._src.jobs.refined_result import RefinedCheckpointsResult
 from slt_jax._src.layouts import Layout
@@ -130,7 +130,8 @@ def estimate_refined_llc_checkpoints(
     if refinements is None:
         refinements = {"all": "*"}
     masks = refine.masks(first, refinements, layout=layout)  # checked before anything runs
-    config, key = orchestrate.prepare(loss_fn, first, data, config)
+    prepared = orchestrate.prepare_run(loss_fn, first, data, config, mesh=mesh, devices=devices)
+    loss_fn, config = prepared.loss_fn, prepared.config  # the loss traced once per shape
     names, observed = refined._check_observed(
         loss_fn, first, data, observables, probe, config.batch_size
     )
@@ -142,13 +143,9 @@ def estimate_refined_llc_checkpoints(
         chunk_size = validation.check_count("chunk_size", chunk_size, minimum=1)
     if memory_budget is not None:
         memory_budget = validation.check_bytes("memory_budget", memory_budget)
-    sweep = RefinedSweep(
-        loss_fn,
-        config,
-        key,
+    sweep = RefinedSweep.of(
+        prepared,
         checkpoint_set,
-        data,
-        programs.resolve_mesh(mesh, devices),
         masks=masks,
         parts=restricted.plan(first, masks, config.sampler),
         observer=observer,
@@ -260,7 +257,9 @@ class RefinedSweep(Sweep):
             if self.checkpoint_set.lazy
             else self.checkpoint_set.read(0)
         )
-        loss = loss_fingerprint(self.loss_fn, first, self.data, self.config.batch_size)
+        loss = loss_fingerprint(
+            traced.unwrap(self.loss_fn), first, self.data, self.config.batch_size
+        )
         contents = manifest(self.config, self.checkpoint_set, self.data, self.key, chunk_size, loss)
         steps = contents.pop("steps")
         # A set in memory: each step's content hash. A lazy set (nothing read yet): each

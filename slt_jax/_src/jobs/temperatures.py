@@ -23,6 +23,7 @@ import numpy as np
 from slt_jax._src.config import LLCConfig, resolve_nbeta, run_options
 from slt_jax._src.data import num_examples
 from slt_jax._src.jobs.grid import run_grid
+from slt_jax._src.jobs.orchestrate import prepare_run
 from slt_jax._src.results import LLCResult
 
 PyTree = Any
@@ -85,16 +86,10 @@ def estimate_llc_two_temperature(
     cells = [
         dict(step_size=config.step_size, localization=config.localization, nbeta=b) for b in nbetas
     ]
-    first, second = run_grid(
-        loss_fn,
-        params,
-        data,
-        cells,
-        config=config,
-        common_keys=False,
-        mesh=mesh,
-        devices=devices,
+    prepared = prepare_run(
+        loss_fn, params, data, dataclasses.replace(config, **cells[0]), mesh=mesh, devices=devices
     )
+    first, second = run_grid(prepared, cells, config=config, common_keys=False)
     b1, b2 = first.config.nbeta, second.config.nbeta
     denominator = 1 / b1 - 1 / b2
     llc = (first.llc_mean / b1 - second.llc_mean / b2) / denominator
