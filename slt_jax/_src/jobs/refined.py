@@ -21,10 +21,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from slt_jax._src import data as _data
-from slt_jax._src import lm, refine, restricted, sources, validation
+from slt_jax._src import refine, restricted, sources, validation
 from slt_jax._src.config import LLCConfig, run_options
 from slt_jax._src.engine import programs
 from slt_jax._src.estimators.influence import ObservableLLCs, ProbeStatistics
+from slt_jax._src.io import export
 from slt_jax._src.jobs import orchestrate, report
 from slt_jax._src.layouts import Layout
 from slt_jax._src.observe import Observe, Observed
@@ -138,11 +139,11 @@ class RefinedLLCResult(Mapping[str, LLCResult]):
     def to_zarr(self, path) -> None:
         """:meth:`to_xarray` written to a Zarr store (``xarray.open_zarr(path)`` reads it);
         needs ``pip install "slt-jax[lm]"``."""
-        lm.to_zarr(self.to_xarray(), path)
+        export.to_zarr(self.to_xarray(), path)
 
     def to_netcdf(self, path) -> None:
         """:meth:`to_xarray` written to a netCDF-4 file (``xarray.open_dataset(path)``)."""
-        lm.to_netcdf(self.to_xarray(), path)
+        export.to_netcdf(self.to_xarray(), path)
 
 
 def _in_memory(data):
