@@ -91,12 +91,13 @@ class LlamaConfig:
 
     ``model_type`` is ``"llama"``, ``"mistral"`` or ``"qwen2"`` (what :meth:`to_dict`
     writes, so that ``transformers`` builds that class). ``num_key_value_heads`` ``None``
-    means ``num_attention_heads`` (no grouping); ``head_dim`` ``None`` means
+    becomes ``num_attention_heads`` (no grouping); ``head_dim`` ``None`` becomes
     ``hidden_size // num_attention_heads``. ``rope_llama3`` is Llama 3.1's rotary scaling
     ``(factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)`` or
-    ``None``. ``attention_bias``: biases on q, k, v and o (Llama); ``qkv_bias``: on q, k, v
-    (Qwen2); ``mlp_bias``: on the three MLP projections; ``sliding_window``: Mistral's
-    window (``None``: full causal attention).
+    ``None``. ``attention_bias`` (Llama only): biases on q, k, v and o; Qwen2 always has
+    biases on q, k and v (:attr:`qkv_bias`); ``mlp_bias`` (Llama only): on the three MLP
+    projections; ``sliding_window`` (Mistral only): the window (``None``: full causal
+    attention).
     """
 
     model_type: str = "llama"
@@ -113,7 +114,6 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     rope_llama3: tuple[float, float, float, float] | None = None
     attention_bias: bool = False
-    qkv_bias: bool = False
     mlp_bias: bool = False
     sliding_window: int | None = None
     tie_word_embeddings: bool = False
@@ -140,6 +140,9 @@ class LlamaConfig:
                 _lm.check_positive(self, (name,))
         if self.head_dim is None:
             _lm.check_heads(self.hidden_size, self.num_attention_heads, ("hidden_size", "heads"))
+        # Resolved once, so that a config equals its to_dict/from_dict round trip.
+        object.__setattr__(self, "head_dim", self.head_size)
+        object.__setattr__(self, "num_key_value_heads", self.kv_heads)
         if self.num_attention_heads % self.kv_heads:
             raise ValueError(
                 f"num_key_value_heads={self.kv_heads} does not divide "
@@ -148,6 +151,12 @@ class LlamaConfig:
         if self.head_size % 2:
             raise ValueError(f"the head size {self.head_size} must be even (rotary embedding).")
         _lm.check_activation(self.hidden_act, "hidden_act")
+        if self.model_type != "llama" and (self.attention_bias or self.mlp_bias):
+            raise ValueError(
+                f"attention_bias and mlp_bias are Llama's; {self.model_type} has none."
+            )
+        if self.model_type != "mistral" and self.sliding_window is not None:
+            raise ValueError(f"sliding_window is Mistral's; {self.model_type} has none here.")
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta must be positive, got {self.rope_theta}.")
         if self.rope_llama3 is not None:
@@ -159,6 +168,11 @@ class LlamaConfig:
                     f"{self.rope_llama3!r}."
                 )
             object.__setattr__(self, "rope_llama3", scaling)
+
+    @property
+    def qkv_bias(self) -> bool:
+        """Biases on the query, key and value projections: Qwen2, or ``attention_bias``."""
+        return self.model_type == "qwen2" or self.attention_bias
 
     @property
     def kv_heads(self) -> int:
@@ -196,7 +210,6 @@ class LlamaConfig:
             kept["rope_llama3"] = tuple(scaling[k] for k in _LLAMA3)
         if model_type != "llama":  # only Llama's config says where its biases are
             kept |= {"attention_bias": False, "mlp_bias": False}
-        kept["qkv_bias"] = model_type == "qwen2"
         if model_type == "qwen2":
             kept.pop("sliding_window", None)
             windowed = d.get("use_sliding_window") or any(
@@ -224,7 +237,7 @@ class LlamaConfig:
             scaling["original_max_position_embeddings"] = int(scaling[_LLAMA3[-1]])
         rope = {"rope_type": "default", "rope_theta": self.rope_theta} | (scaling or {})
         out |= {"rope_parameters": rope, "rope_scaling": scaling}
-        del out["rope_llama3"], out["qkv_bias"]
+        del out["rope_llama3"]
         if self.model_type == "qwen2":
             out |= {"use_sliding_window": False, "sliding_window": None}
         if self.model_type != "llama":
@@ -273,7 +286,7 @@ class Attention(nnx.Module):
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         d, std, dh = config.hidden_size, config.initializer_range, config.head_size
         h, hk = config.num_attention_heads, config.kv_heads
-        qkv = config.attention_bias or config.qkv_bias
+        qkv = config.qkv_bias
         self.q_proj = _lm.Linear(d, h * dh, bias=qkv, std=std, rngs=rngs)
         self.k_proj = _lm.Linear(d, hk * dh, bias=qkv, std=std, rngs=rngs)
         self.v_proj = _lm.Linear(d, hk * dh, bias=qkv, std=std, rngs=rngs)
