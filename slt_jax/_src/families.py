@@ -15,11 +15,13 @@ The native class is named by its import path (``"slt_jax.models.llama:Llama"``) 
 imported only when a model is built: this module sits in the first import stage, below the
 layouts and the Hugging Face reader, and the models come last.
 
-Example::
-
-  from slt_jax._src import families
-  families.family("qwen2").prefix          # "model."
-  families.family("qwen2").layout          # "llama": q_proj/k_proj/v_proj/o_proj heads
+Example:
+  >>> from slt_jax._src import families
+  >>> record = families.family("qwen2")
+  >>> record.prefix, record.layout, record.kv_heads_key
+  ('model.', 'llama', 'num_key_value_heads')
+  >>> families.native(record)[0].__name__
+  'Llama'
 """
 
 from __future__ import annotations

@@ -6,11 +6,15 @@ old file or the whole new one, never a part (a crash leaves at most a temporary 
 Used by the results store (chunks, manifests), Hugging Face model directories and the
 checkpoint writers.
 
-Example::
-
-  from slt_jax._src.io.atomic import write_atomic
-  write_atomic(path / "manifest.json", b"{}")                  # bytes
-  write_atomic(path / "chunk.nc", lambda tmp: ds.to_netcdf(tmp))  # or a writer of a path
+Example:
+  >>> import pathlib, tempfile
+  >>> from slt_jax._src.io.atomic import write_atomic
+  >>> root = pathlib.Path(tempfile.mkdtemp())
+  >>> write_atomic(root / "a.json", b"{}").read_text()         # bytes
+  '{}'
+  >>> _ = write_atomic(root / "b.txt", lambda tmp: tmp.write_text("hi"))  # or a writer
+  >>> sorted(p.name for p in root.iterdir())                   # no temporary file left
+  ['a.json', 'b.txt']
 """
 
 from __future__ import annotations
