@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from slt_jax._src import families
-from slt_jax._src.io.atomic import write_temp
+from slt_jax._src.io.atomic import sync_directory, write_temp
 
 __all__ = [
     "architecture",
@@ -439,8 +439,8 @@ def _other_model(config, tensors) -> str:
 
 def architecture(config: Mapping[str, Any]) -> dict[str, Any]:
     """The fields of ``config`` that shape the function the model computes (dropout, token
-    ids, versions and the like left out; GPT-NeoX's two spellings of its rotary settings
-    made one), to compare the snapshots of a checkpoint set."""
+    ids, versions and the like left out; the two spellings of rotary settings made one by
+    the family record's ``canonical``), to compare the snapshots of a checkpoint set."""
     out = {k: v for k, v in config.items() if not _NOT_ARCHITECTURE.match(k)}
     record = families.FAMILIES.get(config.get("model_type"))
     return record.canonical(out) if record and record.canonical else out
@@ -504,6 +504,7 @@ def write(
         for tmp in temps.values():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+    sync_directory(root)
     for stale in root.iterdir():
         if is_weight_file(stale.name) and stale.name not in files:
             stale.unlink()
