@@ -6,9 +6,10 @@ Both native models with random weights (no hub, no torch): width 256, 4 layers, 
 is SwiGLU of width 683 (three matrices, the parameters of NeoX's two of width 1024), so the
 two have the same parameter count up to the norms and biases; a third row is the same Llama
 with grouped-query attention (2 key/value heads). Compilation is timed apart: the first call
-compiles (``cold``), the next ``--repeats`` calls reuse the program; ``warm`` is their
-median, reported as chain-steps per second (the centre loss ``L_n(w*)`` of each call, 4
-minibatches, is included in every call alike).
+of each model compiles (``cold``); then the ``--repeats`` warm calls go round the models in
+turn (A, B, C, A, B, C, ...), so that a change in the machine's load hits all of them alike;
+``warm`` is each model's median, reported as chain-steps per second (the centre loss
+``L_n(w*)`` of each call, 4 minibatches, is included in every call alike).
 
     python benchmarks/bench_lm_families.py [--repeats 3] [--steps 20] [--json out.json]
 """
@@ -41,7 +42,8 @@ def models():
     }
 
 
-def run(name, cls, config, steps: int, repeats: int) -> dict:
+def prepare(name, cls, config, steps: int):
+    """``(call, parameter count)``: one ``sj.estimate_llc`` of the model, blocking."""
     import jax
     from flax import nnx
 
@@ -62,30 +64,16 @@ def run(name, cls, config, steps: int, repeats: int) -> dict:
         diagnostic_every=0,
         init_loss_batches=4,
     )
-    times = []
-    for _ in range(repeats + 1):
+
+    def call() -> float:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = sj.estimate_llc(loss_fn, params, tokens, **options)
         jax.block_until_ready(result.loss_trace)
-        times.append(time.perf_counter() - start)
-    warm = statistics.median(times[1:])
-    row = {
-        "model": name,
-        "parameters": int(size),
-        "cold_s": times[0],
-        "warm_s": warm,
-        "compile_s_approx": times[0] - warm,
-        "chain_steps_per_s": CHAINS * steps / warm,
-        "warm_runs_s": times[1:],
-    }
-    print(
-        f"{name:11s} {size / 1e6:6.2f}M params  cold {times[0]:6.2f} s  warm {warm:6.2f} s "
-        f"(median of {repeats})  {row['chain_steps_per_s']:6.2f} chain-steps/s",
-        flush=True,
-    )
-    return row
+        return time.perf_counter() - start
+
+    return call, int(size)
 
 
 def main(argv=None) -> int:
@@ -97,7 +85,27 @@ def main(argv=None) -> int:
     import jax
 
     print(f"devices: {jax.devices()}")
-    rows = [run(n, c, cfg, args.steps, args.repeats) for n, (c, cfg) in models().items()]
+    calls, rows = {}, []
+    for name, (cls, config) in models().items():
+        calls[name], size = prepare(name, cls, config, args.steps)
+        cold = calls[name]()
+        rows.append({"model": name, "parameters": size, "cold_s": cold, "warm_runs_s": []})
+        print(f"{name:11s} {size / 1e6:6.2f}M params  cold {cold:6.2f} s", flush=True)
+    for _ in range(args.repeats):  # round robin: the machine's load hits every model alike
+        for row in rows:
+            row["warm_runs_s"].append(calls[row["model"]]())
+    for row in rows:
+        warm = statistics.median(row["warm_runs_s"])
+        row |= {
+            "warm_s": warm,
+            "compile_s_approx": row["cold_s"] - warm,
+            "chain_steps_per_s": CHAINS * args.steps / warm,
+        }
+        runs = ", ".join(f"{t:.2f}" for t in row["warm_runs_s"])
+        print(
+            f"{row['model']:11s} warm {warm:6.2f} s (median of {runs})  "
+            f"{row['chain_steps_per_s']:6.2f} chain-steps/s  compile ≈ {row['compile_s_approx']:.1f} s"
+        )
     base = rows[0]["chain_steps_per_s"]
     for row in rows[1:]:
         print(f"{row['model']} / gpt_neox warm speed: {row['chain_steps_per_s'] / base:.2f}x")
