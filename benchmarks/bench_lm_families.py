@@ -104,7 +104,8 @@ def main(argv=None) -> int:
         runs = ", ".join(f"{t:.2f}" for t in row["warm_runs_s"])
         print(
             f"{row['model']:11s} warm {warm:6.2f} s (median of {runs})  "
-            f"{row['chain_steps_per_s']:6.2f} chain-steps/s  compile ≈ {row['compile_s_approx']:.1f} s"
+            f"{row['chain_steps_per_s']:6.2f} chain-steps/s  "
+            f"compile ≈ {row['compile_s_approx']:.1f} s"
         )
     base = rows[0]["chain_steps_per_s"]
     for row in rows[1:]:
