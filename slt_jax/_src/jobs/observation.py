@@ -36,7 +36,7 @@ PyTree = Any
 __all__ = ["Observation", "Plan", "observation_options"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # data sets: compared by identity
 class Observation:
     """What every chain observes, every ``every`` draws, besides its own loss.
 
@@ -130,8 +130,6 @@ def observation_options(*, loose: bool = False):
                 if observe is not None:
                     raise TypeError(f"give `observe=` or the keywords {sorted(given)}, not both.")
                 observe = Observation(**given)
-            if observe is not None and observe == _DEFAULT:
-                observe = None
             if (
                 observe is not None
                 and observe.empty
