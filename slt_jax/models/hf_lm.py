@@ -35,6 +35,7 @@ from slt_jax._src.validation import path_string
 
 __all__ = ["MODELS", "layout", "load_checkpoints", "load_model", "save_model"]
 
+
 class _Models(Mapping):
     """``{model_type: (model class, config class)}`` from the family records, each
     imported when it is looked up."""
