@@ -40,6 +40,7 @@ from slt_jax._src.jobs.checkpoints import estimate_llc_checkpoints as estimate_l
 from slt_jax._src.jobs.inline import LLCEstimate as LLCEstimate
 from slt_jax._src.jobs.inline import llc_function as llc_function
 from slt_jax._src.jobs.llc import estimate_llc as estimate_llc
+from slt_jax._src.jobs.observation import Observation as Observation
 from slt_jax._src.jobs.plan import RunPlan as RunPlan
 from slt_jax._src.jobs.refined import RefinedLLCResult as RefinedLLCResult
 from slt_jax._src.jobs.refined import estimate_refined_llc as estimate_refined_llc
@@ -77,6 +78,7 @@ __all__ = [
     "LLCDiagnosticWarning",
     "LLCEstimate",
     "LLCResult",
+    "Observation",
     "Placement",
     "RefinedCheckpointsResult",
     "RefinedLLCResult",

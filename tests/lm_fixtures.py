@@ -17,6 +17,15 @@ NEOX = dict(
     intermediate_size=64,
     max_position_embeddings=LENGTH,
 )
+LLAMA = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=LENGTH,
+)
 # Token ids none of which is transformers' GPT-2 default 50256 (a warning otherwise).
 _QUIET = dict(bos_token_id=0, eos_token_id=0)
 
@@ -31,6 +40,22 @@ def neox(seed: int = 0, **overrides) -> transformers.GPTNeoXForCausalLM:
     """A 2-layer GPT-NeoX, d=32, 4 heads, MLP 64, vocab 97, in eval mode."""
     config = transformers.GPTNeoXConfig(**(NEOX | _QUIET | overrides))
     return perturb(transformers.GPTNeoXForCausalLM(config), seed)
+
+
+_LLAMAS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+}
+
+
+def llama(seed: int = 0, family: str = "llama", **overrides):
+    """A 2-layer Llama-family model (``family``: llama, mistral or qwen2), d=32, 4 query
+    heads sharing 2 key/value heads (grouped-query attention), MLP 64, vocab 97, in eval
+    mode."""
+    config_cls, model_cls = (getattr(transformers, name) for name in _LLAMAS[family])
+    config = config_cls(**(LLAMA | _QUIET | overrides))
+    return perturb(model_cls(config), seed)
 
 
 def perturb(model, seed: int, scale: float = 0.2):

@@ -1,10 +1,12 @@
-"""The native GPT-2 and GPT-NeoX models against transformers' own: the same logits from the
+"""The native GPT-2, GPT-NeoX and Llama-family (Llama, Mistral, Qwen2) models against
+transformers' own: the same logits from the
 same checkpoint directories (single file, sharded, bf16/fp16, checkpoint sets), directories
 that transformers loads back, parameter names that are the state dict's, and clear errors
 for every bad input. Tiny models with random weights; nothing from a hub."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -20,12 +22,21 @@ import transformers
 from flax import nnx
 
 import slt_jax as sj
+from slt_jax._src import families
 from slt_jax._src.io import hf
 from slt_jax._src.validation import path_string
-from slt_jax.models import gpt2, gpt_neox, hf_lm
+from slt_jax.models import gpt2, gpt_neox, hf_lm, llama
 
 TOL = 1e-4
 transformers.logging.disable_progress_bar()
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8,  # < 16 positions: the scaling matters here
+}
 CASES = {
     "gpt2": ("gpt2", {}),  # tied head, gelu_new
     "gpt2-untied-relu": ("gpt2", dict(tie_word_embeddings=False, activation_function="relu")),
@@ -39,12 +50,37 @@ CASES = {
         "neox",
         dict(rotary_pct=1.0, tie_word_embeddings=True, attention_bias=False, hidden_act="relu"),
     ),
+    "llama": ("llama", {}),  # 4 query heads, 2 key/value heads (GQA)
+    "llama3-biases-tied": (  # Llama 3.1's rotary scaling, biases on attention and MLP
+        "llama",
+        dict(
+            attention_bias=True,
+            mlp_bias=True,
+            tie_word_embeddings=True,
+            rope_parameters=LLAMA3_ROPE,
+        ),
+    ),
+    "qwen2": ("qwen2", {}),  # Llama with q/k/v biases
+    "mistral-window": ("mistral", dict(sliding_window=5, num_key_value_heads=1)),
 }
+LLAMAS = [case for case, (family, _) in CASES.items() if family in ("llama", "qwen2", "mistral")]
 
 
 def _build(case: str, seed: int = 0):
     family, overrides = CASES[case]
+    if family in ("llama", "qwen2", "mistral"):
+        return fx.llama(seed, family, **overrides)
     return (fx.gpt2 if family == "gpt2" else fx.neox)(seed, **overrides)
+
+
+def _native(case: str) -> type:
+    """The native class of a case, as its family record names it."""
+    return families.native(families.family(_build_type(case)))[0]
+
+
+def _build_type(case: str) -> str:
+    family = CASES[case][0]
+    return {"neox": "gpt_neox"}.get(family, family)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +107,10 @@ def _params(model) -> dict[str, np.ndarray]:
 def test_logits_match_transformers(saved, case):
     torch_model, path = saved[case]
     model = sj_model = hf_lm.load_model(path)
-    assert isinstance(sj_model, gpt2.GPT2 if case.startswith("gpt2") else gpt_neox.GPTNeoX)
+    assert type(sj_model) is _native(case)
+    assert type(sj_model) is {"gpt2": gpt2.GPT2, "neox": gpt_neox.GPTNeoX}.get(
+        CASES[case][0], llama.Llama
+    )
     ids, mask = fx.tokens()
     ref = fx.torch_logits(torch_model, ids)
     assert np.abs(ref).max() > 1.0  # the perturbed weights make the comparison mean something
@@ -91,7 +130,7 @@ def test_logits_match_transformers(saved, case):
 def test_parameter_names_and_layouts_are_the_state_dicts(saved, case):
     torch_model, path = saved[case]
     params = _params(hf_lm.load_model(path))
-    prefix = "transformer." if case.startswith("gpt2") else "gpt_neox."
+    prefix = families.family(_build_type(case)).prefix
     tied = torch_model.config.tie_word_embeddings
     expected = {}
     for key, tensor in torch_model.state_dict().items():
@@ -131,7 +170,16 @@ def test_sharded_and_half_precision_directories_load_the_same(saved, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "case", ["gpt2", "gpt2-untied-relu", "neox-sequential", "neox-tied-no-bias"]
+    "case",
+    [
+        "gpt2",
+        "gpt2-untied-relu",
+        "neox-sequential",
+        "neox-tied-no-bias",
+        "llama3-biases-tied",
+        "qwen2",
+        "mistral-window",
+    ],
 )
 def test_save_model_round_trips_through_transformers(saved, tmp_path, case):
     ids, mask = fx.tokens(1)
@@ -185,6 +233,139 @@ def test_neox_config_reads_both_rotary_spellings():
     assert gpt_neox.GPTNeoXConfig.from_dict({"model_type": "gpt_neox"}).rotary_pct == 0.25
     with pytest.raises(ValueError, match="rotary scaling 'linear'"):
         gpt_neox.GPTNeoXConfig.from_dict({**old, "rope_scaling": {"type": "linear", "factor": 2}})
+
+
+# --- the Llama family: GQA, rotary scaling, windows, biases, layouts ----------------------------
+
+
+def _with_config(model, **changes):
+    """A native Llama with the same parameters and a changed config."""
+    other = llama.Llama(dataclasses.replace(model.config, **changes), rngs=nnx.Rngs(0))
+    nnx.update(other, nnx.state(model, nnx.Param))
+    return other
+
+
+def test_the_window_and_the_rotary_scaling_matter(saved):
+    """The cases would catch a model that ignored Mistral's window or Llama 3.1's scaling."""
+    ids, _ = fx.tokens()
+    for case, change in (
+        ("mistral-window", dict(sliding_window=None)),
+        ("llama3-biases-tied", dict(rope_llama3=None)),
+    ):
+        torch_model, path = saved[case]
+        model = hf_lm.load_model(path)
+        wrong = _max_diff(_with_config(model, **change)(ids), fx.torch_logits(torch_model, ids))
+        print(f"\n{case} without {list(change)}: max |Δlogits| {wrong:.2e}")
+        assert wrong > 100 * TOL
+
+
+def test_a_new_native_llama_saves_as_transformers_loads_it(tmp_path):
+    ids, _ = fx.tokens(2)
+    for model_type in ("llama", "qwen2", "mistral"):
+        config = sj.lm.LlamaConfig(model_type=model_type, **fx.LLAMA, rope_theta=500.0)
+        model = sj.lm.Llama(config, rngs=nnx.Rngs(3))
+        assert llama.LlamaConfig.from_dict(config.to_dict()) == config
+        back = transformers.AutoModelForCausalLM.from_pretrained(
+            hf_lm.save_model(model, tmp_path / model_type)
+        ).eval()
+        assert type(back).__name__ == config.to_dict()["architectures"][0]
+        diff = _max_diff(model(ids), fx.torch_logits(back, ids))
+        print(f"\nnew native {model_type}, loaded by transformers: max |Δlogits| {diff:.2e}")
+        assert diff < TOL
+
+
+def test_llama_configs_read_both_rope_spellings_and_refuse_what_they_lack():
+    new = {"model_type": "llama", **fx.LLAMA, "rope_parameters": LLAMA3_ROPE}
+    old_scaling = {k: v for k, v in LLAMA3_ROPE.items() if k != "rope_theta"}
+    old = {"model_type": "llama", **fx.LLAMA, "rope_theta": 500000.0, "rope_scaling": old_scaling}
+    assert llama.LlamaConfig.from_dict(new) == llama.LlamaConfig.from_dict(old)
+    assert llama.LlamaConfig.from_dict(new).rope_llama3 == (8.0, 1.0, 4.0, 8.0)
+    assert hf.architecture(new) == hf.architecture(old)  # checkpoint sets compare these
+    plain = llama.LlamaConfig.from_dict({"model_type": "qwen2", **fx.LLAMA})
+    assert plain.qkv_bias and not plain.attention_bias and plain.rope_theta == 10000.0
+    assert plain.kv_heads == 2 and plain.head_size == 8
+    with pytest.raises(ValueError, match="rotary scaling 'yarn' is not supported"):
+        llama.LlamaConfig.from_dict({**new, "rope_parameters": {"rope_type": "yarn"}})
+    with pytest.raises(ValueError, match="per-layer sliding windows"):
+        llama.LlamaConfig.from_dict({"model_type": "qwen2", **fx.LLAMA, "use_sliding_window": 1})
+    with pytest.raises(ValueError, match="num_key_value_heads=3 does not divide"):
+        llama.LlamaConfig(**{**fx.LLAMA, "num_key_value_heads": 3})
+    with pytest.raises(ValueError, match="model_type 'gpt2'; LlamaConfig reads"):
+        llama.LlamaConfig.from_dict({"model_type": "gpt2"})
+
+
+def _rows(n, start, stop):
+    out = np.zeros(n, bool)
+    out[start:stop] = True
+    return out
+
+
+@pytest.mark.parametrize("case", ["llama", "qwen2"])
+def test_llama_head_layouts_take_the_query_head_and_its_shared_group(saved, case):
+    """``"l0h1"`` selects query head 1's ``q_proj`` rows and ``o_proj`` columns and the rows
+    of its key/value group g(1) = 1 // (4 / 2) = 0 in ``k_proj`` and ``v_proj`` (shared with
+    head 0); ``"l1g1"`` all of group 1: query heads 2, 3 and key/value head 1."""
+    model = sj.lm.load_model(saved[case][1])  # sj.lm's loader is hf_lm's
+    layout = sj.lm.layout(model)
+    assert layout == sj.refine.Layout("llama", num_heads=4, num_kv_heads=2, num_layers=2)
+    params = nnx.state(model, nnx.Param)
+    d, dh = 32, 8
+    masks = sj.refine.components(params, ["l0h1", "l1g1"], layout)
+    for name, layer, q, kv in (("l0h1", 0, (8, 16), (0, 8)), ("l1g1", 1, (16, 32), (8, 16))):
+        attn = _params_of(masks[name])
+        at = f"layers/{layer}/self_attn"
+        for key, value in attn.items():
+            if not key.startswith(at):
+                assert not value.any(), (name, key)  # nothing outside the layer's attention
+        np.testing.assert_array_equal(attn[f"{at}/q_proj/weight"].all(1), _rows(32, *q))
+        np.testing.assert_array_equal(attn[f"{at}/o_proj/weight"].all(0), _rows(32, *q))
+        for proj in ("k_proj", "v_proj"):
+            np.testing.assert_array_equal(attn[f"{at}/{proj}/weight"].all(1), _rows(16, *kv))
+        biases = (q[1] - q[0]) + 2 * (kv[1] - kv[0]) if case == "qwen2" else 0
+        for proj in ("q_proj", "k_proj", "v_proj"):
+            assert (f"{at}/{proj}/bias" in attn) == (case == "qwen2")
+        expected = d * (q[1] - q[0]) * 2 + 2 * d * (kv[1] - kv[0]) + biases
+        assert sum(int(m.sum()) for m in attn.values()) == expected
+    assert sum(int(m.sum()) for m in _params_of(masks["l0h1"]).values()) == 4 * d * dh + (
+        3 * dh if case == "qwen2" else 0
+    )
+
+
+def _params_of(mask) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_flatten_with_path(getattr(mask, "mask", mask))[0]
+    return {path_string(p): np.asarray(x) for p, x in leaves}
+
+
+@pytest.mark.filterwarnings("ignore::slt_jax.LLCDiagnosticWarning")  # 8 steps: a smoke run
+def test_a_refined_llc_of_a_llama_head_runs_through_sj_lm(saved):
+    model = sj.lm.load_model(saved["qwen2"][1])
+    loss_fn, params = sj.lm.next_token_loss(model)
+    windows = np.random.default_rng(0).integers(0, fx.VOCAB, (16, fx.LENGTH + 1))
+    refinements = sj.refine.components(params, ["l0h1"], sj.lm.layout(model))
+    result = sj.estimate_refined_llc(
+        loss_fn,
+        params,
+        windows,
+        refinements,
+        num_chains=2,
+        num_steps=8,
+        batch_size=4,
+        step_size=1e-6,
+        nbeta=10.0,
+        seed=0,
+    )
+    assert np.isfinite(np.asarray(result["l0h1"].llc_mean))
+
+
+def test_llama_checkpoint_directories_load(tmp_path):
+    models = {step: _build("qwen2", seed=step) for step in (10, 20)}
+    for step, m in models.items():
+        fx.save(m, tmp_path / f"step{step}")
+    model, checkpoints = sj.lm.load_checkpoints(tmp_path)
+    assert type(model) is llama.Llama and checkpoints.steps.tolist() == [10, 20]
+    ids, mask = fx.tokens(3)
+    nnx.update(model, checkpoints.read(1))
+    assert _max_diff(model(ids, mask), fx.torch_logits(models[20], ids, mask), mask) < TOL
 
 
 # --- checkpoint sets -------------------------------------------------------------------------
@@ -242,7 +423,7 @@ def test_a_checkpoint_of_another_architecture_is_named(run_dir, tmp_path):
 # --- gradients -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["gpt2", "neox-parallel"])
+@pytest.mark.parametrize("case", ["gpt2", "neox-parallel", "qwen2"])
 def test_jit_grad_of_a_loss_through_the_model(saved, case):
     model = hf_lm.load_model(saved[case][1])
     ids, _ = fx.tokens(4)
@@ -280,11 +461,11 @@ def test_a_directory_without_config_json(tmp_path, saved):
 
 def test_another_architecture(tmp_path, gpt2_files):
     config, tensors = gpt2_files
-    hf.write(tmp_path / "llama", config | {"model_type": "llama"}, tensors)
+    hf.write(tmp_path / "bloom", config | {"model_type": "bloom"}, tensors)
     with pytest.raises(
-        ValueError, match=r"model_type 'llama' is not supported.*'gpt2', 'gpt_neox'"
+        ValueError, match=r"model_type 'bloom' is not supported.*'gpt2', 'gpt_neox', 'llama'"
     ):
-        hf_lm.load_model(tmp_path / "llama")
+        hf_lm.load_model(tmp_path / "bloom")
     neox_config = {"model_type": "gpt_neox", **fx.NEOX}  # GPT-2 weights under a NeoX config
     hf.write(tmp_path / "as-neox", neox_config, tensors)
     with pytest.raises(

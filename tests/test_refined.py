@@ -470,3 +470,56 @@ def test_observation_input_errors(linear_regression):
     with pytest.raises(ValueError, match="is not an observable"):
         res = _regression_run(loss_fn, w, data, None, probe=jax.tree.map(lambda a: a[:4], data))
         res.probes["all"].susceptibility("missing")
+
+
+# ---- one observation keyword for every entry point ----------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::slt_jax.LLCDiagnosticWarning")  # 40 steps: equalities only
+def test_every_entry_point_takes_the_same_observation(linear_regression):
+    """``observe=sj.Observation(...)`` is one declaration: ``estimate_llc`` and
+    ``estimate_llc_checkpoints`` take it (the refined job of the one refinement ``"all"``),
+    the refined entry points take it or its loose keywords, with the same numbers."""
+    loss_fn, w, data = linear_regression
+    x, y = data
+    options = dict(num_chains=2, num_steps=40, step_size=1e-4, localization=100.0, batch_size=64)
+    observe = sj.Observation(
+        observables={"half": (x[:500], y[:500])}, probe=(x[:4], y[:4]), every=4
+    )
+    plain = sj.estimate_llc(loss_fn, w, data, **options)
+    res = sj.estimate_llc(loss_fn, w, data, observe=observe, **options)
+    loose = sj.estimate_refined_llc(
+        loss_fn,
+        w,
+        data,
+        observables=observe.observables,
+        probe=observe.probe,
+        observe_every=4,
+        **options,
+    )
+    assert isinstance(res, sj.RefinedLLCResult) and list(res) == ["all"]
+    np.testing.assert_allclose(res["all"].llc_per_chain, plain.llc_per_chain, rtol=1e-5)
+    np.testing.assert_array_equal(res["all"].llc_per_chain, loose["all"].llc_per_chain)
+    np.testing.assert_array_equal(
+        res.observables["all"].llc_per_chain, loose.observables["all"].llc_per_chain
+    )
+    np.testing.assert_array_equal(res.probes["all"].probe_mean, loose.probes["all"].probe_mean)
+    sweep = sj.estimate_llc_checkpoints(
+        loss_fn, [w, w + 0.01], data, observe=observe, progress=False, **options
+    )
+    assert isinstance(sweep, sj.RefinedCheckpointsResult)
+    np.testing.assert_array_equal(
+        sweep.checkpoint(0).observables["all"].llc_per_chain,
+        sj.estimate_refined_llc_checkpoints(
+            loss_fn, [w, w + 0.01], data, observe=observe, progress=False, **options
+        )
+        .checkpoint(0)
+        .observables["all"]
+        .llc_per_chain,
+    )
+    with pytest.raises(TypeError, match="not both"):
+        sj.estimate_refined_llc(loss_fn, w, data, observe=observe, probe=(x[:2], y[:2]), **options)
+    with pytest.raises(TypeError, match="must be an sj.Observation"):
+        sj.estimate_llc(loss_fn, w, data, observe={"probe": x}, **options)
+    with pytest.raises(TypeError, match="`dry_run` is not taken with `observe=`"):
+        sj.estimate_llc_checkpoints(loss_fn, [w], data, observe=observe, dry_run=True, **options)

@@ -98,7 +98,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from slt_jax._src import refine
+from slt_jax._src import families, refine
 from slt_jax._src.validation import path_string
 
 PyTree = Any
@@ -219,13 +219,6 @@ _DESCRIPTIONS = {
     "llama": "Llama / Mistral / Qwen2 (layers/{l}/self_attn/q_proj/weight)",
     "tlens": "TransformerLens HookedTransformer (blocks/{l}/attn/W_Q)",
     "slt_jax": "slt_jax.models.attention (layers/{l}/qkv)",
-}
-_HF_MODEL_TYPES = {
-    "gpt2": "gpt2",
-    "gpt_neox": "gpt_neox",
-    "llama": "llama",
-    "mistral": "llama",
-    "qwen2": "llama",
 }
 PATTERNS = (
     "'l{layer}h{head}'",
@@ -363,25 +356,28 @@ class Layout:
     @classmethod
     def from_hf_config(cls, config: Mapping[str, Any] | Any) -> Layout:
         """The layout of a Hugging Face model from its ``config.json`` (a dict, or a
-        ``PretrainedConfig``): ``model_type`` gpt2, gpt_neox, llama, mistral or qwen2;
-        ``n_head`` / ``num_attention_heads``, ``num_key_value_heads``, ``n_layer`` /
-        ``num_hidden_layers``."""
+        ``PretrainedConfig``): its ``model_type``'s record (``_src/families.py``: gpt2,
+        gpt_neox, llama, mistral, qwen2) gives the layout kind and the config keys of the
+        head, key/value-head and layer counts (``n_head`` / ``num_attention_heads``,
+        ``num_key_value_heads``, ``n_layer`` / ``num_hidden_layers``)."""
         if not isinstance(config, Mapping):
             if not hasattr(config, "to_dict"):
                 raise TypeError("`config` must be a config.json dict or a PretrainedConfig.")
             config = config.to_dict()
         model_type = config.get("model_type")
-        if model_type not in _HF_MODEL_TYPES:
+        if model_type not in families.FAMILIES:
             raise ValueError(
-                f"model_type {model_type!r} has no layout; supported: {sorted(_HF_MODEL_TYPES)}."
+                f"model_type {model_type!r} has no layout; supported: {sorted(families.FAMILIES)}."
             )
-        kind = _HF_MODEL_TYPES[model_type]
-        heads = config.get("n_head", config.get("num_attention_heads"))
+        record = families.FAMILIES[model_type]
+        heads = config.get(record.heads_key, config.get("num_attention_heads"))
         if heads is None:
-            raise ValueError("the config has neither `n_head` nor `num_attention_heads`.")
-        layers = config.get("n_layer", config.get("num_hidden_layers"))
-        kv = config.get("num_key_value_heads") if kind == "llama" else None
-        return cls(kind, num_heads=heads, num_kv_heads=kv, num_layers=layers)
+            raise ValueError(
+                f"the config has neither `{record.heads_key}` nor `num_attention_heads`."
+            )
+        layers = config.get(record.layers_key, config.get("num_hidden_layers"))
+        kv = config.get(record.kv_heads_key) if record.kv_heads_key else None
+        return cls(record.layout, num_heads=heads, num_kv_heads=kv, num_layers=layers)
 
     # ---- masks -----------------------------------------------------------------------
 

@@ -2,8 +2,8 @@ r"""The next-token loss of a language model, and the export of per-token results
 
 Public as ``sj.lm``: :func:`next_token_loss` turns a model that maps token ids to logits
 into the ``(loss_fn, params)`` pair every estimator takes; :func:`check_tokens` checks a
-batch before anything is compiled; :func:`to_zarr` and :func:`to_netcdf` write the
-``xarray.Dataset`` of a result (Zarr is the ``lm`` extra: ``pip install "slt-jax[lm]"``).
+batch before anything is compiled. (The export of results, ``sj.lm.to_zarr`` and
+``sj.lm.to_netcdf``, is ``_src/io/export.py``'s; the names here are kept for old imports.)
 
 **The loss.** A batch holds ``B`` windows of ``T + 1`` token ids ``x_{b,0..T}`` (what
 ``sj.TokenWindows(tokens, seq_len=T + 1)`` yields), optionally with an attention mask
@@ -30,7 +30,6 @@ averages over both axes; without padding the two means are the same number.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,9 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PyTree = Any
+# The export moved to _src/io/export.py; these names stay for old imports.
+from slt_jax._src.io.export import to_netcdf as to_netcdf  # noqa: F401
+from slt_jax._src.io.export import to_zarr as to_zarr  # noqa: F401
 
-_ZARR_HINT = 'Zarr export needs the zarr package: pip install "slt-jax[lm]" (or zarr>=2.18).'
+PyTree = Any
 
 
 def _is_abstract(x) -> bool:
@@ -277,44 +278,3 @@ def next_token_loss(
     loss_fn.token_mask = token_mask
     loss_fn.check_tokens = lambda batch: check_tokens(batch, vocab)
     return loss_fn, params
-
-
-# ---- export ----------------------------------------------------------------------------------
-
-
-def _zarr():
-    try:
-        import zarr
-    except ImportError as error:
-        raise ImportError(_ZARR_HINT) from error
-    return zarr
-
-
-def to_zarr(dataset, path: str | os.PathLike) -> None:
-    """Write an ``xarray.Dataset`` (a result's ``to_xarray()``) to a Zarr store at ``path``
-    (replaced if it exists), with consolidated metadata: ``xarray.open_zarr(path)`` reads it
-    back. Names (refinements, observables) are stored as variable-length strings, which
-    Zarr format 3 specifies (fixed-width ones it does not).
-
-    Zarr is optional: ``pip install "slt-jax[lm]"``.
-    """
-    import warnings
-
-    _zarr()
-    strings = {
-        name: dataset[name].astype(object)
-        for name in dataset.variables
-        if dataset[name].dtype.kind == "U"
-    }
-    dataset = dataset.assign_coords(
-        {k: v for k, v in strings.items() if k in dataset.coords}
-    ).assign({k: v for k, v in strings.items() if k not in dataset.coords})
-    with warnings.catch_warnings():  # consolidated metadata is a zarr-python extension to v3
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        dataset.to_zarr(os.fspath(path), mode="w", consolidated=True)
-
-
-def to_netcdf(dataset, path: str | os.PathLike) -> None:
-    """Write an ``xarray.Dataset`` to a netCDF-4 file (h5netcdf, a dependency); read it back
-    with ``xarray.open_dataset(path)``."""
-    dataset.to_netcdf(os.fspath(path), engine="h5netcdf")

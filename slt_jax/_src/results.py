@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from slt_jax._src import lm
 from slt_jax._src.config import LLCConfig
 from slt_jax._src.estimators.diagnostics import ACCEPTANCE_BAND, health_problems
+from slt_jax._src.io import export
 from slt_jax._src.version import __version__
 
 # Each field's named axes after the optional leading checkpoint axis.
@@ -262,12 +262,12 @@ class LLCResult:
     def to_zarr(self, path) -> None:
         """:meth:`to_xarray` written to a Zarr store; ``LLCResult.from_xarray(
         xarray.open_zarr(path))`` reads it back. Needs ``pip install "slt-jax[lm]"``."""
-        lm.to_zarr(self.to_xarray(), path)
+        export.to_zarr(self.to_xarray(), path)
 
     def to_netcdf(self, path) -> None:
         """:meth:`to_xarray` written to a netCDF-4 file; ``LLCResult.from_xarray(
         xarray.open_dataset(path))`` reads it back."""
-        lm.to_netcdf(self.to_xarray(), path)
+        export.to_netcdf(self.to_xarray(), path)
 
     @classmethod
     def from_xarray(cls, dataset) -> LLCResult:

@@ -1,6 +1,8 @@
 """Hugging Face language-model directories in and out of the native Flax NNX models
-(:class:`~slt_jax.models.gpt2.GPT2`, :class:`~slt_jax.models.gpt_neox.GPTNeoX`), without
-PyTorch: ``config.json`` picks the model, the safetensors weights are its parameters.
+(:class:`~slt_jax.models.gpt2.GPT2`, :class:`~slt_jax.models.gpt_neox.GPTNeoX`,
+:class:`~slt_jax.models.llama.Llama` for Llama, Mistral and Qwen2), without PyTorch:
+``config.json``'s ``model_type`` picks the family record (``_src/families.py``), which
+names the model; the safetensors weights are its parameters.
 
 Public as ``sj.lm.load_model``, ``sj.lm.save_model`` and ``sj.lm.load_checkpoints``.
 
@@ -17,34 +19,43 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from slt_jax._src import families
 from slt_jax._src.io import hf
 from slt_jax._src.io.checkpoints import CheckpointSet, load_checkpoint_set
 from slt_jax._src.io.formats import _step_from_name
 from slt_jax._src.layouts import Layout
 from slt_jax._src.validation import path_string
-from slt_jax.models.gpt2 import GPT2, GPT2Config
-from slt_jax.models.gpt_neox import GPTNeoX, GPTNeoXConfig
 
 __all__ = ["MODELS", "layout", "load_checkpoints", "load_model", "save_model"]
 
-MODELS = {"gpt2": (GPT2, GPT2Config), "gpt_neox": (GPTNeoX, GPTNeoXConfig)}
+
+class _Models(Mapping):
+    """``{model_type: (model class, config class)}`` from the family records, each
+    imported when it is looked up."""
+
+    def __getitem__(self, model_type):
+        return families.native(families.FAMILIES[model_type])
+
+    def __iter__(self):
+        return iter(families.FAMILIES)
+
+    def __len__(self):
+        return len(families.FAMILIES)
+
+
+MODELS = _Models()
 
 
 def _abstract(config_dict: dict[str, Any], where: str) -> nnx.Module:
     """The model a ``config.json`` describes, with shapes but no values (nothing computed)."""
-    model_type = config_dict.get("model_type")
-    if model_type not in MODELS:
-        raise ValueError(
-            f"{where}: model_type {model_type!r} is not supported; the native models are "
-            f"{', '.join(map(repr, MODELS))} (GPT-2 and GPT-NeoX/Pythia)."
-        )
-    cls, config_cls = MODELS[model_type]
+    cls, config_cls = families.native(families.family(config_dict.get("model_type"), where))
     config = config_cls.from_dict(config_dict)
     return nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
 
@@ -66,8 +77,10 @@ def _filled(abstract: nnx.Module, values: dict[str, Any]) -> nnx.Module:
 def load_model(path: str | os.PathLike) -> nnx.Module:
     """The native model of the Hugging Face model directory ``path``.
 
-    ``config.json``'s ``model_type`` picks :class:`~slt_jax.models.gpt2.GPT2` (``"gpt2"``)
-    or :class:`~slt_jax.models.gpt_neox.GPTNeoX` (``"gpt_neox"``, Pythia) and its config;
+    ``config.json``'s ``model_type`` picks :class:`~slt_jax.models.gpt2.GPT2` (``"gpt2"``),
+    :class:`~slt_jax.models.gpt_neox.GPTNeoX` (``"gpt_neox"``, Pythia) or
+    :class:`~slt_jax.models.llama.Llama` (``"llama"``, ``"mistral"``, ``"qwen2"``) and its
+    config;
     the weights (``model.safetensors`` or a sharded index, as ``save_pretrained`` writes;
     16-bit floats widened to float32) become its ``nnx.Param`` s, float32, by name: the
     state-dict key without the base model's prefix. Buffers (causal masks, rotary
@@ -92,16 +105,16 @@ def load_model(path: str | os.PathLike) -> nnx.Module:
 def save_model(
     model: nnx.Module, path: str | os.PathLike, *, max_shard_bytes: int | None = None
 ) -> pathlib.Path:
-    """Write ``model`` (a :class:`~slt_jax.models.gpt2.GPT2` or
-    :class:`~slt_jax.models.gpt_neox.GPTNeoX`) as a Hugging Face model directory:
+    """Write ``model`` (a native :class:`~slt_jax.models.gpt2.GPT2`,
+    :class:`~slt_jax.models.gpt_neox.GPTNeoX` or :class:`~slt_jax.models.llama.Llama`) as a
+    Hugging Face model directory:
     ``config.json`` (``model.config.to_dict()``) and its parameters under their state-dict
     keys in ``model.safetensors``, or in shards of at most ``max_shard_bytes`` bytes with
     ``model.safetensors.index.json``. ``transformers.AutoModelForCausalLM.from_pretrained``
     loads the directory, and so does :func:`load_model`. Files are written under temporary
     names, then renamed. Returns the directory.
     """
-    if not isinstance(model, GPT2 | GPTNeoX):
-        raise TypeError(f"`model` must be a GPT2 or GPTNeoX, not {type(model).__name__}.")
+    families.of_model(model)  # a TypeError for anything else
     config = model.config.to_dict()
     flat = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
     params = {path_string(p): jax.device_get(x) for p, x in flat}
@@ -152,15 +165,15 @@ def load_checkpoints(directory: str | os.PathLike) -> tuple[nnx.Module, Checkpoi
 
 def layout(model: nnx.Module):
     """Where the heads, layers, MLPs and embeddings of ``model`` (a native
-    :class:`~slt_jax.models.gpt2.GPT2` or :class:`~slt_jax.models.gpt_neox.GPTNeoX`) are in
-    its parameters: the :class:`~slt_jax.refine.Layout` that :func:`slt_jax.refine.heads`
-    and :func:`slt_jax.refine.components` read names such as ``"l0h1"`` or ``"l1 mlp"``
-    with.
+    :class:`~slt_jax.models.gpt2.GPT2`, :class:`~slt_jax.models.gpt_neox.GPTNeoX` or
+    :class:`~slt_jax.models.llama.Llama`) are in its parameters: the
+    :class:`~slt_jax.refine.Layout` that :func:`slt_jax.refine.heads` and
+    :func:`slt_jax.refine.components` read names such as ``"l0h1"`` or ``"l1 mlp"`` with
+    (the family record's layout kind and head counts).
 
     Example::
 
       refinements = sj.refine.heads(params, sj.lm.layout(model))   # {"l0h0": mask, ...}
     """
-    if not isinstance(model, GPT2 | GPTNeoX):
-        raise TypeError(f"`model` must be a GPT2 or GPTNeoX, not {type(model).__name__}.")
+    families.of_model(model)  # a TypeError for anything else
     return Layout.from_hf_config(model.config.to_dict())

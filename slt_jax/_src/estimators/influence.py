@@ -54,8 +54,8 @@ import dataclasses
 
 import numpy as np
 
-from slt_jax._src import lm
 from slt_jax._src.estimators import diagnostics
+from slt_jax._src.io import export
 
 
 def _stderr(per_chain: np.ndarray) -> np.ndarray:
@@ -408,8 +408,8 @@ class ProbeStatistics:
     def to_zarr(self, path) -> None:
         """:meth:`to_xarray` written to a Zarr store (``xarray.open_zarr(path)`` reads it);
         needs ``pip install "slt-jax[lm]"``."""
-        lm.to_zarr(self.to_xarray(), path)
+        export.to_zarr(self.to_xarray(), path)
 
     def to_netcdf(self, path) -> None:
         """:meth:`to_xarray` written to a netCDF-4 file (``xarray.open_dataset(path)``)."""
-        lm.to_netcdf(self.to_xarray(), path)
+        export.to_netcdf(self.to_xarray(), path)

@@ -5,7 +5,6 @@ atomically, and the training step read from each file's name."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
 import re
@@ -18,6 +17,7 @@ import safetensors.numpy
 from flax import serialization
 
 from slt_jax._src.io import hf
+from slt_jax._src.io.atomic import write_atomic
 from slt_jax._src.validation import leaf_name
 
 PyTree = Any
@@ -82,14 +82,7 @@ def save_checkpoint(
     else:
         data = serialization.msgpack_serialize(_nest(flat, "params"))
     target = root / f"step_{int(step):08d}.{format}"
-    tmp = hf.write_temp(root, target.name, data)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return target
+    return write_atomic(target, data)
 
 
 def _key_part(key) -> str:

@@ -1,7 +1,7 @@
 """Hugging Face model directories: ``config.json`` and safetensors weights, as
 ``transformers``' ``save_pretrained`` writes them, read into host numpy arrays and written
 back; and the mapping between a state dict's keys and the parameter names of the native
-Flax NNX language models (``slt_jax.models.gpt2``, ``slt_jax.models.gpt_neox``).
+Flax NNX language models, as each family's record (``_src/families.py``) says.
 
 A directory holds ``config.json`` and either ``model.safetensors`` or the sharded form,
 ``model.safetensors.index.json`` whose ``weight_map`` sends each tensor to one of
@@ -11,8 +11,9 @@ keep their dtype. PyTorch pickles (``pytorch_model.bin``) are not read: re-save 
 ``model.save_pretrained(path, safe_serialization=True)``.
 
 Parameter names are the state dict's keys with the base model's prefix (``transformer.``,
-``gpt_neox.``) dropped and ``.`` replaced by ``/``; buffers (causal masks, rotary
-frequencies) are dropped, and so is an output embedding tied to the input one.
+``gpt_neox.``, ``model.``: the family record's ``prefix``) dropped and ``.`` replaced by
+``/``; buffers (causal masks, rotary frequencies) are dropped, and so is an output embedding
+tied to the input one.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import json
 import os
 import pathlib
 import re
-import tempfile
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from slt_jax._src import families
+from slt_jax._src.io.atomic import sync_directory, write_temp
 
 __all__ = [
     "architecture",
@@ -51,15 +54,6 @@ INDEX = "model.safetensors.index.json"
 _SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 _PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
-# Per model type: the base model's prefix in a causal-LM state dict, the parameter name of an
-# untied output embedding (and other names files use for it), and the keys of buffers.
-_PREFIX = {"gpt2": "transformer.", "gpt_neox": "gpt_neox."}
-_HEAD = {"gpt2": "lm_head.weight", "gpt_neox": "embed_out.weight"}
-_HEAD_ALIASES = {"gpt_neox": ("lm_head.weight",)}  # transformers 5 names it so in memory
-_BUFFER = re.compile(
-    r"(?:^|\.)(?:attn\.(?:bias|masked_bias)|attention\.(?:bias|masked_bias)"
-    r"|rotary_emb\.inv_freq|rotary_emb\.original_inv_freq)$"
-)
 # Config fields that leave the function a model computes unchanged (compared across the
 # snapshots of a checkpoint set).
 _NOT_ARCHITECTURE = re.compile(
@@ -67,6 +61,8 @@ _NOT_ARCHITECTURE = re.compile(
     r"|.*_token_id|.*pdrop|.*dropout.*|summary_.*|task_specific_params|is_decoder"
     r"|reorder_and_upcast_attn|output_.*|return_dict|id2label|label2id)$"
 )
+_ALL_BUFFERS = tuple(sorted({b for f in families.FAMILIES.values() for b in f.buffers}))
+neox_rotary = families.neox_rotary
 _DTYPES = {
     "F64": np.float64,
     "F32": np.float32,
@@ -277,13 +273,14 @@ def model_params(config: Mapping[str, Any], tensors: Mapping[str, Any]) -> dict[
     original GPT-2 files have, are taken as they are), buffers are dropped, and the output
     embedding too when ``config`` ties it to the input embedding.
     """
-    model_type = config.get("model_type")
-    prefix, head = _PREFIX.get(model_type, ""), _HEAD.get(model_type)
-    heads = {head, *_HEAD_ALIASES.get(model_type, ())} - {None}
-    tied = bool(config.get("tie_word_embeddings", model_type == "gpt2"))
+    record = families.FAMILIES.get(config.get("model_type"))
+    prefix, head = (record.prefix, record.head) if record else ("", None)
+    heads = {head, *(record.head_aliases if record else ())} - {None}
+    tied = bool(config.get("tie_word_embeddings", record is not None and record.tied_default))
+    buffers = record.buffers if record else _ALL_BUFFERS
     out = {}
     for key, x in tensors.items():
-        if _BUFFER.search(key):
+        if key in buffers or key.endswith(tuple("." + b for b in buffers)):
             continue
         if key in heads:
             if tied:
@@ -298,8 +295,8 @@ def model_params(config: Mapping[str, Any], tensors: Mapping[str, Any]) -> dict[
 def state_dict(config: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     """The inverse of :func:`model_params`: parameter names back to state-dict keys, as a
     causal-LM model of ``config["model_type"]`` saves them."""
-    model_type = config.get("model_type")
-    prefix, head = _PREFIX.get(model_type, ""), _HEAD.get(model_type)
+    record = families.FAMILIES.get(config.get("model_type"))
+    prefix, head = (record.prefix, record.head) if record else ("", None)
     out = {}
     for name, x in params.items():
         key = name.replace("/", ".")
@@ -432,41 +429,21 @@ def _names(keys: list[str], limit: int = 6) -> str:
 
 def _other_model(config, tensors) -> str:
     """A hint when the weights carry another known model type's prefix."""
-    for model_type, prefix in _PREFIX.items():
-        if model_type != config.get("model_type") and any(k.startswith(prefix) for k in tensors):
-            return f"; its tensors look like a {model_type} model's ({prefix}…)"
+    for model_type, record in families.FAMILIES.items():
+        if record.prefix == families.FAMILIES.get(config.get("model_type"), record).prefix:
+            continue  # the same prefix tells nothing (Llama, Mistral, Qwen2)
+        if any(k.startswith(record.prefix) for k in tensors):
+            return f"; its tensors look like a {model_type} model's ({record.prefix}…)"
     return ""
 
 
 def architecture(config: Mapping[str, Any]) -> dict[str, Any]:
     """The fields of ``config`` that shape the function the model computes (dropout, token
-    ids, versions and the like left out; GPT-NeoX's two spellings of its rotary settings
-    made one), to compare the snapshots of a checkpoint set."""
+    ids, versions and the like left out; the two spellings of rotary settings made one by
+    the family record's ``canonical``), to compare the snapshots of a checkpoint set."""
     out = {k: v for k, v in config.items() if not _NOT_ARCHITECTURE.match(k)}
-    if config.get("model_type") == "gpt_neox":
-        pct, base = neox_rotary(config)
-        for key in ("rope_parameters", "rope_scaling", "rope_theta", "partial_rotary_factor"):
-            out.pop(key, None)
-        out |= {"rotary_pct": pct, "rotary_emb_base": base}
-    return out
-
-
-def neox_rotary(config: Mapping[str, Any]) -> tuple[float, float]:
-    """GPT-NeoX's ``(rotary_pct, rotary_emb_base)`` from either spelling: transformers 5's
-    ``rope_parameters`` (``partial_rotary_factor``, ``rope_theta``), or the older
-    ``rotary_pct``, ``rotary_emb_base`` / ``rope_theta``; transformers' defaults 0.25 and
-    10000. Rotary scaling other than the default is a ``ValueError``."""
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    if not isinstance(rope, dict):
-        raise ValueError(f"rope_parameters {rope!r} is not an object.")
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind != "default":
-        raise ValueError(
-            f"rotary scaling {kind!r} is not supported (only the default rotary embedding)."
-        )
-    pct = rope.get("partial_rotary_factor", config.get("rotary_pct", 0.25))
-    base = rope.get("rope_theta", config.get("rope_theta", config.get("rotary_emb_base", 10000)))
-    return float(pct), float(base)
+    record = families.FAMILIES.get(config.get("model_type"))
+    return record.canonical(out) if record and record.canonical else out
 
 
 def write(
@@ -527,25 +504,8 @@ def write(
         for tmp in temps.values():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+    sync_directory(root)
     for stale in root.iterdir():
         if is_weight_file(stale.name) and stale.name not in files:
             stale.unlink()
     return root
-
-
-def write_temp(root: pathlib.Path, name: str, data: bytes) -> str:
-    """``data`` written and flushed to disk in a temporary file of ``root`` (named after
-    ``name``), for an atomic ``os.replace`` onto ``root / name``; its path. A failed write
-    leaves no temporary file."""
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return tmp

@@ -24,7 +24,8 @@ finished chunk counts only if it holds exactly the steps of that chunk of the cu
 (others are run again and replaced). A directory is used only if it is new, empty (but for the lock
 and torn temporary files of a killed run) or has this library's manifest: one holding other
 files, or another program's ``manifest.json``, is an error. Only the library's own
-temporary files (``.chunk-00000.nc.tmp-PID``, ``.manifest.json.tmp-PID``) are ever deleted.
+temporary files (``.chunk-00000.nc.tmp-PID-XXXX``, ``.manifest.json.tmp-PID-XXXX``, as
+``_src/io/atomic.py`` names them) are ever deleted.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ try:
 except ImportError:  # not POSIX: no lock
     fcntl = None
 
+from slt_jax._src.io import export
+from slt_jax._src.io.atomic import write_atomic
 from slt_jax._src.results import LLCResult, concat_results
 from slt_jax._src.userwarn import warn as warn_user
 
@@ -54,7 +57,7 @@ _TRACED = {"loss_fn": "the loss function"}
 # The names this library writes: chunks, the lock, and the temporary files of atomic writes.
 _CHUNK = re.compile(r"chunk-(\d{5,})\.nc")
 _HASHES = "checkpoint_hashes"  # the chunk file's attribute holding its checkpoints' hashes
-_TEMPORARY = re.compile(r"\.(chunk-\d{5,}\.nc|manifest\.json)\.tmp-\d+")
+_TEMPORARY = re.compile(r"\.(chunk-\d{5,}\.nc|manifest\.json)\.tmp-\d+(?:-[a-z0-9_]+)?")
 
 
 def check_out(out: Any) -> pathlib.Path:
@@ -102,23 +105,6 @@ def _chunk_files(path: pathlib.Path) -> dict[int, pathlib.Path]:
         if match and entry.is_file():
             found[int(match.group(1))] = entry
     return found
-
-
-def _fsync_dir(path: pathlib.Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: pathlib.Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _differences(stored: dict, now: dict, prefix: str = "", skip=()) -> list[str]:
@@ -347,11 +333,11 @@ class ResultStore:
             merged = _grown(self.stored, manifest, self.path, self.growing)
             if merged != self.stored:
                 text = json.dumps(merged, indent=2, sort_keys=True)
-                _atomic_write(self.path / MANIFEST, lambda tmp: tmp.write_text(text))
+                write_atomic(self.path / MANIFEST, text.encode())
                 self.stored = merged
         else:
             text = json.dumps(manifest, indent=2, sort_keys=True)
-            _atomic_write(self.path / MANIFEST, lambda tmp: tmp.write_text(text))
+            write_atomic(self.path / MANIFEST, text.encode())
             self.stored = manifest
         self.manifest = manifest
 
@@ -380,9 +366,7 @@ class ResultStore:
         dataset = result.to_xarray()
         if hashes is not None:
             dataset.attrs[_HASHES] = json.dumps([str(h) for h in hashes])
-        _atomic_write(
-            self._chunk_path(index), lambda tmp: dataset.to_netcdf(tmp, engine="h5netcdf")
-        )
+        export.to_netcdf(dataset, self._chunk_path(index))
 
     def read_chunk(self, index: int) -> Any:
         return _read(self._chunk_path(index), self.result_type)

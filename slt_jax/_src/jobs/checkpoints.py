@@ -21,18 +21,21 @@ from slt_jax._src.io.fingerprint import loss_fingerprint, manifest
 from slt_jax._src.io.lazy import CheckpointReadError
 from slt_jax._src.io.store import ResultStore, check_out, read_manifest, stored_chunk_size
 from slt_jax._src.jobs import auto, memory, orchestrate, plan, report, traced
+from slt_jax._src.jobs.observation import Observation, observation_options
 from slt_jax._src.results import CalibrationRecord, LLCResult, concat_results, stack_results
 
 PyTree = Any
 
 
 @run_options()
+@observation_options()
 def estimate_llc_checkpoints(
     loss_fn,
     checkpoints: Any,
     data: PyTree,
     *,
     config: LLCConfig,
+    observe: Observation | None = None,
     steps: Any = None,
     like: PyTree = None,
     format: str | None = None,
@@ -63,6 +66,11 @@ def estimate_llc_checkpoints(
         directory's ``calibration`` record it, and resuming reuses it (no recalibration).
       calibrate_on: with ``step_size="auto"``, the training step of the checkpoint to
         calibrate on (default: the last).
+      observe: an :class:`~slt_jax.Observation` (the keyword of every entry point): the
+        chains also observe its observables and probe set at every checkpoint; the result
+        is then the :class:`~slt_jax.RefinedCheckpointsResult` of the one refinement
+        ``"all"`` (:func:`~slt_jax.estimate_refined_llc_checkpoints`), which takes no
+        ``step_size="auto"``, ``calibrate_on`` or ``dry_run``.
       checkpoints: a :class:`~slt_jax.CheckpointSet`; a directory of snapshots (orbax,
         safetensors or flax msgpack; see :func:`~slt_jax.load_checkpoint_set`); a list of
         pytrees; or one pytree whose leaves are stacked along a leading checkpoint axis.
@@ -121,6 +129,8 @@ def estimate_llc_checkpoints(
       >>> bool(abs(res.llc_mean - 0.5).max() < 0.15)  # about 0.5 ± 0.03 each
       True
     """
+    if observe is not None:  # observing chains: the refined sweep, one refinement "all"
+        return _observed_sweep(loss_fn, checkpoints, data, locals())
     checkpoint_set = as_checkpoint_set(checkpoints, steps=steps, like=like, format=format)
     # A lazy set is checked on its structure (shapes, dtypes): its values are read, and
     # checked, when their chunk runs.
@@ -194,6 +204,27 @@ def estimate_llc_checkpoints(
             store.close()
     report.warn_over_checkpoints(result)
     return result
+
+
+def _observed_sweep(loss_fn, checkpoints, data, given: dict):
+    """``estimate_llc_checkpoints(..., observe=...)``: the refined sweep of ``"all"``."""
+    from slt_jax._src.jobs.refined_sweep import estimate_refined_llc_checkpoints
+
+    for name, default in (("calibrate_on", None), ("calibration_budget", None), ("dry_run", False)):
+        if given[name] != default:
+            raise TypeError(f"`{name}` is not taken with `observe=` (a refined sweep).")
+    keep = ("steps", "like", "format", "chunk_size", "memory_budget", "out", "progress")
+    return estimate_refined_llc_checkpoints(
+        loss_fn,
+        checkpoints,
+        data,
+        None,
+        config=given["config"],
+        observe=given["observe"],
+        mesh=given["mesh"],
+        devices=given["devices"],
+        **{k: given[k] for k in keep},
+    )
 
 
 def _calibration_request(checkpoint_set, calibrate_on, budget, localization, nbeta) -> dict:

@@ -10,19 +10,22 @@ import jax
 from jax.sharding import Mesh
 
 from slt_jax._src.config import LLCConfig, run_options
-from slt_jax._src.jobs import auto, orchestrate, report
+from slt_jax._src.jobs import auto, orchestrate, refined, report
+from slt_jax._src.jobs.observation import Observation, observation_options
 from slt_jax._src.results import LLCResult
 
 PyTree = Any
 
 
 @run_options()
+@observation_options()
 def estimate_llc(
     loss_fn,
     params: PyTree,
     data: PyTree,
     *,
     config: LLCConfig,
+    observe: Observation | None = None,
     calibration_budget: int | None = None,
     mesh: Mesh | None = None,
     devices: Sequence[jax.Device] | None = None,
@@ -91,6 +94,10 @@ def estimate_llc(
         gradient and noise norms) every this many draws; ``0`` turns them off. For SGLD
         each costs one extra gradient on the same minibatch.
       seed: an integer seed or a JAX key; chain ``i`` uses ``jax.random.split(key, C)[i]``.
+      observe: an :class:`~slt_jax.Observation`: the chains also observe its observables
+        and probe set (the same keyword for every entry point). The result is then the
+        :class:`~slt_jax.RefinedLLCResult` of the one refinement ``"all"`` (everything
+        moves): ``res["all"]`` this LLC, ``res.observables["all"]``, ``res.probes["all"]``.
       calibration_budget: with ``step_size="auto"``, the most chain-steps the calibration
         may spend (default: its full two-stage grid, 76 × ``num_steps``: 5 × 4 cells × 2
         chains, then 3 × 3 cells × 4 chains).
@@ -119,6 +126,10 @@ def estimate_llc(
       >>> round(res.llc_mean, 1)  # a regular model with d = 1: λ = 1/2
       0.5
     """
+    if observe is not None:  # observing chains: the refined job, one refinement "all"
+        return refined.estimate_refined_llc(
+            loss_fn, params, data, None, config=config, observe=observe, mesh=mesh, devices=devices
+        )
     wants = auto.wants_auto(config.step_size, config.localization)
     # checked once, with stand-in numbers for what a calibration will choose
     prepared = orchestrate.prepare_run(

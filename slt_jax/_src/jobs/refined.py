@@ -20,14 +20,14 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from slt_jax._src import data as _data
-from slt_jax._src import lm, refine, restricted, sources, validation
+from slt_jax._src import refine, restricted
 from slt_jax._src.config import LLCConfig, run_options
 from slt_jax._src.engine import programs
 from slt_jax._src.estimators.influence import ObservableLLCs, ProbeStatistics
+from slt_jax._src.io import export
 from slt_jax._src.jobs import orchestrate, report
+from slt_jax._src.jobs.observation import Observation, observation_options
 from slt_jax._src.layouts import Layout
-from slt_jax._src.observe import Observe, Observed
 from slt_jax._src.results import LLCResult
 
 PyTree = Any
@@ -138,73 +138,15 @@ class RefinedLLCResult(Mapping[str, LLCResult]):
     def to_zarr(self, path) -> None:
         """:meth:`to_xarray` written to a Zarr store (``xarray.open_zarr(path)`` reads it);
         needs ``pip install "slt-jax[lm]"``."""
-        lm.to_zarr(self.to_xarray(), path)
+        export.to_zarr(self.to_xarray(), path)
 
     def to_netcdf(self, path) -> None:
         """:meth:`to_xarray` written to a netCDF-4 file (``xarray.open_dataset(path)``)."""
-        lm.to_netcdf(self.to_xarray(), path)
-
-
-def _in_memory(data):
-    """A host source's examples as host arrays (an observed set is held on the device)."""
-    if data is not None and sources.is_source(data):
-        return _data.rows(data, np.arange(len(data)))
-    return data
-
-
-def _check_observed(loss_fn, params, data, observables, probe, batch_size):
-    """Names and data sets of the observables and the probe, checked against ``loss_fn``
-    (a language model's token ids and masks by value, :func:`slt_jax._src.lm.check_tokens`)."""
-    if observables is None:
-        observables = {}
-    if not isinstance(observables, Mapping):
-        raise TypeError("`observables` must be a mapping {name: data set}.")
-    observables = {k: _in_memory(v) for k, v in observables.items()}
-    probe = _in_memory(probe)
-    check_tokens = getattr(loss_fn, "check_tokens", None)
-    if check_tokens is not None:
-        named = {"`probe`": probe}  # `data` is checked by orchestrate.prepare
-        named.update({f"observable {k!r}": v for k, v in observables.items()})
-        for what, tokens in named.items():
-            if tokens is None:
-                continue
-            try:
-                check_tokens(tokens)
-            except (ValueError, TypeError) as error:
-                raise type(error)(f"{what}: {error}") from error
-    names = tuple(str(k) for k in observables)
-    structure = _data.structure(data)
-    for name, obs in observables.items():
-        if jax.tree.structure(obs) != structure:
-            raise ValueError(
-                f"observable {name!r} does not have the pytree structure of `data` "
-                f"({jax.tree.structure(obs)} vs {structure})."
-            )
-        _data.num_examples(obs)
-        validation.check_data(obs)
-        rows = min(batch_size, _data.num_examples(obs))
-        validation.check_loss_fn(loss_fn, params, validation.batch_like(obs, rows))
-        validation.check_remainder(
-            loss_fn, params, obs, batch_size, f"The loss on observable {name!r}"
-        )
-    if probe is not None:
-        if jax.tree.structure(probe) != structure:
-            raise ValueError("`probe` does not have the pytree structure of `data`.")
-        _data.num_examples(probe)
-        validation.check_data(probe)
-        try:
-            validation.check_loss_fn(loss_fn, params, validation.batch_like(probe, 1))
-        except ValueError as error:
-            raise ValueError(
-                f"per-example losses of the probe set call loss_fn on batches of one example, "
-                f"which failed: {error}"
-            ) from error
-    to_host = lambda tree: jax.tree.map(np.asarray, tree)  # noqa: E731
-    observed = Observed(tuple(to_host(observables[k]) for k in observables), to_host(probe))
-    return names, observed
+        export.to_netcdf(self.to_xarray(), path)
 
 
 @run_options()
+@observation_options(loose=True)
 def estimate_refined_llc(
     loss_fn,
     params: PyTree,
@@ -212,12 +154,7 @@ def estimate_refined_llc(
     refinements: Mapping[str, refine.Selector] | None = None,
     *,
     config: LLCConfig,
-    observables: Mapping[str, PyTree] | None = None,
-    probe: PyTree | None = None,
-    observe_every: int = 10,
-    probe_kernel: bool = False,
-    probe_trace: bool = False,
-    per_token: bool = False,
+    observe: Observation | None = None,
     layout: Layout | None = None,
     mesh: Mesh | None = None,
     devices: Sequence[jax.Device] | None = None,
@@ -244,6 +181,9 @@ def estimate_refined_llc(
         or a boolean mask pytree shaped like ``params`` (which may select part of a tensor);
         see :mod:`slt_jax.refine` and :func:`slt_jax.refine.head_masks`. Default: one
         refinement ``"all"`` that selects everything (the ordinary LLC).
+      observe: an :class:`~slt_jax.Observation` (the observation options below, in one
+        object; the same keyword as :func:`~slt_jax.estimate_llc`'s), or the options one by
+        one:
       observables: ``{name: data set}`` (pytrees like ``data``). Every ``observe_every``
         draws each chain evaluates the mean loss of each on its whole; the result's
         ``observables[refinement]`` holds their data-refined LLCs
@@ -292,10 +232,8 @@ def estimate_refined_llc(
     if refinements is None:
         refinements = {"all": "*"}
     masks = refine.masks(params, refinements, layout=layout)
-    names, observed = _check_observed(loss_fn, params, data, observables, probe, config.batch_size)
-    tokens = _token_shape(loss_fn, params, observed.probe, per_token)
-    token_fields = _token_fields(loss_fn, observed.probe, tokens)
-    observer = _observer(names, observed, observe_every, probe_kernel, probe_trace, config, tokens)
+    plan = (observe or Observation()).plan(loss_fn, params, data, config)
+    names, observer = plan.names, plan.observer
     keys = orchestrate.chain_keys(prepared.key, config.num_chains, 1, common=True)[0]
     parts = restricted.plan(params, masks, config.sampler)  # one program per shape group
     work = [
@@ -309,7 +247,7 @@ def estimate_refined_llc(
         for part in parts
     ]
     outcomes = orchestrate.run_prepared(
-        prepared, work, observed=observed if observer is not None else None
+        prepared, work, observed=plan.observed if observer is not None else None
     )
     done = dict(zip([n for part in parts for n in part.names], outcomes, strict=True))
     results, observable_llcs, probes = {}, {}, {}
@@ -321,9 +259,15 @@ def estimate_refined_llc(
             observable_llcs[name] = ObservableLLCs.from_trace(
                 names, obs.observations, obs.observed_at_center[0], config.nbeta, result.diverged
             )
-        if probe is not None:
+        if observe is not None and observe.probe is not None:
             probes[name] = _probe_statistics(
-                obs, result, names, config, probe_kernel, probe_trace, token_fields
+                obs,
+                result,
+                names,
+                config,
+                observe.probe_kernel,
+                observe.probe_trace,
+                plan.token_fields,
             )
         report.warn(result, prefix=f"refinement {name!r}: ")
     return RefinedLLCResult(
@@ -332,58 +276,6 @@ def estimate_refined_llc(
         observables=observable_llcs,
         probes=probes,
     )
-
-
-def _token_shape(loss_fn, params, probe, per_token):
-    """``(P, T)`` of a per-token probe (``None`` per example), checked before compiling."""
-    if not per_token:
-        return None
-    if probe is None:
-        raise ValueError("per_token=True observes the per-token losses of a `probe` data set.")
-    if not callable(getattr(loss_fn, "per_token", None)):
-        raise TypeError(
-            "per_token=True needs a language model's loss with per-token losses "
-            "(loss_fn.per_token(params, batch) -> (B, T)), as sj.lm.next_token_loss builds."
-        )
-    shape = jax.eval_shape(loss_fn.per_token, params, validation.batch_like(probe, 1)).shape
-    if len(shape) != 2 or shape[0] != 1:
-        raise ValueError(f"loss_fn.per_token must return (batch, T) losses, got {shape}.")
-    return _data.num_examples(probe), int(shape[1])
-
-
-def _observer(names, observed, observe_every, probe_kernel, probe_trace, config, tokens):
-    """The observer plug-in for these observables and probe (``None``: nothing observed)."""
-    probe = observed.probe
-    if (probe_kernel or probe_trace) and probe is None:
-        raise ValueError("probe_kernel and probe_trace need a `probe` data set.")
-    if not names and probe is None:
-        return None
-    observe_every = validation.check_count("observe_every", observe_every, minimum=1)
-    if observe_every > config.num_draws:
-        raise ValueError(
-            f"`observe_every` ({observe_every}) exceeds the number of draws "
-            f"({config.num_draws}): no observation would be made."
-        )
-    num_probe = 0 if probe is None else _data.num_examples(probe)
-    if tokens is not None:
-        num_probe = tokens[0] * tokens[1]
-    return Observe(
-        observe_every,
-        len(names),
-        num_probe,
-        bool(probe_kernel),
-        bool(probe_trace),
-        per_token=tokens is not None,
-    )
-
-
-def _token_fields(loss_fn, probe, tokens) -> dict:
-    """The per-token view of the probe statistics (``{}`` per example)."""
-    if tokens is None:
-        return {}
-    ids = probe["input_ids"] if isinstance(probe, Mapping) else probe
-    mask = np.asarray(loss_fn.token_mask(probe), bool)
-    return dict(token_shape=tokens, token_mask=mask, input_ids=np.asarray(ids))
 
 
 def _probe_statistics(obs, result, names, config, probe_kernel, probe_trace, token_fields):

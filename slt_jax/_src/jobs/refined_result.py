@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 import jax
 import numpy as np
 
-from slt_jax._src import lm
 from slt_jax._src.estimators.influence import ObservableLLCs, ProbeStatistics
+from slt_jax._src.io import export
 from slt_jax._src.jobs import refined
 from slt_jax._src.observe import Moments, Observations
 from slt_jax._src.results import LLCResult
@@ -282,11 +282,11 @@ class RefinedCheckpointsResult:
 
     def to_zarr(self, path) -> None:
         """:meth:`to_xarray` written to a Zarr store; needs ``pip install "slt-jax[lm]"``."""
-        lm.to_zarr(self.to_xarray(), path)
+        export.to_zarr(self.to_xarray(), path)
 
     def to_netcdf(self, path) -> None:
         """:meth:`to_xarray` written to a netCDF-4 file (:meth:`from_xarray` reads it)."""
-        lm.to_netcdf(self.to_xarray(), path)
+        export.to_netcdf(self.to_xarray(), path)
 
     @classmethod
     def from_xarray(cls, dataset) -> RefinedCheckpointsResult:

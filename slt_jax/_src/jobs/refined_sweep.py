@@ -32,8 +32,9 @@ from slt_jax._src.engine import programs
 from slt_jax._src.io.checkpoints import as_checkpoint_set
 from slt_jax._src.io.fingerprint import data_hash, loss_fingerprint, manifest
 from slt_jax._src.io.store import MANIFEST, read_manifest, read_results
-from slt_jax._src.jobs import orchestrate, refined, report, traced
+from slt_jax._src.jobs import orchestrate, report, traced
 from slt_jax._src.jobs.checkpoints import Sweep, _lock_store, _run
+from slt_jax._src.jobs.observation import Observation, observation_options
 from slt_jax._src.jobs.refined_result import RefinedCheckpointsResult
 from slt_jax._src.layouts import Layout
 from slt_jax._src.results import stack_results
@@ -42,6 +43,7 @@ PyTree = Any
 
 
 @run_options()
+@observation_options(loose=True)
 def estimate_refined_llc_checkpoints(
     loss_fn,
     checkpoints: Any,
@@ -52,12 +54,7 @@ def estimate_refined_llc_checkpoints(
     steps: Sequence[int] | None = None,
     like: PyTree = None,
     format: str | None = None,
-    observables: Mapping[str, PyTree] | None = None,
-    probe: PyTree | None = None,
-    observe_every: int = 10,
-    probe_kernel: bool = False,
-    probe_trace: bool = False,
-    per_token: bool = False,
+    observe: Observation | None = None,
     chunk_size: int | None = None,
     memory_budget: int | None = None,
     out: str | os.PathLike | None = None,
@@ -83,8 +80,9 @@ def estimate_refined_llc_checkpoints(
     ``estimate_refined_llc(..., seed=seed)`` on it alone, to float rounding.
 
     Args:
-      loss_fn, data, refinements, observables, probe, observe_every, probe_kernel,
-        probe_trace, per_token, layout: as for :func:`~slt_jax.estimate_refined_llc`
+      loss_fn, data, refinements, observe (or observables, probe, observe_every,
+        probe_kernel, probe_trace, per_token), layout: as for
+        :func:`~slt_jax.estimate_refined_llc`
         (``data`` may be a host source such as :class:`~slt_jax.TokenWindows`).
       checkpoints, steps, like, format, chunk_size, memory_budget: as for
         :func:`~slt_jax.estimate_llc_checkpoints` (``chunk_size=None``: the largest chunk
@@ -132,13 +130,8 @@ def estimate_refined_llc_checkpoints(
     masks = refine.masks(first, refinements, layout=layout)  # checked before anything runs
     prepared = orchestrate.prepare_run(loss_fn, first, data, config, mesh=mesh, devices=devices)
     loss_fn, config = prepared.loss_fn, prepared.config  # the loss traced once per shape
-    names, observed = refined._check_observed(
-        loss_fn, first, data, observables, probe, config.batch_size
-    )
-    tokens = refined._token_shape(loss_fn, first, observed.probe, per_token)
-    observer = refined._observer(
-        names, observed, observe_every, probe_kernel, probe_trace, config, tokens
-    )
+    observe = observe or Observation()
+    plan = observe.plan(loss_fn, first, data, config)
     if chunk_size is not None:
         chunk_size = validation.check_count("chunk_size", chunk_size, minimum=1)
     if memory_budget is not None:
@@ -148,17 +141,17 @@ def estimate_refined_llc_checkpoints(
         checkpoint_set,
         masks=masks,
         parts=restricted.plan(first, masks, config.sampler),
-        observer=observer,
-        observed=observed if observer is not None else None,
+        observer=plan.observer,
+        observed=plan.observed,
         observe={
-            "names": list(names),
-            "probe": probe is not None,
-            "probe_kernel": bool(probe_kernel),
-            "probe_trace": bool(probe_trace),
-            "token_shape": None if tokens is None else list(tokens),
-            "every": int(observe_every) if observer is not None else None,
+            "names": list(plan.names),
+            "probe": observe.probe is not None,
+            "probe_kernel": bool(observe.probe_kernel),
+            "probe_trace": bool(observe.probe_trace),
+            "token_shape": None if plan.tokens is None else list(plan.tokens),
+            "every": int(observe.every) if plan.observer is not None else None,
         },
-        token_fields=refined._token_fields(loss_fn, observed.probe, tokens),
+        token_fields=plan.token_fields,
     )
     store = _lock_store(out, RefinedSweep) if out is not None else None
     try:
