@@ -97,18 +97,26 @@ def chain_program(loss_fn, keys, center, data, *, arrays=None, **options):
     return trace, float(programs.center_losses(loss_fn, one, data, config.batch_size)[0])
 
 
-# The test files that take longest (pytest --durations on CI's 2 cores), run first: with the
-# files shared out to pytest-xdist workers (scripts/dev.sh test), a long file started last
-# would leave the other workers idle at the end. The order of the tests within a file, and
-# of the other files, is unchanged.
+# The test files that take longest (pytest --durations, Dec 2026; the order only needs to be
+# roughly right), run first: with the files shared out to pytest-xdist workers
+# (scripts/dev.sh test), a long file started last would leave the other worker idle at the
+# end. The order of the tests within a file, and of the other files, is unchanged.
 LONGEST_FIRST = (
     "test_multidevice.py",
     "test_notebooks.py",
-    "test_sweep.py",
-    "test_calibrate.py",
-    "test_restricted.py",
-    "test_lm_models.py",
     "test_lm_cli.py",
+    "test_docs.py",
+    "test_lm_loss.py",
+    "test_sweep.py",
+    "test_restricted.py",
+    "test_calibrate.py",
+    "test_init_loss.py",
+    "test_dtypes.py",
+    "test_engine.py",
+    "test_calibration_league.py",
+    "test_lm_models.py",
+    "test_known_answers.py",
+    "test_demo.py",
     "test_checkpoints.py",
     "test_streaming.py",
     "test_refined_sweep.py",
