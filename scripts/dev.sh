@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up (or reuse) the project virtual environment, then run a job in it.
 #   bash scripts/dev.sh demo [args]   train a small MLP on digits and estimate its LLC
-#   bash scripts/dev.sh test [args]   lint, then run the test suite (pytest args pass through)
+#   bash scripts/dev.sh test [args]   lint, then run the test suite on every core (pytest args
+#                                     pass through)
 #   bash scripts/dev.sh notebooks [names]  regenerate and execute notebooks/ (full size)
 #   bash scripts/dev.sh setup         only create/update the environment
 # PYTHON picks the interpreter for a new environment (default: python3; 3.11 and 3.12 work).
@@ -30,7 +31,11 @@ case "$job" in
   demo) exec "$VENV/bin/python" -m slt_jax demo "$@" ;;
   test)
     "$VENV/bin/ruff" check .
-    exec "$VENV/bin/python" -m pytest "$@" ;;
+    # One worker per logical core (at most 4; CI's 2 cores give 2); each test file runs whole on
+    # one worker, so its module fixtures are built once, the longest files first (conftest.py).
+    # SLT_JAX_TEST_WORKERS=0 runs the tests in this process.
+    exec "$VENV/bin/python" -m pytest -n "${SLT_JAX_TEST_WORKERS:-logical}" --maxprocesses 4 \
+      --dist loadfile --no-loadscope-reorder "$@" ;;
   notebooks)
     "$VENV/bin/python" -m pip install --quiet -e ".[test,notebooks]"
     exec "$VENV/bin/python" notebooks/run_all.py "$@" ;;

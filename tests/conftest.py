@@ -8,9 +8,17 @@ import pytest
 
 import slt_jax as sj
 
-# The command line turns JAX's persistent compilation cache on; in the tests it lives in a
-# directory of this session, not in the user's ~/.cache.
+# JAX's persistent compilation cache, on for the whole session (as the command line turns it
+# on): tests that build the same program (the same model, shapes and options behind a fresh
+# loss function) load it instead of compiling it again. It lives in a directory of this
+# session, not in the user's ~/.cache, one per pytest-xdist worker (JAX writes its entries
+# without a lock, so two processes must not share one).
 os.environ.setdefault("SLT_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="slt_jax-test-cache-"))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["SLT_JAX_CACHE_DIR"] = os.path.join(
+        os.environ["SLT_JAX_CACHE_DIR"], os.environ["PYTEST_XDIST_WORKER"]
+    )
+sj.enable_compilation_cache()
 
 
 class CountingLoss:
@@ -87,3 +95,34 @@ def chain_program(loss_fn, keys, center, data, *, arrays=None, **options):
     trace = programs.run_items(loss_fn, config.static(), items, data, mesh)
     one = jax.tree.map(lambda x: jnp.asarray(x)[None], center)
     return trace, float(programs.center_losses(loss_fn, one, data, config.batch_size)[0])
+
+
+# The test files that take longest (pytest --durations, Dec 2026; the order only needs to be
+# roughly right), run first: with the files shared out to pytest-xdist workers
+# (scripts/dev.sh test), a long file started last would leave the other worker idle at the
+# end. The order of the tests within a file, and of the other files, is unchanged.
+LONGEST_FIRST = (
+    "test_multidevice.py",
+    "test_notebooks.py",
+    "test_lm_cli.py",
+    "test_docs.py",
+    "test_lm_loss.py",
+    "test_sweep.py",
+    "test_restricted.py",
+    "test_calibrate.py",
+    "test_init_loss.py",
+    "test_dtypes.py",
+    "test_engine.py",
+    "test_calibration_league.py",
+    "test_lm_models.py",
+    "test_known_answers.py",
+    "test_demo.py",
+    "test_checkpoints.py",
+    "test_streaming.py",
+    "test_refined_sweep.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
