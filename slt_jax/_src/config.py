@@ -206,6 +206,7 @@ class LLCConfig:
             del fields["init_loss_batches"]
         return fields
 
+
     def resolve(self, num_examples: int) -> tuple[LLCConfig, jax.Array]:
         """Check every option against a data set of ``num_examples`` and fill in the
         defaults: ``(resolved configuration, the run's key)``. Raises ``ValueError`` or
