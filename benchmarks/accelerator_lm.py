@@ -28,7 +28,7 @@ SHAPES = {
     "pythia160m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
     "pythia410m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
 }
-SMOKE_SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+SMOKE_SHAPE = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
 VOCAB, SEQ, BATCH = 50304, 512, 8
 SMOKE = dict(vocab=256, seq=16, batch=4, chains=2, steps=4)
 SGLD = dict(step_size=1e-5, localization=300.0, nbeta=30.0)
@@ -164,7 +164,7 @@ def heads_row(shape, smoke, peak, cold_warm, timed_memory) -> dict:
     chain_steps = len(refinements) * chains * steps
     out = _rates(timing, chain_steps, batch * seq, step_flops(config, batch, seq), peak)
     out.update(label=f"{len(refinements)} heads x {chains} chains, seq {seq}", **memory)
-    out["llc"] = float(np.nanmean([float(v) for v in np.ravel(res.llc_mean)]))
+    out["llc"] = float(np.nanmean(np.asarray(res.llc_mean.values, np.float64)))
     return out
 
 
