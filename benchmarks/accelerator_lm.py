@@ -164,7 +164,7 @@ def heads_row(shape, smoke, peak, cold_warm, timed_memory) -> dict:
     chain_steps = len(refinements) * chains * steps
     out = _rates(timing, chain_steps, batch * seq, step_flops(config, batch, seq), peak)
     out.update(label=f"{len(refinements)} heads x {chains} chains, seq {seq}", **memory)
-    out["llc"] = float(np.nanmean(np.asarray(res.llc_mean.values, np.float64)))
+    out["llc"] = float(np.nanmean([float(v) for v in res.llc_mean.values()]))
     return out
 
 
