@@ -64,7 +64,8 @@ from bench_devinterp_lm import _maxrss_mib, _timed  # noqa: E402
 SHAPES = {
     "gpt2": dict(
         kind="gpt2",
-        config=dict(vocab_size=5000, n_positions=256, n_embd=256, n_layer=2, n_head=8),
+        # n_positions ≥ T + 1: devinterp feeds whole windows (T + 1 tokens) to the model
+        config=dict(vocab_size=5000, n_positions=257, n_embd=256, n_layer=2, n_head=8),
         seq_len=256,
     ),
     "pythia14m": dict(
@@ -81,6 +82,11 @@ SHAPES = {
         seq_len=128,
     ),
     # --quick: tiny, seconds
+    "tiny_gpt2": dict(
+        kind="gpt2",
+        config=dict(vocab_size=512, n_positions=33, n_embd=32, n_layer=1, n_head=2),
+        seq_len=32,
+    ),
     "tiny_neox": dict(
         kind="gpt_neox",
         config=dict(
@@ -189,13 +195,13 @@ def worker_ceiling(work: pathlib.Path, opts: dict) -> dict:
     return dict(runs=runs, ru_maxrss_mib=_maxrss_mib())
 
 
-def _torch_setup(work: pathlib.Path, opts: dict):
+def _torch_setup(work: pathlib.Path, opts: dict, **load):
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(opts["torch_threads"])
     windows = np.load(work / "windows.npy").astype(np.int64)
-    model = AutoModelForCausalLM.from_pretrained(str(work / "model")).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(work / "model"), **load).eval()
     return torch, model.to(opts.get("device", "cpu")), windows
 
 
@@ -255,7 +261,9 @@ def worker_canonical(work: pathlib.Path, opts: dict) -> dict:
         itertools.batched = batched
     from canonical_interp import LLCEstimator
 
-    torch, model, windows = _torch_setup(work, opts)
+    # eager attention: torch.func's vmap of grad has no derivative for CPU SDPA's flash
+    # backward (aten::_scaled_dot_product_flash_attention_for_cpu_backward)
+    torch, model, windows = _torch_setup(work, opts, attn_implementation="eager")
     from torch.nn import functional as F
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -452,7 +460,8 @@ def main(argv=None) -> dict:
                 print(f"[{name}] {lib} ...", flush=True)
                 raw = run_worker(lib, python, work, opts, args.timeout)
                 results[lib] = summarize(raw, opts)
-                print(f"[{name}] {lib}: {json.dumps(results[lib])[:400]}", flush=True)
+                shown = results[lib].get("error", json.dumps(results[lib])[:400])
+                print(f"[{name}] {lib}: {results[lib]['status']}\n{shown}", flush=True)
         report["shapes"][name] = results
     text = markdown(report)
     print(text)
