@@ -12,6 +12,10 @@ included; warm = the same call again; compile = cold − warm):
 * ``checkpoints``: a checkpoint sweep in one call against a Python loop of
   ``estimate_llc`` (the tanh MLP of ``bench_checkpoints.py``).
 * ``calibrate``: ``sj.calibrate`` on a 3 × 3 grid (the DLN of ``bench_calibrate.py``).
+* ``lm``: language models (``accelerator_lm.py``): Pythia-160M- and Pythia-410M-shaped
+  GPT-NeoX LLCs (random weights, seq 512, batch 8, as many chains as fit), a per-head
+  refined sweep, and the same LLC rows for devinterp 2.x and canonical-interp where they
+  import: chain-steps/s, tokens/s, MFU, peak memory.
 * ``sharded``: W1 with ``mesh=jax.make_mesh((items, model), ("items", "model"))`` (a
   ``(1, 1)`` mesh on one device; with an even device count, ``model = 2``), reported as
   "not available" where ``estimate_llc`` does not take a mesh with a model axis.
@@ -24,8 +28,9 @@ each; MFU = FLOP/s of the warm call over the device's dense peak for float32 pro
 from ``PEAKS`` by ``device_kind``; "n/a" for other devices (a CPU).
 
 A global time budget (``--budget-s``, 480) is checked before each row: a row that would
-start past it is reported as skipped. ``--smoke`` runs every row tiny (CPU, < 1 minute), compiled
-with XLA's cheapest code generation (``SMOKE_XLA_FLAGS``): it checks the script, not speed.
+start past it is reported as skipped; the LM rows have their own (``--lm-budget-s``,
+240). ``--smoke`` runs every row tiny (CPU, < 1 minute), compiled with XLA's cheapest
+code generation (``SMOKE_XLA_FLAGS``): it checks the script, not speed.
 
     python benchmarks/accelerator.py --out results/accelerator      # on the GPU / TPU
     python benchmarks/accelerator.py --smoke --out /tmp/acc           # anywhere, tiny
@@ -59,6 +64,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import accelerator_lm  # noqa: E402
 import bench_devinterp as bd  # noqa: E402
 
 import slt_jax as sj  # noqa: E402
@@ -366,6 +372,7 @@ def markdown(report: dict) -> str:
     )
     s = report["sharded"]
     row(f"sharded: W1, mesh {tuple(s.get('mesh', ()))}", "slt_jax", s, s.get("status", ""))
+    lines += accelerator_lm.markdown_rows(report.get("lm", {}), _f)
     lines += ["", "Compile = cold − warm; chain-steps/s and FLOP/s of the warm call."]
     return "\n".join(lines) + "\n"
 
@@ -390,6 +397,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", required=True, help="directory for accelerator.json / .md")
     parser.add_argument("--smoke", action="store_true", help="everything tiny (CPU, < 1 min)")
     parser.add_argument("--budget-s", type=float, default=480.0)
+    parser.add_argument("--lm-budget-s", type=float, default=240.0, help="the LM rows' budget")
     parser.add_argument("--no-devinterp", action="store_true")
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)
@@ -441,6 +449,8 @@ def main(argv=None) -> dict:
         "calibrate", budget, need, lambda: calibrate_row(args.smoke, peak)
     )
     report["sharded"] = guarded("sharded", budget, need, lambda: sharded_row(problems[1], peak))
+    lm_budget = Budget(args.lm_budget_s)  # the LM rows' own budget, after the others'
+    report["lm"] = accelerator_lm.lm_rows(args.smoke, peak, guarded, lm_budget, need, cold_warm)
     report["total_s"] = time.perf_counter() - budget.start
     (out / "accelerator.json").write_text(json.dumps(report, indent=1, default=str))
     (out / "accelerator.md").write_text(markdown(report))

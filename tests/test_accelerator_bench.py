@@ -52,5 +52,13 @@ def test_accelerator_smoke(tmp_path):
     if report["environment"]["backend"] == "cpu":
         assert report["environment"]["peak_flops"] is None
         assert report["workloads"]["W1"]["slt_jax"]["mfu"] is None  # MFU: n/a on a CPU
+    lm = report["lm"]
+    assert set(lm) == {"pythia160m_smoke", "heads"}
+    for row in (lm["pythia160m_smoke"]["slt_jax"], lm["heads"]["slt_jax"]):
+        assert _positive(row["chain_steps_per_s"]) and _positive(row["tokens_per_s"]), row
+        assert math.isfinite(row["llc"]) and row["mfu"] is None  # no peak on a CPU
+    for peer in ("devinterp", "canonical"):
+        assert lm["pythia160m_smoke"][peer]["status"]  # measured, or why not
     markdown = (out / "accelerator.md").read_text()
     assert "| W1: " in markdown and "calibrate" in markdown and "sharded" in markdown
+    assert "| pythia160m_smoke | slt_jax |" in markdown and "| heads | slt_jax |" in markdown

@@ -28,6 +28,7 @@ STAGES = [
         "io.adapters",
         "io.torch_bridge",
         "io.tlens",
+        "cross_entropy",
         "lm",
         "compilation",
         "userwarn",

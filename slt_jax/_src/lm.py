@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slt_jax._src.cross_entropy import linear_cross_entropy, linear_token_nll
+
 # The export moved to _src/io/export.py; these names stay for old imports.
 from slt_jax._src.io.export import to_netcdf as to_netcdf  # noqa: F401
 from slt_jax._src.io.export import to_zarr as to_zarr  # noqa: F401
@@ -131,7 +133,9 @@ def check_tokens(batch: PyTree, vocab_size: int | None) -> None:
 
 
 def _model_forward(model, eval_mode: bool):
-    """``(forward(params, ids, mask), params, config vocab size)`` of an NNX module."""
+    """``(forward(params, ids, mask), features, params, config vocab size)`` of an NNX
+    module; ``features(params, ids, mask) -> (hidden (B, T, d), head (V, d))`` for a module
+    with ``features`` and ``output_weight`` methods (the native models), else ``None``."""
     from flax import nnx
 
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -144,10 +148,19 @@ def _model_forward(model, eval_mode: bool):
             return module(input_ids)
         return module(input_ids, attention_mask=attention_mask)
 
+    def features(params, input_ids, attention_mask=None):
+        module = nnx.merge(graphdef, params, rest)
+        if eval_mode:
+            module.eval()
+        if attention_mask is None:
+            return module.features(input_ids), module.output_weight()
+        return module.features(input_ids, attention_mask=attention_mask), module.output_weight()
+
     config = getattr(model, "config", None)
     vocab = config.get("vocab_size") if isinstance(config, Mapping) else None
     vocab = getattr(config, "vocab_size", vocab)
-    return forward, params, vocab
+    split_head = all(callable(getattr(model, m, None)) for m in ("features", "output_weight"))
+    return forward, features if split_head else None, params, vocab
 
 
 def _is_nnx_module(obj) -> bool:
@@ -209,13 +222,13 @@ def next_token_loss(
     if _is_nnx_module(model_or_forward):
         if params is not None:
             raise TypeError("pass params only with a pure forward function, not with a module.")
-        forward, params, config_vocab = _model_forward(model_or_forward, eval_mode)
+        forward, features, params, config_vocab = _model_forward(model_or_forward, eval_mode)
     elif callable(model_or_forward):
         if params is None:
             raise TypeError(
                 "a pure forward function needs its params: next_token_loss(forward, params)."
             )
-        forward, config_vocab = model_or_forward, None
+        forward, features, config_vocab = model_or_forward, None, None
     else:
         raise TypeError(
             f"model_or_forward must be an nnx.Module or a function forward(params, input_ids, "
@@ -241,34 +254,69 @@ def next_token_loss(
             return jnp.ones((ids.shape[0], ids.shape[1] - 1), bool)
         return jnp.asarray(mask)[:, 1:] != 0
 
-    def per_token(params, batch) -> jax.Array:
+    def split(params, batch):
+        """``(inputs, targets, mask of the inputs or None)`` of a batch, checked."""
         ids, mask = _split_batch(batch)
         if not _is_abstract(ids):
             check_tokens(batch, vocab)
         ids = jnp.asarray(ids)
-        inputs, targets = ids[:, :-1], ids[:, 1:]
-        if mask is None:
-            logits = forward(params, inputs)
-        else:
-            logits = forward(params, inputs, attention_mask=jnp.asarray(mask)[:, :-1])
+        return ids[:, :-1], ids[:, 1:], None if mask is None else jnp.asarray(mask)[:, :-1]
+
+    def check_width(width):
+        if width < vocab:
+            raise ValueError(
+                f"the model's logits have {width} entries, fewer than vocab_size "
+                f"= {vocab}: token ids up to {vocab - 1} would have no logit."
+            )
+
+    def hidden_and_head(params, inputs, mask):
+        """The final hidden states, flat ``(B·T, d)``, and the head ``(V, d)``."""
+        kwargs = {} if mask is None else {"attention_mask": mask}
+        hidden, head = features(params, inputs, **kwargs)
         b, t = inputs.shape
+        if hidden.ndim != 3 or hidden.shape[:2] != (b, t) or head.ndim != 2:
+            raise ValueError(
+                f"the model's features {hidden.shape} and head {head.shape} do not fit inputs "
+                f"of shape {(b, t)}; expected (batch, T, d) and (V, d)."
+            )
+        check_width(head.shape[0])
+        return hidden.reshape(b * t, hidden.shape[-1]), head
+
+    def per_token(params, batch) -> jax.Array:
+        inputs, targets, mask = split(params, batch)
+        b, t = inputs.shape
+        if features is not None:
+            hidden, head = hidden_and_head(params, inputs, mask)
+            nll = linear_token_nll(hidden, head, targets.reshape(-1)).reshape(b, t)
+            return jnp.where(token_mask(batch), nll, 0.0)
+        kwargs = {} if mask is None else {"attention_mask": mask}
+        logits = forward(params, inputs, **kwargs)
         if logits.ndim != 3 or logits.shape[:2] != (b, t):
             raise ValueError(
                 f"the model returned logits of shape {logits.shape} for inputs of shape "
                 f"{(b, t)}; expected (batch, T, vocab) = ({b}, {t}, V)."
             )
-        if logits.shape[-1] < vocab:
-            raise ValueError(
-                f"the model's logits have {logits.shape[-1]} entries, fewer than vocab_size "
-                f"= {vocab}: token ids up to {vocab - 1} would have no logit."
-            )
-        logp = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
-        nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        check_width(logits.shape[-1])
+        z = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+        # log-sum-exp minus the target's logit, picked by a comparison: its gradient is
+        # softmax − one-hot, one elementwise pass (a gather's would be a scatter).
+        hit = jnp.arange(z.shape[-1], dtype=jnp.int32) == targets[..., None].astype(jnp.int32)
+        nll = jax.nn.logsumexp(z, axis=-1) - jnp.sum(jnp.where(hit, z, 0.0), axis=-1)
         return jnp.where(token_mask(batch), nll, 0.0)
 
     def loss_fn(params, batch) -> jax.Array:
+        counted = token_mask(batch)
+        counts = jnp.sum(counted, axis=1)
+        if features is not None:
+            # Σ_b Σ_t c_bt ℓ_bt / (B · count_b): the head and the softmax in chunks
+            # (slt_jax._src.cross_entropy), never the whole (B, T, V) logits.
+            inputs, targets, mask = split(params, batch)
+            hidden, head = hidden_and_head(params, inputs, mask)
+            weights = counted / (counts.shape[0] * jnp.maximum(counts, 1))[:, None]
+            return linear_cross_entropy(
+                hidden, head, targets.reshape(-1), weights.reshape(-1).astype(jnp.float32)
+            )
         losses = per_token(params, batch)
-        counts = jnp.sum(token_mask(batch), axis=1)
         # An example with no counted target is an error of check_tokens; inside a compiled
         # loop (where values cannot be checked) it contributes 0, never NaN.
         return jnp.mean(jnp.sum(losses, axis=1) / jnp.maximum(counts, 1))

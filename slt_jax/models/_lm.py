@@ -70,6 +70,13 @@ class Embedding(nnx.Module):
         return x @ self.weight[...].T
 
 
+def head_logits(features, weight):
+    """Float32 logits ``features @ weight.T`` of the final hidden states under the head's
+    ``(vocab, dim)`` matrix (the models' ``__call__``; the loss of
+    :func:`slt_jax.lm.next_token_loss` takes ``features`` and ``weight`` apart, in chunks)."""
+    return (features @ weight.T).astype(jnp.float32)
+
+
 def _gelu_exact(x):
     return jax.nn.gelu(x, approximate=False)
 

@@ -173,10 +173,18 @@ class GPT2(nnx.Module):
             self.lm_head = _lm.Linear(d, config.vocab_size, bias=False, std=std, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None):
+        return _lm.head_logits(self.features(input_ids, attention_mask), self.output_weight())
+
+    def features(self, input_ids, attention_mask=None):
+        """The final hidden states ``(B, T, n_embd)`` (after ``ln_f``), which the head maps
+        to logits: ``model(ids) == features(ids) @ output_weight().T``."""
         _lm.check_inputs(input_ids, attention_mask, self.config.n_positions)
         x = self.wte(input_ids) + self.wpe.weight[...][: input_ids.shape[1]]
         for block in self.h:
             x = block(x, attention_mask)
-        x = self.ln_f(x)
-        head = self.wte.attend if self.config.tie_word_embeddings else self.lm_head
-        return head(x).astype(jnp.float32)
+        return self.ln_f(x)
+
+    def output_weight(self):
+        """The head's ``(vocab_size, n_embd)`` matrix: ``wte``'s when tied, else ``lm_head``'s."""
+        head = self.wte if self.config.tie_word_embeddings else self.lm_head
+        return head.weight[...]

@@ -230,11 +230,20 @@ class GPTNeoX(nnx.Module):
             self.embed_out = _lm.Linear(d, config.vocab_size, bias=False, std=std, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None):
+        return _lm.head_logits(self.features(input_ids, attention_mask), self.output_weight())
+
+    def features(self, input_ids, attention_mask=None):
+        """The final hidden states ``(B, T, hidden_size)`` (after ``final_layer_norm``),
+        which the head maps to logits: ``model(ids) == features(ids) @ output_weight().T``."""
         _lm.check_inputs(input_ids, attention_mask, None)
         cos, sin = (jnp.asarray(a) for a in rotary_angles(self.config, input_ids.shape[1]))
         x = self.embed_in(input_ids)
         for layer in self.layers:
             x = layer(x, attention_mask, cos, sin)
-        x = self.final_layer_norm(x)
-        head = self.embed_in.attend if self.config.tie_word_embeddings else self.embed_out
-        return head(x).astype(jnp.float32)
+        return self.final_layer_norm(x)
+
+    def output_weight(self):
+        """The head's ``(vocab_size, hidden_size)`` matrix: ``embed_out``'s, or ``embed_in``'s
+        when tied."""
+        head = self.embed_in if self.config.tie_word_embeddings else self.embed_out
+        return head.weight[...]

@@ -366,11 +366,20 @@ class Llama(nnx.Module):
             self.lm_head = _lm.Linear(d, config.vocab_size, bias=False, std=std, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None):
+        return _lm.head_logits(self.features(input_ids, attention_mask), self.output_weight())
+
+    def features(self, input_ids, attention_mask=None):
+        """The final hidden states ``(B, T, hidden_size)`` (after ``norm``), which the head
+        maps to logits: ``model(ids) == features(ids) @ output_weight().T``."""
         _lm.check_inputs(input_ids, attention_mask, None)
         cos, sin = (jnp.asarray(a) for a in rotary_angles(self.config, input_ids.shape[1]))
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
             x = layer(x, attention_mask, cos, sin)
-        x = self.norm(x)
-        head = self.embed_tokens.attend if self.config.tie_word_embeddings else self.lm_head
-        return head(x).astype(jnp.float32)
+        return self.norm(x)
+
+    def output_weight(self):
+        """The head's ``(vocab_size, hidden_size)`` matrix: ``lm_head``'s, or
+        ``embed_tokens``'s when tied."""
+        head = self.embed_tokens if self.config.tie_word_embeddings else self.lm_head
+        return head.weight[...]
