@@ -51,10 +51,17 @@ def evaluation_key(batch_key: jax.Array) -> jax.Array:
     return jax.random.fold_in(batch_key, LOSS_BATCH_STREAM)
 
 
+def reads_independent(static: Static) -> bool:
+    """Whether recorded steps read their loss on independent minibatches
+    (``loss_batch="independent"``; a resolved configuration with exact gradients has
+    ``"step"``)."""
+    return static.loss_batch == "independent"
+
+
 def evaluation_source(static: Static, data: PyTree, batch_key: jax.Array) -> Callable | None:
     """``eval_at(t)``: the independent minibatch the loss of draw ``t`` is read on, or
     ``None`` when the loss is read on the step's own minibatch (``loss_batch="step"``)."""
-    if static.loss_batch != "independent" or static.sampler.full_batch:
+    if not reads_independent(static):
         return None
     key = evaluation_key(batch_key)
     return lambda t: _data.minibatch(key, t, data, static.batch_size)

@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 from slt_jax._src import data as _data
 from slt_jax._src.config import Static
 from slt_jax._src.engine import programs, sharding
-from slt_jax._src.engine.chain import chain_parts, evaluation_key
+from slt_jax._src.engine.chain import chain_parts, evaluation_key, reads_independent
 
 
 def _parts(loss_fn, static, plugins, key, center, arrays, args, observed):
@@ -46,15 +46,10 @@ def _block(record, loss_fn, static, plugins, key, center, arrays, args, observed
     """``b``: the block's minibatches, or ``(minibatches, independent loss minibatches)``
     for a recorded block with ``loss_batch="independent"``."""
     parts = _parts(loss_fn, static, plugins, key, center, arrays, args, observed)
-    if _independent(static) and record:
+    if reads_independent(static) and record:
         step = lambda c, x: parts.step(c, x[0], x[1], record, x[2])  # noqa: E731
         return jax.lax.scan(step, carry, (ts, *b))
     return jax.lax.scan(lambda c, x: parts.step(c, x[0], x[1], record), carry, (ts, b))
-
-
-def _independent(static: Static) -> bool:
-    """Whether recorded steps read their loss on independent minibatches."""
-    return static.loss_batch == "independent" and not static.sampler.full_batch
 
 
 def _finish(loss_fn, static, plugins, key, center, arrays, args, observed, carry, burn, recs):
@@ -99,7 +94,7 @@ def _indices(batch_keys, steps, n: int, batch_size: int):
 def block_steps(source, static: Static, num_items: int, mesh) -> int:
     """``K``: steps per block (see the module docstring), at least 1."""
     per_device = math.ceil(num_items / sharding.num_item_slots(mesh))
-    copies = 2 if _independent(static) else 1  # a recorded step's independent minibatch
+    copies = 2 if reads_independent(static) else 1  # a recorded step's independent minibatch
     per_step = max(1, copies * per_device * static.batch_size * source.example_bytes)
     return int(
         max(1, min(static.num_burnin + static.num_draws, source.device_bytes // 2 // per_step))
@@ -160,7 +155,7 @@ def _start(loss_fn, static, items, source, mesh, plugins, observed):
     batch_keys = jax.vmap(lambda k: jax.random.split(k)[0])(items.keys)
     k = block_steps(source, static, len(take), mesh)
     blocks = _schedule(static, k)
-    evaluation_keys = jax.vmap(evaluation_key)(batch_keys) if _independent(static) else None
+    evaluation_keys = jax.vmap(evaluation_key)(batch_keys) if reads_independent(static) else None
     feeder = _Feeder(source, batch_keys, take, mesh, static.batch_size, k, evaluation_keys)
     pending = feeder.submit(*blocks[0])
     first_block = pending.result()

@@ -53,6 +53,12 @@ def wants_auto(step_size, localization) -> bool:
     return False
 
 
+def checked_as(config: LLCConfig) -> LLCConfig:
+    """The configuration a public entry point checks: ``config``, or its :func:`stand_in`
+    when a calibration will choose the step size (or localization) first."""
+    return stand_in(config) if wants_auto(config.step_size, config.localization) else config
+
+
 def stand_in(config: LLCConfig, *, step_size=1.0, localization=1.0, **fields) -> LLCConfig:
     """``config`` with numbers standing in for those a calibration will choose, so that
     everything else is checked before it compiles: ``step_size``, and ``localization``

@@ -144,7 +144,7 @@ def estimate_llc_checkpoints(
         loss_fn,
         first,
         data,
-        auto.stand_in(config) if wants else config,
+        auto.checked_as(config),
         mesh=mesh,
         devices=devices,
         fingerprint=out is not None,

@@ -130,13 +130,12 @@ def estimate_llc(
         return refined.estimate_refined_llc(
             loss_fn, params, data, None, config=config, observe=observe, mesh=mesh, devices=devices
         )
-    wants = auto.wants_auto(config.step_size, config.localization)
     # checked once, with stand-in numbers for what a calibration will choose
     prepared = orchestrate.prepare_run(
         loss_fn,
         params,
         data,
-        auto.stand_in(config) if wants else config,
+        auto.checked_as(config),
         mesh=mesh,
         devices=devices,
     )
