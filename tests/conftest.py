@@ -126,3 +126,46 @@ LONGEST_FIRST = (
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+# SLT_JAX_TEST_CPU_LOG=dir: each worker appends one line per test to dir/<worker>.tsv: the
+# test's id, its wall seconds, the CPU seconds of this process (all threads) and of the
+# subprocesses it waited for, set-up and tear-down included, and the seconds this process
+# spent tracing, lowering and compiling with XLA (how the suite's cost is measured: on CI's
+# 2 busy cores its wall time is about the total CPU over 2).
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+_compile_seconds = [0.0]
+if os.environ.get("SLT_JAX_TEST_CPU_LOG"):
+
+    def _count_compile(event, duration, **_):
+        if event in _COMPILE_EVENTS:
+            _compile_seconds[0] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(_count_compile)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    log = os.environ.get("SLT_JAX_TEST_CPU_LOG")
+    if not log:
+        yield
+        return
+    import resource
+    import time
+
+    def cpu():
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+    t0, (c0, k0), x0 = time.perf_counter(), cpu(), _compile_seconds[0]
+    yield
+    t1, (c1, k1), x1 = time.perf_counter(), cpu(), _compile_seconds[0]
+    os.makedirs(log, exist_ok=True)
+    name = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(os.path.join(log, f"{name}.tsv"), "a") as f:
+        f.write(f"{item.nodeid}\t{t1 - t0:.2f}\t{c1 - c0:.2f}\t{k1 - k0:.2f}\t{x1 - x0:.2f}\n")

@@ -9,7 +9,7 @@ The design's count, for a run checked once (``orchestrate.prepare_run``):
   checks repeated inside a run (auto → calibrate → grid) trace nothing;
 - one for the calibration's scale probe (its evaluation set has its own number of rows);
 - per compiled chain program, one trace per call site of the loss in a chain
-  (:data:`CHAIN_SITES`: the gradient of the burn-in and of the recorded steps, the paired
+  (:data:`CHAIN_SITES`: the gradient of the kernel's step, one for burn-in and draws, the paired
   estimator's loss at ``w*``, the diagnostics' extra gradient).
 """
 
@@ -18,12 +18,13 @@ import warnings
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import CountingLoss
 
 import slt_jax as sj
 from slt_jax._src.engine import programs
 
 #: Call sites of the loss in one chain program with the default options.
-CHAIN_SITES = 4
+CHAIN_SITES = 3
 #: Checked shapes: a minibatch (64 rows) and the last chunk of L_n(w*) (200 mod 64 = 8 rows).
 CHECKS = 2
 #: The calibration's scale probe (its evaluation rows).
@@ -33,14 +34,9 @@ RUN = dict(num_chains=2, num_steps=24, batch_size=64, seed=0)
 FIXED = dict(step_size=1e-3, localization=1.0)
 
 
-class CountingLoss:
-    def __init__(self):
-        self.traces = 0
-
-    def __call__(self, w, batch):
-        self.traces += 1
-        x, y = batch
-        return 0.5 * jnp.mean((x @ w - y) ** 2)
+def regression(w, batch):
+    x, y = batch
+    return 0.5 * jnp.mean((x @ w - y) ** 2)
 
 
 @pytest.fixture
@@ -51,7 +47,7 @@ def problem():
 
 def count(run):
     """``(traces of a fresh loss, chain programs compiled)`` by ``run(loss)``."""
-    loss = CountingLoss()
+    loss = CountingLoss(regression)
     compiled = programs.num_compiled()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -71,7 +67,7 @@ def test_estimate_llc_traces_the_loss_once_per_checked_shape_and_chain_site(prob
 
 def test_a_second_identical_call_traces_nothing(problem):
     w, data = problem
-    loss = CountingLoss()
+    loss = CountingLoss(regression)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sj.estimate_llc(loss, w, data, **RUN, **FIXED)

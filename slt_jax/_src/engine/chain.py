@@ -1,6 +1,7 @@
 """One chain as a compiled program, assembled from small parts.
 
-A chain is a ``lax.scan`` over steps: burn-in, then ``num_draws`` recorded steps. Each step
+A chain is one ``lax.scan`` over steps: burn-in, then ``num_draws`` recorded steps (what a
+step records is a branch on its number, so the model's gradient is compiled once). Each step
 takes the minibatch of its step (:func:`minibatch_source`), the step size of its step
 (:func:`step_size_at`), moves with the sampler's kernel, puts back the coordinates a
 restriction holds fixed, and records: the loss (and, for the paired estimator, the loss of
@@ -156,6 +157,34 @@ def chain_parts(
     paired, every = static.estimator == "paired", static.diagnostic_every
     observe_every = observer.every if observer is not None else 0
 
+    def recorded(t, state, new_state, info, eps, batch, evaluation, diagnostics, observed):
+        """A draw's record (the loss, with the paired reference) and its diagnostics and
+        observations."""
+        out = _wide(info.loss)  # a bf16/f16 loss is recorded in float32 (see data.wide)
+        if evaluation is not None:  # L_E(w_t) on a minibatch independent of the path
+            evaluation = evaluation() if callable(evaluation) else evaluation
+            out = _wide(loss(state.position, evaluation))
+        read_on = batch if evaluation is None else evaluation
+        out = (out, _wide(loss(origin, read_on))) if paired else out
+        draw = t - static.num_burnin
+        if every:
+            values = lambda: measure(  # noqa: E731
+                loss, static, origin, arrays, info, state, new_state, batch, eps, restriction
+            )
+            diagnostics = periodically(
+                draw, every, lambda d: d.at[:, draw // every].set(values()), diagnostics
+            )
+        if observe_every:  # the observer sees w_t in the model's own float types
+            moved = restriction.params(state.position, center)
+            at = jax.tree.map(lambda w, c: w.astype(c.dtype), moved, center)
+            observed = periodically(
+                draw,
+                observe_every,
+                lambda o: observer.observe(o, at, draw // observe_every),
+                observed,
+            )
+        return out, diagnostics, observed
+
     def step(carry, t, batch, record, evaluation=None):
         state, diverged, diagnostics, observed = carry
         eps = eps_at(t)
@@ -164,29 +193,20 @@ def chain_parts(
             position = restriction.restrict(new_state.position, origin)
             new_state = new_state._replace(position=position)
         finite = jnp.isfinite(info.loss) & tree_all_finite(new_state.position)
-        out = _wide(info.loss)  # a bf16/f16 loss is recorded in float32 (see data.wide)
-        if record:
-            if evaluation is not None:  # L_E(w_t) on a minibatch independent of the path
-                out = _wide(loss(state.position, evaluation))
-            read_on = batch if evaluation is None else evaluation
-            out = (out, _wide(loss(origin, read_on))) if paired else out
-            draw = t - static.num_burnin
-            if every:
-                values = lambda: measure(  # noqa: E731
-                    loss, static, origin, arrays, info, state, new_state, batch, eps, restriction
-                )
-                diagnostics = periodically(
-                    draw, every, lambda d: d.at[:, draw // every].set(values()), diagnostics
-                )
-            if observe_every:  # the observer sees w_t in the model's own float types
-                moved = restriction.params(state.position, center)
-                at = jax.tree.map(lambda w, c: w.astype(c.dtype), moved, center)
-                observed = periodically(
-                    draw,
-                    observe_every,
-                    lambda o: observer.observe(o, at, draw // observe_every),
-                    observed,
-                )
+        args = (t, state, new_state, info, eps, batch, evaluation)
+        if record is False:  # a burn-in step records its minibatch loss only
+            out = _wide(info.loss)
+        elif record is True:
+            out, diagnostics, observed = recorded(*args, diagnostics, observed)
+        else:  # traced (burn-in and draws in one scan): a branch on the step, not the chain
+            loss_t = _wide(info.loss)
+            out, diagnostics, observed = jax.lax.cond(
+                record,
+                lambda d, o: recorded(*args, d, o),
+                lambda d, o: ((loss_t, jnp.zeros_like(loss_t)) if paired else loss_t, d, o),
+                diagnostics,
+                observed,
+            )
         return (new_state, diverged | ~finite, diagnostics, observed), out
 
     def init(batch):
@@ -225,14 +245,21 @@ def run_chain(
     parts = chain_parts(loss_fn, static, key, center, arrays, restriction, observer)
     batch_at = minibatch_source(static, data, parts.batch_key)
     eval_at = evaluation_source(static, data, parts.batch_key)
-    evaluation = (lambda t: None) if eval_at is None else eval_at
-    burnin = jnp.arange(static.num_burnin)
-    draws = jnp.arange(static.num_burnin, static.num_burnin + static.num_draws)
+    burnin = static.num_burnin
     carry = parts.init(batch_at(0))
-    carry, burnin_loss = jax.lax.scan(
-        lambda c, t: parts.step(c, t, batch_at(t), False), carry, burnin
+    # One scan over burn-in and draws: the kernel's step (the model's gradient) is traced and
+    # compiled once, and what a draw records is a branch on the step number.
+    carry, outs = jax.lax.scan(
+        lambda c, t: parts.step(
+            c,
+            t,
+            batch_at(t),
+            t >= burnin,
+            None if eval_at is None else (lambda: eval_at(t)),
+        ),
+        carry,
+        jnp.arange(burnin + static.num_draws),
     )
-    carry, records = jax.lax.scan(
-        lambda c, t: parts.step(c, t, batch_at(t), True, evaluation(t)), carry, draws
-    )
+    burnin_loss = (outs[0] if isinstance(outs, tuple) else outs)[:burnin]
+    records = jax.tree.map(lambda x: x[burnin:], outs)
     return parts.finish(carry, burnin_loss, records)

@@ -46,10 +46,13 @@ def _block(record, loss_fn, static, plugins, key, center, arrays, args, observed
     """``b``: the block's minibatches, or ``(minibatches, independent loss minibatches)``
     for a recorded block with ``loss_batch="independent"``."""
     parts = _parts(loss_fn, static, plugins, key, center, arrays, args, observed)
+    # A recorded step branches on its number as an on-device chain's does (one scan over
+    # burn-in and draws), so that both compile the record alike and give the same floats.
+    drawn = (lambda t: t >= static.num_burnin) if record else (lambda t: False)
     if reads_independent(static) and record:
-        step = lambda c, x: parts.step(c, x[0], x[1], record, x[2])  # noqa: E731
+        step = lambda c, x: parts.step(c, x[0], x[1], drawn(x[0]), x[2])  # noqa: E731
         return jax.lax.scan(step, carry, (ts, *b))
-    return jax.lax.scan(lambda c, x: parts.step(c, x[0], x[1], record), carry, (ts, b))
+    return jax.lax.scan(lambda c, x: parts.step(c, x[0], x[1], drawn(x[0])), carry, (ts, b))
 
 
 def _finish(loss_fn, static, plugins, key, center, arrays, args, observed, carry, burn, recs):

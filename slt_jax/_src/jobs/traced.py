@@ -17,8 +17,8 @@ every other attribute (``vocab_size``, ``check_tokens``, ``per_token``, …) to 
 fingerprints the loss's own jaxpr.
 
 The chain programs take the user's loss itself (:func:`unwrap`): one compilation traces it
-at each of its call sites (the gradient of the burn-in and of the recorded steps, the
-paired estimator's loss at ``w*``, the diagnostics' extra gradient), and the engine's
+at each of its call sites (the gradient of the kernel's step, shared by burn-in and draws;
+the paired estimator's loss at ``w*``; the diagnostics' extra gradient), and the engine's
 one-compilation-per-shape test counts those traces to see a recompilation.
 
 Example:
