@@ -139,7 +139,9 @@ def estimate_llc(
         mesh=mesh,
         devices=devices,
     )
-    config, record = auto.resolve_auto(prepared, config, budget=calibration_budget)
+    config, record = auto.resolve_auto(
+        prepared, config, budget=calibration_budget, choose_length=True
+    )
     prepared = prepared.with_config(config)
     config, key = prepared.config, prepared.key
     group = orchestrate.Group(config, 0, jax.random.split(key, config.num_chains))
