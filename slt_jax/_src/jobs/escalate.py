@@ -26,14 +26,17 @@ two step sizes give the ε → 0 fit (``λ₀ = 2λ̂(ε/2) − λ̂(ε)``) that
 the weaker localization verifies the shrinkage; the health checks (equilibration of the
 LLC trace and of ‖w − w*‖ included) verify the run length.
 
-**Escalation**, from the verdict of the cells at ``γ``: unstable or biased (``diverged``,
-``acceptance``, ``step_bias``) → ``ε/4``, and twice the steps; not equilibrated or too
-noisy to verify (``nonstationary``, ``wandering``, ``ess``, ``rhat``, a bias not shown
-small) → four times the steps (with a fixed ``num_steps``: twice the step size, while no
-bias was seen); shrunk against ``γ/10`` → ``γ/10``. It stops at the first verified cell, or
-when the next stage does not fit the budget: then it returns the best cell of the last
-stage that had one (``trusted=False``), or raises :class:`CalibrationError` listing every
-stage it ran.
+**Escalation**, from the verdict of the two cells at ``γ`` (steps scaled with ``1/ε`` so
+that a stage covers the same diffusion time ``r²/ε``): the smaller step size unstable
+(``diverged``, ``acceptance``) → ``ε/4``; the larger only, or a step bias shown → ``ε/2``
+(the smaller becomes the larger); both still spreading (``wandering``: flat or soft
+directions) → ``10γ``; shrunk against ``γ/10`` → ``γ/10`` (unless the chains wandered
+there); otherwise not equilibrated or too noisy to verify (``nonstationary``, ``ess``,
+``rhat``, a bias or a shrinkage not shown small) → four times the steps (with a fixed
+``num_steps``: twice the step size, while no bias was seen). It stops at the first
+verified cell, or when the next stage does not fit the budget: then it returns the best
+cell of the last stage that had one (``trusted=False``, the best of a stage with a
+verified cell kept first), or raises :class:`CalibrationError` listing every stage it ran.
 
 **Run length.** When the user did not fix ``num_steps``, the estimate runs with the
 calibration's burn-in and as many draws as bring its Monte-Carlo standard error to
@@ -146,7 +149,7 @@ def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chai
     steps = num_steps or first_length(scales, eps)
     cells = 2 if fixed else 4
     spent, stages, tried, best = 0, [], [], None
-    seen_bias = False
+    seen_bias, left = False, set()
     for index in range(MAX_STAGES):
         cost = cells * CHAINS * steps
         if spent + cost > budget:
@@ -166,9 +169,11 @@ def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chai
             best = cal if best is None or cal.trusted or not best.trusted else best
         if cal.trusted:
             break
-        move = _next_move(cal, eps, gamma, fixed, seen_bias, num_steps is None)
+        move = _next_move(cal, eps, gamma, fixed, seen_bias, num_steps is None, left)
         if move is None:
             break
+        if move[1] > gamma:
+            left.add(gamma)
         eps, gamma, factor, biased = move
         seen_bias = seen_bias or biased
         steps = int(min(MAX_STEPS, steps * factor))
@@ -179,20 +184,28 @@ def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chai
     return dataclasses.replace(outcome, num_steps=length, num_burnin=burnin)
 
 
-def _next_move(cal, eps, gamma, fixed, seen_bias, free_length):
-    """``(ε, γ, steps factor, bias seen)`` for the next stage, or ``None`` to stop."""
+def _next_move(cal, eps, gamma, fixed, seen_bias, free_length, left):
+    """``(ε, γ, steps factor, bias seen)`` for the next stage, or ``None`` to stop.
+
+    ``left``: localizations left because their chains wandered (not returned to)."""
     shape = cal.shape
     index = np.arange(len(cal.results)).reshape(shape)
     top = shape[1] - 1  # the cells at γ (the last localization)
-    at_gamma = [set(cal.problems[int(index[a, top, 0])]) for a in range(shape[0])]
-    small, large = at_gamma
-    if {"diverged", "acceptance", "init_loss"} & small or "step_bias" in small:
-        return eps / 8, gamma, 2.0, True
-    if {"diverged", "acceptance", "init_loss", "step_bias"} & large:
-        return eps / 4, gamma, 2.0, True
-    if "localization_bias" in large or "localization_bias" in small:
-        return eps, _round(gamma / 10), 1.0, seen_bias
-    if (_UNSETTLED & (small | large)) or not (small or large):
+    small, large = (set(cal.problems[int(index[a, top, 0])]) for a in range(shape[0]))
+    unstable = {"diverged", "acceptance", "init_loss"}
+    if unstable & small:
+        # both step sizes unstable: a quarter, and as many more steps (same diffusion time)
+        return eps / 4, gamma, 4.0 if free_length else 1.0, True
+    if (unstable | {"step_bias"}) & (large | small):
+        # the larger one only: the smaller becomes the larger
+        return eps / 2, gamma, 2.0 if free_length else 1.0, True
+    if not fixed and "wandering" in small and "wandering" in large:
+        # chains still spreading at γ: flat directions (singular) or soft ones; localize more
+        return eps, _round(gamma * 10), 1.0, seen_bias
+    weak = _round(gamma / 10)
+    if not fixed and "localization_bias" in (large | small) and weak not in left:
+        return eps, weak, 1.0, seen_bias
+    if (_UNSETTLED & (small | large)) or not (small or large) or not fixed:
         # not equilibrated, or healthy but too noisy to verify: longer runs
         if free_length:
             return eps, gamma, 4.0, seen_bias
