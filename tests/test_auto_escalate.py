@@ -37,7 +37,7 @@ def test_first_setting_from_the_scales():
     assert gamma_noisy == gamma and eps_noisy < eps / 50
     # the first run length covers STEPS_PER_DIFFUSION diffusion times r²/ε (at least MIN_STEPS)
     assert escalate.first_length(noisy, eps_noisy) == pytest.approx(
-        escalate.STEPS_PER_DIFFUSION * 0.01 / eps_noisy, rel=1e-3
+        escalate.STEPS_PER_DIFFUSION * 0.01 / (eps_noisy / 2), rel=1e-3
     )
     assert escalate.first_length(quiet, 1.0) == escalate.MIN_STEPS
     # a given localization is kept

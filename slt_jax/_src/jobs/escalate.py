@@ -16,8 +16,9 @@ direction's term). So
 
 with ``δ = STEP_BIAS_TARGET`` and ``c_γ = LOCALIZATION_FACTOR``: the localization is placed
 against the loss's own scale (its shrinkage ``γ/(A + γ)`` of a typical direction is about
-``c_γ``), never against the noise-inflated ``Ā``. The first run length is ``k·r²/ε₀`` steps
-(``k = STEPS_PER_DIFFUSION``): a free diffusion of step ``ε`` needs ``r²/ε`` steps to cross
+``c_γ``), never against the noise-inflated ``Ā``. The first run length is ``k·r²/(ε₀/2)``
+steps (``k = STEPS_PER_DIFFUSION``, at the stage's smaller step size): a free diffusion of
+step ``ε`` needs ``r²/ε`` steps to cross
 the typical set, and a quadratic's typical direction relaxes in ``2/(εA) ≈ 2 r²/ε``.
 
 **Each stage** runs ``{ε/2, ε} × {γ/10, γ}`` (``{ε/2, ε}`` when the localization is given)
@@ -36,7 +37,8 @@ there); otherwise not equilibrated or too noisy to verify (``nonstationary``, ``
 ``num_steps``: twice the step size, while no bias was seen). It stops at the first
 verified cell, or when the next stage does not fit the budget: then it returns the best
 cell of the last stage that had one (``trusted=False``, the best of a stage with a
-verified cell kept first), or raises :class:`CalibrationError` listing every stage it ran.
+verified cell kept first), else the smallest step size whose only problem is a bias
+shown (``trusted=False``), or raises :class:`CalibrationError` listing every stage it ran.
 
 **Run length.** When the user did not fix ``num_steps``, the estimate runs with the
 calibration's burn-in and as many draws as bring its Monte-Carlo standard error to
@@ -121,9 +123,10 @@ def first_setting(scales: Scales, localization: float | None) -> tuple[float, fl
 
 
 def first_length(scales: Scales, step_size: float) -> int:
-    """The first stage's steps per chain: ``STEPS_PER_DIFFUSION · r²/ε``, clipped."""
+    """The first stage's steps per chain: ``STEPS_PER_DIFFUSION · r²/(ε/2)`` (the stage's
+    smaller step size relaxes slowest), clipped."""
     r2 = min(scales.radius, 1e3) ** 2
-    steps = STEPS_PER_DIFFUSION * r2 / step_size if step_size > 0 else MIN_STEPS
+    steps = STEPS_PER_DIFFUSION * r2 / (step_size / 2) if step_size > 0 else MIN_STEPS
     return int(min(max(steps, MIN_STEPS), MAX_STEPS))
 
 
@@ -177,6 +180,8 @@ def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chai
         eps, gamma, factor, biased = move
         seen_bias = seen_bias or biased
         steps = int(min(MAX_STEPS, steps * factor))
+    if best is None:
+        best = _least_biased(stages)
     outcome = Outcome(best, tuple(stages), tuple(tried), spent, scales)
     if best is None or final_chains is None:
         return outcome
@@ -211,6 +216,34 @@ def _next_move(cal, eps, gamma, fixed, seen_bias, free_length, left):
             return eps, gamma, 4.0, seen_bias
         return (eps * 2, gamma, 1.0, seen_bias) if not seen_bias else None
     return None
+
+
+def _least_biased(stages):
+    """With the budget spent and no healthy cell: the cell, over all stages, whose only
+    problems are the bias checks (``step_bias``, ``localization_bias``), with the smallest
+    step size, then the weakest localization (``trusted=False``; ``None`` if there is none)."""
+    found = [
+        (cal.results[i].config.step_size, cal.results[i].config.localization, -k, i, cal)
+        for k, cal in enumerate(stages)
+        for i, p in enumerate(cal.problems)
+        if p and set(p) <= {"step_bias", "localization_bias"}
+    ]
+    if not found:
+        return None
+    *_, i, cal = min(found, key=lambda f: f[:4])
+    c = cal.results[i].config
+    return dataclasses.replace(
+        cal,
+        recommended=dict(step_size=c.step_size, localization=c.localization, nbeta=c.nbeta),
+        trusted=False,
+        explanation=(
+            f"Not verified: the budget was spent before a setting passed every check; "
+            f"step_size={c.step_size:g}, localization={c.localization:g} gives λ̂ = "
+            f"{cal.results[i].llc_mean:.4g} ± {cal.results[i].llc_stderr:.2g}, healthy but "
+            f"shown biased ({', '.join(cal.problems[i])}): the smallest step size tried. "
+            f"{cal.explanation}"
+        ),
+    )
 
 
 def _run_length(cal, final_chains: int) -> tuple[int, int]:
