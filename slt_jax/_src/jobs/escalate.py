@@ -30,12 +30,16 @@ LLC trace and of ‖w − w*‖ included) verify the run length.
 **Escalation**, from the verdict of the two cells at ``γ`` (steps scaled with ``1/ε`` so
 that a stage covers the same diffusion time ``r²/ε``): the smaller step size unstable
 (``diverged``, ``acceptance``) → ``ε/4``; the larger only, or a step bias shown → ``ε/2``
-(the smaller becomes the larger); both still spreading (``wandering``: flat or soft
-directions) → ``10γ``; shrunk against ``γ/10`` → ``γ/10`` (unless the chains wandered
-there); otherwise not equilibrated or too noisy to verify (``nonstationary``, ``ess``,
-``rhat``, a bias or a shrinkage not shown small) → four times the steps (with a fixed
-``num_steps``: twice the step size, while no bias was seen). It stops at the first
-verified cell, or when the next stage does not fit the budget: then it returns the best
+(the smaller becomes the larger); still spreading (``wandering`` after the first
+length's many relaxation times: flat or far softer directions) → ``10γ``; shrunk against a
+*healthy* ``γ/10`` → ``γ/10`` (against an unhealthy one, whose chains escape, ``γ`` is
+kept, unverified); otherwise not equilibrated or too noisy to verify (``nonstationary``,
+``ess``, ``rhat``, a bias not shown small) → four times the steps (with a fixed
+``num_steps``: twice the step size, while no bias was seen), unless only the weaker
+localization's cells have not settled while ``γ``'s step bias is verified (then ``γ`` is
+kept, unverified). A localization once left is not returned to. It stops at the first
+verified cell, or when the next stage does not fit the budget (a longer one is cut to
+what is left, if that is still longer than the last): then it returns the best
 cell of the last stage that had one (``trusted=False``, the best of a stage with a
 verified cell kept first), else the smallest step size whose only problem is a bias
 shown (``trusted=False``), or raises :class:`CalibrationError` listing every stage it ran.
@@ -149,12 +153,19 @@ def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chai
     )
     fixed = localization is not None
     eps, gamma = first_setting(scales, localization)
-    steps = num_steps or first_length(scales, eps)
     cells = 2 if fixed else 4
+    # the first stage takes at most a third of the budget, leaving room to escalate
+    steps = num_steps or min(
+        first_length(scales, eps), max(MIN_STEPS, budget // (3 * cells * CHAINS))
+    )
+    previous = 0
     spent, stages, tried, best = 0, [], [], None
     seen_bias, left = False, set()
     for index in range(MAX_STAGES):
         cost = cells * CHAINS * steps
+        affordable = (budget - spent) // (cells * CHAINS)
+        if spent + cost > budget and num_steps is None and affordable >= max(MIN_STEPS, previous):
+            steps, cost = int(affordable), cells * CHAINS * int(affordable)  # what is left
         if spent + cost > budget:
             tried.append(
                 f"next: ε = {eps:.3g}, γ = {gamma:.3g}, {steps} steps ({cost:,} chain-steps) "
@@ -166,6 +177,7 @@ def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chai
             [_round(eps / 2), eps], gammas, CHAINS, steps, jax.random.fold_in(key, index + 1)
         )
         spent += cost
+        previous = steps
         stages.append(cal)
         tried.append(_describe(cal, eps, gamma, steps))
         if cal.recommended is not None:
@@ -175,7 +187,7 @@ def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chai
         move = _next_move(cal, eps, gamma, fixed, seen_bias, num_steps is None, left)
         if move is None:
             break
-        if move[1] > gamma:
+        if move[1] != gamma:
             left.add(gamma)
         eps, gamma, factor, biased = move
         seen_bias = seen_bias or biased
@@ -192,30 +204,48 @@ def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chai
 def _next_move(cal, eps, gamma, fixed, seen_bias, free_length, left):
     """``(ε, γ, steps factor, bias seen)`` for the next stage, or ``None`` to stop.
 
-    ``left``: localizations left because their chains wandered (not returned to)."""
+    ``left``: localizations not to return to (left because they shrank λ̂, or wandered)."""
     shape = cal.shape
     index = np.arange(len(cal.results)).reshape(shape)
     top = shape[1] - 1  # the cells at γ (the last localization)
     small, large = (set(cal.problems[int(index[a, top, 0])]) for a in range(shape[0]))
+    weak_cells = [set(cal.problems[int(index[a, 0, 0])]) for a in range(shape[0])] if top else []
     unstable = {"diverged", "acceptance", "init_loss"}
     if unstable & small:
         # both step sizes unstable: a quarter, and as many more steps (same diffusion time)
         return eps / 4, gamma, 4.0 if free_length else 1.0, True
     if (unstable | {"step_bias"}) & (large | small):
-        # the larger one only: the smaller becomes the larger
+        # the larger only, or a bias shown: the smaller becomes the larger
         return eps / 2, gamma, 2.0 if free_length else 1.0, True
-    if not fixed and "wandering" in small and "wandering" in large:
-        # chains still spreading at γ: flat directions (singular) or soft ones; localize more
-        return eps, _round(gamma * 10), 1.0, seen_bias
-    weak = _round(gamma / 10)
-    if not fixed and "localization_bias" in (large | small) and weak not in left:
-        return eps, weak, 1.0, seen_bias
-    if (_UNSETTLED & (small | large)) or not (small or large) or not fixed:
+    stronger, weaker = _round(gamma * 10), _round(gamma / 10)
+    if not fixed and "wandering" in (small | large) and stronger not in left:
+        # still spreading after many relaxation times of a typical direction: flat
+        # directions (singular) or far softer ones; localize more
+        return eps, stronger, 1.0, seen_bias
+    if not fixed and "localization_bias" in (large | small):
+        if all(p <= {"step_bias"} for p in weak_cells) and weaker not in left:
+            return eps, weaker, 1.0, seen_bias  # a healthy weaker localization differs: shrinkage
+        return None  # the weaker one is not healthy (chains escape): keep γ, unverified
+    if not (small or large) and any(_UNSETTLED & p for p in weak_cells) and _step_ok(cal, top):
+        return None  # γ verified in ε; the weaker localization does not settle: keep γ
+    if _UNSETTLED & (small | large) or not (small or large):
         # not equilibrated, or healthy but too noisy to verify: longer runs
         if free_length:
             return eps, gamma, 4.0, seen_bias
         return (eps * 2, gamma, 1.0, seen_bias) if not seen_bias else None
     return None
+
+
+def _step_ok(cal, row: int) -> bool:
+    """Whether the larger step size of ``row`` is shown unbiased (its fit's bias plus two
+    standard errors below the tolerance)."""
+    from slt_jax._src.jobs.calibrate import BIAS_TOLERANCE
+
+    fit = cal.fits[row]
+    if not fit.fitted or not fit.intercept > 0:
+        return False
+    bias, se = max(fit.bias.items(), key=lambda kv: cal.results[kv[0]].config.step_size)[1]
+    return abs(bias) + 2 * se < BIAS_TOLERANCE * fit.intercept
 
 
 def _least_biased(stages):
