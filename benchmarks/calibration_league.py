@@ -590,9 +590,18 @@ def main(argv=None) -> dict:
         choices=("step", "independent"),
         help="also pass loss_batch= (default: leave it at estimate_llc's default)",
     )
+    parser.add_argument(
+        "--only", default=None, help="comma-separated case names to run (e.g. dln/0,tms/3)"
+    )
     args = parser.parse_args(argv)
     families = check_families(args.families)  # before anything runs
     cases = draw_cases(args.seed, families, args.cases, quick=args.quick)
+    if args.only:
+        names = args.only.split(",")
+        unknown = sorted(set(names) - {c.name for c in cases})
+        if unknown:
+            raise ValueError(f"--only names cases not drawn here: {unknown}")
+        cases = [c for c in cases if c.name in names]
 
     done = []
 
