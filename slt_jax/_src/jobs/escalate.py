@@ -31,7 +31,9 @@ LLC trace and of ‖w − w*‖ included) verify the run length.
 that a stage covers the same diffusion time ``r²/ε``): the smaller step size unstable
 (``diverged``, ``acceptance``) → ``ε/4``; the larger only, or a step bias shown → ``ε/2``
 (the smaller becomes the larger); still spreading (``wandering`` after the first
-length's many relaxation times: flat or far softer directions) → ``10γ``; shrunk against a
+length's many relaxation times: flat or far softer directions; from the second stage on,
+also chains that disagree or still drift, ``rhat``, ``nonstationary``: they leave the
+basin of ``w*``) → ``10γ``; shrunk against a
 *healthy* ``γ/10`` → ``γ/10`` (against an unhealthy one, whose chains escape, ``γ`` is
 kept, unverified); otherwise not equilibrated or too noisy to verify (``nonstationary``,
 ``ess``, ``rhat``, a bias not shown small) → four times the steps (with a fixed
@@ -184,7 +186,7 @@ def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chai
             best = cal if best is None or cal.trusted or not best.trusted else best
         if cal.trusted:
             break
-        move = _next_move(cal, eps, gamma, fixed, seen_bias, num_steps is None, left)
+        move = _next_move(cal, eps, gamma, fixed, seen_bias, num_steps is None, left, index == 0)
         if move is None:
             break
         if move[1] != gamma:
@@ -201,10 +203,11 @@ def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chai
     return dataclasses.replace(outcome, num_steps=length, num_burnin=burnin)
 
 
-def _next_move(cal, eps, gamma, fixed, seen_bias, free_length, left):
+def _next_move(cal, eps, gamma, fixed, seen_bias, free_length, left, first):
     """``(ε, γ, steps factor, bias seen)`` for the next stage, or ``None`` to stop.
 
-    ``left``: localizations not to return to (left because they shrank λ̂, or wandered)."""
+    ``left``: localizations not to return to (left because they shrank λ̂, or wandered);
+    ``first``: ``cal`` is the first stage."""
     shape = cal.shape
     index = np.arange(len(cal.results)).reshape(shape)
     top = shape[1] - 1  # the cells at γ (the last localization)
@@ -218,7 +221,8 @@ def _next_move(cal, eps, gamma, fixed, seen_bias, free_length, left):
         # the larger only, or a bias shown: the smaller becomes the larger
         return eps / 2, gamma, 2.0 if free_length else 1.0, True
     stronger, weaker = _round(gamma * 10), _round(gamma / 10)
-    if not fixed and "wandering" in (small | large) and stronger not in left:
+    drifting = {"wandering"} if first else {"wandering", "nonstationary", "rhat"}
+    if not fixed and drifting & (small | large) and stronger not in left:
         # still spreading after many relaxation times of a typical direction: flat
         # directions (singular) or far softer ones; localize more
         return eps, stronger, 1.0, seen_bias
