@@ -49,8 +49,9 @@ only: the next terms are ``O(1/log² nβ)``).
 **Recorded per case:** the estimate and its standard error, ``trusted`` (the calibration
 verified its setting: ``result.calibration.trusted``), the relative error against λ, the
 chain-steps of the calibration (``result.calibration.chain_steps``) and of the final
-estimate (chains × steps), their ratio (total / final), the wall time (tracing and
-compilation included: every case is a new loss function). A ``CalibrationError`` counts as
+estimate (chains × the steps the calibration chose, ``num_steps``), their ratio (total /
+final), the wall time (tracing and compilation included: every case is a new loss
+function). A ``CalibrationError`` counts as
 an error (no estimate, its cost not recorded); any other exception is recorded apart (a
 crash) and the league goes on.
 
@@ -369,8 +370,9 @@ def num_params(case: Case) -> int:
 # ------------------------------------------------------------------------------------ running
 
 
-def run_case(case: Case) -> dict:
-    """Run the user's calibrated call on ``case`` and return its row."""
+def run_case(case: Case, *, loss_batch: str | None = None) -> dict:
+    """Run the user's calibrated call on ``case`` and return its row (``loss_batch``: that
+    option too, where given; the league's own call leaves it at its default)."""
     loss_fn, w_star, data = build(case)
     row = {
         "case": case.name,
@@ -388,8 +390,15 @@ def run_case(case: Case) -> dict:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
+            extra = {} if loss_batch is None else {"loss_batch": loss_batch}
             result = sj.estimate_llc(
-                loss_fn, w_star, data, step_size="auto", batch_size=case.batch_size, seed=case.seed
+                loss_fn,
+                w_star,
+                data,
+                step_size="auto",
+                batch_size=case.batch_size,
+                seed=case.seed,
+                **extra,
             )
             error = kind = None
         except sj.CalibrationError as e:
@@ -411,6 +420,7 @@ def run_case(case: Case) -> dict:
             chain_steps_calibration=None,
             chain_steps_final=None,
             chain_steps_total=None,
+            num_steps=None,
             cost_ratio=None,
             llc_leading=None,
             corrected=None,
@@ -430,6 +440,7 @@ def run_case(case: Case) -> dict:
         chain_steps_calibration=int(record.chain_steps),
         chain_steps_final=final,
         chain_steps_total=int(record.chain_steps) + final,
+        num_steps=int(config.num_steps),  # the final run's length (chosen by the calibration)
         cost_ratio=(int(record.chain_steps) + final) / final,
         corrected=record.corrected_llc,  # the calibration's ε → 0 fit (None: not fitted)
         explanation=record.explanation,
@@ -555,11 +566,11 @@ def score_text(s: dict) -> str:
     )
 
 
-def run_league(cases, *, progress=None) -> dict:
+def run_league(cases, *, progress=None, loss_batch=None) -> dict:
     """Run ``cases`` one after another; return ``{"cases": rows, "score": score}``."""
     rows = []
     for case in cases:
-        row = run_case(case)
+        row = run_case(case, loss_batch=loss_batch)
         rows.append(row)
         if progress is not None:
             progress(row)
@@ -573,9 +584,24 @@ def main(argv=None) -> dict:
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--quick", action="store_true", help="3 small cases (the smoke test)")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--loss-batch",
+        default=None,
+        choices=("step", "independent"),
+        help="also pass loss_batch= (default: leave it at estimate_llc's default)",
+    )
+    parser.add_argument(
+        "--only", default=None, help="comma-separated case names to run (e.g. dln/0,tms/3)"
+    )
     args = parser.parse_args(argv)
     families = check_families(args.families)  # before anything runs
     cases = draw_cases(args.seed, families, args.cases, quick=args.quick)
+    if args.only:
+        names = args.only.split(",")
+        unknown = sorted(set(names) - {c.name for c in cases})
+        if unknown:
+            raise ValueError(f"--only names cases not drawn here: {unknown}")
+        cases = [c for c in cases if c.name in names]
 
     done = []
 
@@ -588,7 +614,7 @@ def main(argv=None) -> dict:
         trusted = "trusted" if row["trusted"] else "untrusted"
         print(f"{row['case']:<24} {status:>9} {trusted:>9} {row['wall_s']:7.1f} s", flush=True)
 
-    out = run_league(cases, progress=progress)
+    out = run_league(cases, progress=progress, loss_batch=args.loss_batch)
     out.update(
         seed=args.seed,
         families=list(families),

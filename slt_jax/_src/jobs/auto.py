@@ -80,27 +80,31 @@ def stand_in(config: LLCConfig, *, step_size=1.0, localization=1.0, **fields) ->
 
 
 def resolve_auto(
-    prepared, config: LLCConfig, *, budget, calibrate_on=None
+    prepared, config: LLCConfig, *, budget, calibrate_on=None, choose_length: bool = False
 ) -> tuple[LLCConfig, CalibrationRecord | None]:
     """``config`` with a calibrated step size (and localization, unless given) when its
     step size is ``"auto"``, and the calibration's record; else ``(config, None)``.
 
     ``prepared``: the run (:class:`~slt_jax._src.jobs.orchestrate.Prepared`), checked with
     :func:`stand_in` numbers and centred where the calibration runs; it is taken as checked.
+    ``choose_length``: the entry point lets the calibration choose the run length
+    (``num_steps``, ``num_burnin``) where the user left both at their defaults.
     """
     if not wants_auto(config.step_size, config.localization):
         if budget is not None:
             raise ValueError("`calibration_budget` needs step_size='auto'.")
         return config, None
     given = config.localization is not None and not isinstance(config.localization, str)
+    free = choose_length and length_is_free(config)
     setting, record = calibrated_setting(
         prepared,
         localization=config.localization if given else None,
         nbeta=config.nbeta,
-        num_steps=config.num_steps,
-        num_burnin=config.num_burnin,
+        num_steps=None if free else config.num_steps,
+        num_burnin=None if free else config.num_burnin,
         budget=budget,
         calibrate_on=calibrate_on,
+        final_chains=config.num_chains if free else None,
         batch_size=config.batch_size,
         estimator=config.estimator,
         sampler=config.sampler,
@@ -109,50 +113,110 @@ def resolve_auto(
     return dataclasses.replace(config, **setting), record
 
 
+def length_is_free(config: LLCConfig) -> bool:
+    """Whether the user left the run length to the calibration: ``num_steps`` at its
+    default and no ``num_burnin`` (a ``num_steps`` equal to the default counts as left)."""
+    default = next(f.default for f in dataclasses.fields(LLCConfig) if f.name == "num_steps")
+    return config.num_steps == default and config.num_burnin is None
+
+
 def calibrated_setting(
     prepared,
     *,
     localization,
     nbeta,
-    num_steps: int,
+    num_steps: int | None,
     num_burnin,
     budget,
     calibrate_on: int | None = None,
+    final_chains: int | None = None,
     **options,
 ) -> tuple[dict, CalibrationRecord]:
-    """Run the automatic calibration and return ``(setting, record)``.
+    """Run the escalating calibration (:mod:`slt_jax._src.jobs.escalate`) and return
+    ``(setting, record)``.
 
-    ``setting`` are the keyword arguments ``step_size``, ``localization`` and ``nbeta``;
-    ``localization`` is calibrated when it is ``None`` or ``"auto"``, else kept fixed. The
-    calibration runs on the ``prepared`` run (not checked again), with keys drawn apart
-    from its key; ``options``: the other options of :func:`~slt_jax.calibrate`.
+    ``setting`` are the keyword arguments ``step_size``, ``localization`` and ``nbeta``, and
+    ``num_steps`` and ``num_burnin`` when ``num_steps`` is ``None`` (the calibration chooses
+    the run length of an estimate with ``final_chains`` chains); ``localization`` is
+    calibrated when it is ``None`` or ``"auto"``, else kept fixed. The calibration runs on
+    the ``prepared`` run (not checked again), with keys drawn apart from its key;
+    ``options``: the other options of :func:`~slt_jax.calibrate`.
 
     Raises:
-      CalibrationError: when no setting passed the health checks (with what to run next).
+      ValueError: a budget below the smallest stage (naming the minimum), before any chain.
+      CalibrationError: when the budget is spent and no setting passed the health checks
+        (with every stage it tried).
     """
-    from slt_jax._src.jobs.calibrate import calibrate, run_calibration
+    from slt_jax._src import validation
+    from slt_jax._src.estimators.diagnostics import LLCDiagnosticWarning
+    from slt_jax._src.jobs import escalate
+    from slt_jax._src.jobs.calibrate import BIAS_TOLERANCE, calibrate, run_stage
+    from slt_jax._src.userwarn import warn as warn_user
 
-    fixed = None if localization is None or isinstance(localization, str) else [localization]
+    fixed = None if localization is None or isinstance(localization, str) else localization
+    minimum = escalate.minimum_budget(num_steps, fixed is not None)
+    given_budget = budget
+    if budget is not None:
+        budget = validation.check_count("budget", budget, minimum=1)
+        if budget < minimum:
+            raise ValueError(
+                f"`budget` = {budget} chain-steps is below the minimum of {minimum} for "
+                f"step_size='auto': one stage of {2 if fixed is not None else 4} settings × "
+                f"{escalate.CHAINS} chains × {num_steps or escalate.MIN_STEPS} steps."
+            )
+    else:
+        budget = max(escalate.DEFAULT_BUDGET, 8 * minimum)
     config = dataclasses.replace(
         calibrate.run_defaults,
-        num_steps=num_steps,
+        num_steps=num_steps or 1000,
         num_burnin=num_burnin,
         seed=jax.random.fold_in(prepared.key, _CALIBRATION_STREAM),
         **options,
     )
-    cal = run_calibration(  # warns itself when its recommendation is not verified
-        prepared.with_config,
-        prepared.data,
-        config,
-        localizations=fixed,
-        nbetas=[nbeta],
+    checked = prepared.with_config(stand_in(config, localization=fixed or 1.0, nbeta=nbeta))
+    judge = dict(tolerance=BIAS_TOLERANCE, check_localization=fixed is None)
+
+    def stage(step_sizes, localizations, chains, steps, key):
+        burnin = num_burnin if num_steps is not None else None
+        burnin = steps // 2 if burnin is None else burnin
+        stage_config = dataclasses.replace(config, num_burnin=burnin)
+        return run_stage(
+            checked,
+            stage_config,
+            step_sizes,
+            localizations,
+            chains,
+            steps,
+            key,
+            nbeta=nbeta,
+            **judge,
+        )
+
+    outcome = escalate.run(
+        stage,
+        checked,
+        localization=fixed,
+        num_steps=num_steps,
         budget=budget,
+        key=checked.key,
+        final_chains=final_chains if num_steps is None else None,
     )
-    if cal.recommended is None:
-        raise CalibrationError(f"step_size='auto' found no usable setting. {cal.explanation}")
+    tried = "; ".join(f"({i + 1}) {line}" for i, line in enumerate(outcome.tried))
+    cal = outcome.calibration
+    if cal is None:
+        raise CalibrationError(
+            f"step_size='auto' found no usable setting within the budget of {budget:,} "
+            f"chain-steps ({outcome.chain_steps:,} spent). Tried: {tried}. "
+            f"{outcome.stages[-1].explanation if outcome.stages else ''}"
+        )
+    explanation = f"{cal.explanation} Stages: {tried}."
+    if not cal.trusted:
+        warn_user(f"step_size='auto': {explanation}", LLCDiagnosticWarning)
     setting = dict(cal.recommended)
+    if outcome.num_steps is not None:
+        setting.update(num_steps=outcome.num_steps, num_burnin=outcome.num_burnin)
     bias, bias_se = cal.step_bias()
-    i = cal.cell(**setting)
+    i = cal.cell(**cal.recommended)
     row = int(np.ravel_multi_index(np.unravel_index(i, cal.shape)[1:], cal.shape[1:]))
     fit = cal.fits[row]
     fitted = fit.fitted and all(
@@ -163,15 +227,15 @@ def calibrated_setting(
         localization=float(setting["localization"]),
         nbeta=float(setting["nbeta"]),
         trusted=bool(cal.trusted),
-        explanation=cal.explanation,
+        explanation=explanation,
         table=cal.summary(),
         reference_llc=float(cal.results[i].llc_mean),
         corrected_llc=float(fit.intercept) if fitted else None,
         corrected_stderr=float(fit.intercept_stderr) if fitted else None,
         step_bias=float(bias) if fitted else None,
         step_bias_stderr=float(bias_se) if fitted else None,
-        chain_steps=int(cal.num_chain_steps),
+        chain_steps=int(outcome.chain_steps),
         calibrate_on=calibrate_on,
-        budget=budget,
+        budget=given_budget,
     )
     return setting, record

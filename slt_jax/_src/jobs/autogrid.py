@@ -8,7 +8,8 @@ tempered potential ``U = nβ L_B + γ/2 ‖w − w*‖²`` (per step, the square
 the extra variance it adds). So the problem's curvature scale is
 ``Ā = E‖nβ ∇L_B(w)‖²/d`` at typical posterior points ``w``. Before sampling these are
 stand-ins: along a few random directions ``ξ ~ N(0, I)`` from ``w*``, the radius ``r`` where
-the tempered loss has risen by ``nβ (L(w* + rξ) − L(w*)) = d/2`` (the posterior's typical
+the tempered loss, averaged over ``w* ± rξ`` (the linear term of a subset's gradient
+cancels), has risen by ``nβ (L(w* + rξ) − L(w*)) = d/2`` (the posterior's typical
 energy above its minimum for a regular model), and the minibatch gradients there.
 ``ε₀ = 0.4/Ā`` (a 10 % proxy bias) centres the step-size grid; localizations are
 placed relative to ``Ā`` (the shrinkage of a direction of curvature ``A`` is ``γ/(A + γ)``).
@@ -88,8 +89,13 @@ def measure_scales(loss_fn, params, data, *, nbeta: float, batch_size: int, seed
 
     @jax.jit
     def rise(radius, direction):
-        moved = jax.tree.map(lambda c, x: c + radius * x, center, direction)
-        return nbeta * (loss_fn(cast(moved), evaluation) - loss_fn(cast(center), evaluation))
+        # symmetric: the mean of ±r cancels the linear term, which the evaluation rows' own
+        # gradient at w* (nonzero on a subset of the data) would otherwise add
+        at = lambda sign: loss_fn(  # noqa: E731
+            cast(jax.tree.map(lambda c, x: c + sign * radius * x, center, direction)),
+            evaluation,
+        )
+        return nbeta * (0.5 * (at(1.0) + at(-1.0)) - loss_fn(cast(center), evaluation))
 
     @jax.jit
     def gradient(w, batch):

@@ -267,6 +267,33 @@ def _check_axis(name: str, axis, data) -> list:
     return axis
 
 
+def run_stage(
+    prepared,
+    config: LLCConfig,
+    step_sizes,
+    localizations,
+    num_chains: int,
+    num_steps: int,
+    seed,
+    *,
+    nbeta=None,
+    tolerance: float = BIAS_TOLERANCE,
+    check_localization: bool = True,
+    acceptance_band: tuple[float, float] = ACCEPTANCE_BAND,
+) -> Calibration:
+    """One judged grid (one compiled program) on a ``prepared`` run taken as checked: the
+    stage of the escalating calibration of ``step_size="auto"``
+    (:mod:`slt_jax._src.jobs.escalate`); ``config`` gives the other options (its
+    ``num_burnin`` included)."""
+    run = dict(prepared=prepared, nbetas=[nbeta], config=config)
+    judge = dict(
+        acceptance_band=acceptance_band,
+        tolerance=float(tolerance),
+        check_localization=check_localization,
+    )
+    return _stage(step_sizes, localizations, num_chains, num_steps, seed, run, judge)
+
+
 def _stage(step_sizes, localizations, num_chains, num_steps, seed, run, judge, **extra):
     """Run one grid (one compiled program) and judge it."""
     nbetas = run["nbetas"]

@@ -64,14 +64,16 @@ def estimate_llc(
       step_size: ``ε`` of the update ``w ← w + ε/2·∇log p(w) + N(0, ε)`` (devinterp's ``lr``;
         for other samplers see :mod:`slt_jax.samplers`), or a schedule ``step -> ε`` such as
         an optax schedule (e.g. ``optax.cosine_decay_schedule(1e-4, num_steps, 0.1)``),
-        evaluated at every step inside the compiled loop; or ``"auto"``: first run
-        :func:`~slt_jax.calibrate` (automatic grid, at this run's ``num_steps``, burn-in,
+        evaluated at every step inside the compiled loop; or ``"auto"``: first calibrate
+        (small judged grids that escalate, :mod:`slt_jax._src.jobs.escalate`, at this run's
         sampler, batch size, estimator and ``nβ``, within ``calibration_budget``
-        chain-steps), then estimate at its recommended step size (and localization, unless
-        given). The result's ``calibration`` records the setting, the calibration's table
-        and explanation, and its ε → 0 fit (``llc_corrected``). A recommendation that could
-        not be verified is used with a warning; no usable setting at all is a
-        :class:`~slt_jax.CalibrationError` (a ``ValueError``) saying what to run next.
+        chain-steps; the run length too, where ``num_steps`` is left at its default), then
+        estimate at its recommended step size (and localization, unless given). The
+        result's ``calibration`` records the setting, the calibration's table and
+        explanation (every stage it ran), its chain-steps and its ε → 0 fit
+        (``llc_corrected``). A recommendation that could not be verified is used with a
+        warning; a budget spent with no usable setting is a
+        :class:`~slt_jax.CalibrationError` (a ``ValueError``) listing the stages tried.
       localization: ``γ``, the strength of the pull towards ``w*``; default 100, or chosen
         by the calibration with ``step_size="auto"`` (also ``localization="auto"``).
       nbeta: ``nβ``; default ``n / log n``.
@@ -98,9 +100,11 @@ def estimate_llc(
         and probe set (the same keyword for every entry point). The result is then the
         :class:`~slt_jax.RefinedLLCResult` of the one refinement ``"all"`` (everything
         moves): ``res["all"]`` this LLC, ``res.observables["all"]``, ``res.probes["all"]``.
-      calibration_budget: with ``step_size="auto"``, the most chain-steps the calibration
-        may spend (default: its full two-stage grid, 76 × ``num_steps``: 5 × 4 cells × 2
-        chains, then 3 × 3 cells × 4 chains).
+      calibration_budget: with ``step_size="auto"``, the most chain-steps the escalating
+        calibration may spend over all its stages (default 2·10⁶, or 8 stages of
+        ``num_steps`` if more; a stage is 4 settings × 4 chains). With ``num_steps`` left at
+        its default and no ``num_burnin``, the calibration also chooses the run length
+        (:mod:`slt_jax._src.jobs.escalate`).
       mesh, devices: where the chains run: a ``jax.sharding.Mesh`` (all its axes used) or
         a list of devices; default every device (every process's after
         ``jax.distributed.initialize()``). Chains are sharded over them, padded to a
@@ -139,7 +143,9 @@ def estimate_llc(
         mesh=mesh,
         devices=devices,
     )
-    config, record = auto.resolve_auto(prepared, config, budget=calibration_budget)
+    config, record = auto.resolve_auto(
+        prepared, config, budget=calibration_budget, choose_length=True
+    )
     prepared = prepared.with_config(config)
     config, key = prepared.config, prepared.key
     group = orchestrate.Group(config, 0, jax.random.split(key, config.num_chains))

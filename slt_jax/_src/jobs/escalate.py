@@ -1,0 +1,312 @@
+r"""``step_size="auto"``: a sequential calibration that escalates within its budget.
+
+One small grid at a time, placed from the problem's scales, judged by
+:mod:`slt_jax._src.jobs.assess`, and moved where its verdict points until one setting is
+verified or the budget is spent.
+
+**Placement** (:func:`~slt_jax._src.jobs.autogrid.measure_scales`, no chains). Along random
+directions ``ξ ~ N(0, I)`` from ``w*``, the radius ``r`` where the tempered loss has risen by
+``d/2`` is the posterior's per-coordinate scale (for a quadratic ``r² = 1/Ā_true`` with
+``Ā_true`` the mean of ``nβ·h_i``); ``Ā = E‖nβ ∇L_B‖²/d`` there, minibatch noise included,
+sets SGLD's first-order relative step bias ``δ = εĀ/4`` (discretization and the heating
+by gradient noise: for a likelihood loss the noise adds about ``(nβ/B)·nβ·h_i`` to each
+direction's term). So
+
+.. math:: \varepsilon_0 = 4\delta/\bar A, \qquad \gamma_0 = c_\gamma / r^2,
+
+with ``δ = STEP_BIAS_TARGET`` and ``c_γ = LOCALIZATION_FACTOR``: the localization is placed
+against the loss's own scale (its shrinkage ``γ/(A + γ)`` of a typical direction is about
+``c_γ``), never against the noise-inflated ``Ā``. The first run length is ``k·r²/(ε₀/2)``
+steps (``k = STEPS_PER_DIFFUSION``, at the stage's smaller step size): a free diffusion of
+step ``ε`` needs ``r²/ε`` steps to cross
+the typical set, and a quadratic's typical direction relaxes in ``2/(εA) ≈ 2 r²/ε``.
+
+**Each stage** runs ``{ε/2, ε} × {γ/10, γ}`` (``{ε/2, ε}`` when the localization is given)
+with :data:`CHAINS` chains each, common random numbers, half of each run burn-in. The
+two step sizes give the ε → 0 fit (``λ₀ = 2λ̂(ε/2) − λ̂(ε)``) that verifies the step bias;
+the weaker localization verifies the shrinkage; the health checks (equilibration of the
+LLC trace and of ‖w − w*‖ included) verify the run length.
+
+**Escalation**, from the verdict of the two cells at ``γ`` (steps scaled with ``1/ε`` so
+that a stage covers the same diffusion time ``r²/ε``): the smaller step size unstable
+(``diverged``, ``acceptance``) → ``ε/4``; the larger only, or a step bias shown → ``ε/2``
+(the smaller becomes the larger); still spreading (``wandering`` after the first
+length's many relaxation times: flat or far softer directions; from the second stage on,
+also chains that disagree or still drift, ``rhat``, ``nonstationary``: they leave the
+basin of ``w*``) → ``10γ``; shrunk against a
+*healthy* ``γ/10`` → ``γ/10`` (against an unhealthy one, whose chains escape, ``γ`` is
+kept, unverified); otherwise not equilibrated or too noisy to verify (``nonstationary``,
+``ess``, ``rhat``, a bias not shown small) → four times the steps (with a fixed
+``num_steps``: twice the step size, while no bias was seen), unless only the weaker
+localization's cells have not settled while ``γ``'s step bias is verified (then ``γ`` is
+kept, unverified). A localization once left is not returned to. It stops at the first
+verified cell, or when the next stage does not fit the budget (a longer one is cut to
+what is left, if that is still longer than the last): then it returns the best
+cell of the last stage that had one (``trusted=False``, the best of a stage with a
+verified cell kept first), else the smallest step size whose only problem is a bias
+shown (``trusted=False``), or raises :class:`CalibrationError` listing every stage it ran.
+
+**Run length.** When the user did not fix ``num_steps``, the estimate runs with the
+calibration's burn-in and as many draws as bring its Monte-Carlo standard error to
+``SE_TARGET`` of λ̂, from the recommended cell's own standard error (``se ∝ 1/√(chains ×
+draws)``), between the calibration's run length and ``MAX_LENGTH_FACTOR`` times it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+
+from slt_jax._src.jobs.autogrid import Scales, measure_scales
+
+#: The proxy relative step bias ``δ = εĀ/4`` of the larger step size of the first stage.
+STEP_BIAS_TARGET = 0.05
+#: ``γ₀ = LOCALIZATION_FACTOR / r²``: about this shrinkage of a typical direction.
+LOCALIZATION_FACTOR = 0.01
+#: First run length in units of the diffusion time ``r²/ε``.
+STEPS_PER_DIFFUSION = 20.0
+#: Chains per cell.
+CHAINS = 4
+#: The fewest and the most steps per chain of a stage.
+MIN_STEPS = 200
+MAX_STEPS = 1_000_000
+#: The default budget of chain-steps (all stages).
+DEFAULT_BUDGET = 2_000_000
+#: The relative Monte-Carlo standard error the chosen run length aims at.
+SE_TARGET = 0.025
+#: The chosen run length is at most this many times the calibration's.
+MAX_LENGTH_FACTOR = 8
+#: At most this many stages.
+MAX_STAGES = 8
+
+_UNSTABLE = {"diverged", "acceptance", "init_loss", "step_bias"}
+_UNSETTLED = {"nonstationary", "wandering", "ess", "rhat", "below_init", "negative"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What the escalation ends with.
+
+    Attributes:
+      calibration: the stage whose recommendation is used (``None``: nothing usable).
+      stages: every stage run, in order.
+      tried: one line per stage (setting, steps, verdict).
+      chain_steps: the chain-steps of all stages.
+      scales: the problem's scales.
+      num_steps, num_burnin: the run length chosen for the estimate (``None``: the user's).
+    """
+
+    calibration: object
+    stages: tuple
+    tried: tuple[str, ...]
+    chain_steps: int
+    scales: Scales
+    num_steps: int | None = None
+    num_burnin: int | None = None
+
+
+def minimum_budget(num_steps: int | None, fixed_localization: bool) -> int:
+    """The chain-steps of the smallest stage (a budget below it is an error)."""
+    cells = 2 if fixed_localization else 4
+    return cells * CHAINS * (num_steps or MIN_STEPS)
+
+
+def first_setting(scales: Scales, localization: float | None) -> tuple[float, float]:
+    """``(ε₀, γ₀)`` from the scales (``localization``: the user's, kept)."""
+    r2 = scales.radius**2
+    flat = not np.isfinite(r2) or scales.radius >= 1e3
+    if localization is not None:
+        gamma = float(localization)
+    elif flat:
+        gamma = 1e-3 * scales.nbeta  # nothing rises within 1e3: a scale from nβ alone
+    else:
+        gamma = LOCALIZATION_FACTOR / r2
+    curvature = scales.curvature + gamma  # ∇ of γ/2‖w − w*‖² adds at most γ²r² ≤ γ here
+    return _round(4 * STEP_BIAS_TARGET / curvature), _round(gamma)
+
+
+def first_length(scales: Scales, step_size: float) -> int:
+    """The first stage's steps per chain: ``STEPS_PER_DIFFUSION · r²/(ε/2)`` (the stage's
+    smaller step size relaxes slowest), clipped."""
+    r2 = min(scales.radius, 1e3) ** 2
+    steps = STEPS_PER_DIFFUSION * r2 / (step_size / 2) if step_size > 0 else MIN_STEPS
+    return int(min(max(steps, MIN_STEPS), MAX_STEPS))
+
+
+def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chains: int | None):
+    """Escalate until a cell is verified or the budget is spent.
+
+    ``run_stage(step_sizes, localizations, num_chains, num_steps, key)`` runs and judges one
+    grid (a :class:`~slt_jax._src.jobs.calibration.Calibration`); ``prepared`` the checked
+    run; ``localization`` the user's (or ``None``); ``num_steps`` the user's run length or
+    ``None``; ``final_chains``: the estimate's chains, to choose its run length for (``None``:
+    the run length is the user's).
+    """
+    config = prepared.config
+    scales = measure_scales(
+        prepared.loss_fn,
+        prepared.params,
+        prepared.data,
+        nbeta=config.nbeta,
+        batch_size=config.batch_size,
+    )
+    fixed = localization is not None
+    eps, gamma = first_setting(scales, localization)
+    cells = 2 if fixed else 4
+    # the first stage takes at most a third of the budget, leaving room to escalate
+    steps = num_steps or min(
+        first_length(scales, eps), max(MIN_STEPS, budget // (3 * cells * CHAINS))
+    )
+    previous = 0
+    spent, stages, tried, best = 0, [], [], None
+    seen_bias, left = False, set()
+    for index in range(MAX_STAGES):
+        cost = cells * CHAINS * steps
+        affordable = (budget - spent) // (cells * CHAINS)
+        if spent + cost > budget and num_steps is None and affordable >= max(MIN_STEPS, previous):
+            steps, cost = int(affordable), cells * CHAINS * int(affordable)  # what is left
+        if spent + cost > budget:
+            tried.append(
+                f"next: ε = {eps:.3g}, γ = {gamma:.3g}, {steps} steps ({cost:,} chain-steps) "
+                f"would pass the budget of {budget:,} ({spent:,} spent)"
+            )
+            break
+        gammas = [gamma] if fixed else [_round(gamma / 10), gamma]
+        cal = run_stage(
+            [_round(eps / 2), eps], gammas, CHAINS, steps, jax.random.fold_in(key, index + 1)
+        )
+        spent += cost
+        previous = steps
+        stages.append(cal)
+        tried.append(_describe(cal, eps, gamma, steps))
+        if cal.recommended is not None:
+            best = cal if best is None or cal.trusted or not best.trusted else best
+        if cal.trusted:
+            break
+        move = _next_move(cal, eps, gamma, fixed, seen_bias, num_steps is None, left, index == 0)
+        if move is None:
+            break
+        if move[1] != gamma:
+            left.add(gamma)
+        eps, gamma, factor, biased = move
+        seen_bias = seen_bias or biased
+        steps = int(min(MAX_STEPS, steps * factor))
+    if best is None:
+        best = _least_biased(stages)
+    outcome = Outcome(best, tuple(stages), tuple(tried), spent, scales)
+    if best is None or final_chains is None:
+        return outcome
+    length, burnin = _run_length(best, final_chains)
+    return dataclasses.replace(outcome, num_steps=length, num_burnin=burnin)
+
+
+def _next_move(cal, eps, gamma, fixed, seen_bias, free_length, left, first):
+    """``(ε, γ, steps factor, bias seen)`` for the next stage, or ``None`` to stop.
+
+    ``left``: localizations not to return to (left because they shrank λ̂, or wandered);
+    ``first``: ``cal`` is the first stage."""
+    shape = cal.shape
+    index = np.arange(len(cal.results)).reshape(shape)
+    top = shape[1] - 1  # the cells at γ (the last localization)
+    small, large = (set(cal.problems[int(index[a, top, 0])]) for a in range(shape[0]))
+    weak_cells = [set(cal.problems[int(index[a, 0, 0])]) for a in range(shape[0])] if top else []
+    unstable = {"diverged", "acceptance", "init_loss"}
+    if unstable & small:
+        # both step sizes unstable: a quarter, and as many more steps (same diffusion time)
+        return eps / 4, gamma, 4.0 if free_length else 1.0, True
+    if (unstable | {"step_bias"}) & (large | small):
+        # the larger only, or a bias shown: the smaller becomes the larger
+        return eps / 2, gamma, 2.0 if free_length else 1.0, True
+    stronger, weaker = _round(gamma * 10), _round(gamma / 10)
+    drifting = {"wandering"} if first else {"wandering", "nonstationary", "rhat"}
+    if not fixed and drifting & (small | large) and stronger not in left:
+        # still spreading after many relaxation times of a typical direction: flat
+        # directions (singular) or far softer ones; localize more
+        return eps, stronger, 1.0, seen_bias
+    if not fixed and "localization_bias" in (large | small):
+        if all(p <= {"step_bias"} for p in weak_cells) and weaker not in left:
+            return eps, weaker, 1.0, seen_bias  # a healthy weaker localization differs: shrinkage
+        return None  # the weaker one is not healthy (chains escape): keep γ, unverified
+    if not (small or large) and any(_UNSETTLED & p for p in weak_cells) and _step_ok(cal, top):
+        return None  # γ verified in ε; the weaker localization does not settle: keep γ
+    if _UNSETTLED & (small | large) or not (small or large):
+        # not equilibrated, or healthy but too noisy to verify: longer runs
+        if free_length:
+            return eps, gamma, 4.0, seen_bias
+        return (eps * 2, gamma, 1.0, seen_bias) if not seen_bias else None
+    return None
+
+
+def _step_ok(cal, row: int) -> bool:
+    """Whether the larger step size of ``row`` is shown unbiased (its fit's bias plus two
+    standard errors below the tolerance)."""
+    from slt_jax._src.jobs.calibrate import BIAS_TOLERANCE
+
+    fit = cal.fits[row]
+    if not fit.fitted or not fit.intercept > 0:
+        return False
+    bias, se = max(fit.bias.items(), key=lambda kv: cal.results[kv[0]].config.step_size)[1]
+    return abs(bias) + 2 * se < BIAS_TOLERANCE * fit.intercept
+
+
+def _least_biased(stages):
+    """With the budget spent and no healthy cell: the cell, over all stages, whose only
+    problems are the bias checks (``step_bias``, ``localization_bias``), with the smallest
+    step size, then the weakest localization (``trusted=False``; ``None`` if there is none)."""
+    found = [
+        (cal.results[i].config.step_size, cal.results[i].config.localization, -k, i, cal)
+        for k, cal in enumerate(stages)
+        for i, p in enumerate(cal.problems)
+        if p and set(p) <= {"step_bias", "localization_bias"}
+    ]
+    if not found:
+        return None
+    *_, i, cal = min(found, key=lambda f: f[:4])
+    c = cal.results[i].config
+    return dataclasses.replace(
+        cal,
+        recommended=dict(step_size=c.step_size, localization=c.localization, nbeta=c.nbeta),
+        trusted=False,
+        explanation=(
+            f"Not verified: the budget was spent before a setting passed every check; "
+            f"step_size={c.step_size:g}, localization={c.localization:g} gives λ̂ = "
+            f"{cal.results[i].llc_mean:.4g} ± {cal.results[i].llc_stderr:.2g}, healthy but "
+            f"shown biased ({', '.join(cal.problems[i])}): the smallest step size tried. "
+            f"{cal.explanation}"
+        ),
+    )
+
+
+def _run_length(cal, final_chains: int) -> tuple[int, int]:
+    """The estimate's ``(num_steps, num_burnin)`` from the recommended cell."""
+    result = cal.result(**cal.recommended)
+    c = result.config
+    draws = c.num_steps - c.num_burnin
+    mean, se = abs(float(result.llc_mean)), float(result.llc_stderr)
+    if not (np.isfinite(se) and mean > 0 and se > 0):
+        return c.num_steps, c.num_burnin
+    # se ∝ 1/√(chains·draws): the estimate's chains are the user's num_chains
+    needed = draws * c.num_chains / max(1, final_chains) * (se / (SE_TARGET * mean)) ** 2
+    length = c.num_burnin + int(math.ceil(needed))
+    length = int(min(max(length, c.num_steps), MAX_LENGTH_FACTOR * c.num_steps))
+    return length, c.num_burnin
+
+
+def _describe(cal, eps, gamma, steps) -> str:
+    kinds = {}
+    for p in cal.problems:
+        for kind in p:
+            kinds[kind] = kinds.get(kind, 0) + 1
+    verdict = "verified" if cal.trusted else (", ".join(f"{k} ×{v}" for k, v in kinds.items()))
+    return (
+        f"ε ∈ {{{_round(eps / 2):g}, {eps:g}}}, γ ∈ {cal.localizations.tolist()}, "
+        f"{steps} steps × {cal.results[0].config.num_chains} chains: "
+        f"{verdict or 'healthy, not verified'}"
+    )
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.3g}")
