@@ -156,8 +156,9 @@ class Auto:
     when built, before anything compiles.
 
     Attributes:
-      budget: the most chain-steps the calibration may spend (``None``: its full two-stage
-        grid). The keyword ``calibration_budget=`` is the older spelling.
+      budget: the most chain-steps the calibration's escalating stages may spend (``None``:
+        2·10⁶, or 8 stages where one stage is larger). The keyword ``calibration_budget=``
+        is the older spelling.
       on_step: for a checkpoint sweep, the training step of the checkpoint to calibrate on
         (``None``: the last). The keyword ``calibrate_on=`` is the older spelling.
 
