@@ -1,0 +1,311 @@
+"""The matmul ceiling of this CPU for one GPT-2-shape chain step, in XLA and in torch
+(issue 26, item 2: "where a fundamental limit stops you, show it").
+
+The shape is the issue's: GPT-2, width d = 256, 2 layers, 8 heads of 32, vocabulary
+V = 5000, sequence T = 256, batch B = 8 (N = B·T = 2048 tokens), MLP 4d. One chain step is
+the forward and backward pass of the next-token loss. Its matrix products (``GEMMS``), each
+``C[M, N] = A[M, K] · B[K, N]`` (batched over ``B·H`` for attention), are per layer
+
+====================  =====================  ==========================
+name                  forward (M, K, N)      count
+====================  =====================  ==========================
+``qkv``               (2048, 256, 768)       L
+``scores``            64 × (256, 32, 256)    L  (q kᵀ, per batch × head)
+``mix``               64 × (256, 256, 32)    L  (softmax · v)
+``out``               (2048, 256, 256)       L
+``fc``                (2048, 256, 1024)      L
+``proj``              (2048, 1024, 256)      L
+``head``              (2048, 256, 5000)      1  (tied embedding)
+====================  =====================  ==========================
+
+and the backward pass of each forward product takes two more of the same FLOPs:
+``dA = dC · Bᵀ`` (``"nt"``) and ``dB = Aᵀ · dC`` (``"tn"``). FLOPs = 2·M·K·N each; the step
+is 3 × 12.76 = 38.3 GFLOP (causal attention computes the full T × T scores, as both
+libraries do).
+
+Parts, each in its own process:
+
+* ``gemm``: every distinct product timed alone, median of ``--repeats`` calls after one
+  warm-up: XLA (``jax.jit`` of ``jnp.einsum`` on float32 arrays, the transposes folded into
+  the contraction as autodiff writes them) and torch (``A @ B``, ``dC @ B.mT``, ``A.mT @ dC``,
+  ``torch.set_num_threads(2)``, float32), in GFLOP/s per product and for the step (the sum
+  of times × counts);
+* ``step``: the whole step of one chain, float32, median of ``--repeats``: slt_jax
+  (``jax.jit(jax.value_and_grad(sj.lm.next_token_loss(sj.lm.GPT2(...))))``) and torch
+  (``transformers``' ``GPT2LMHeadModel``, eager attention as canonical-interp runs it,
+  ``F.cross_entropy``, ``backward()``), in seconds and GFLOP/s;
+* ``--flags``: the XLA parts again under each ``XLA_FLAGS`` setting in ``FLAG_SETS``
+  (XNNPACK / YNNPACK / oneDNN dots, Eigen threading, fast math), each in a fresh process.
+
+The load average (``os.getloadavg()``) is recorded beside every part: this machine is shared.
+
+    python benchmarks/bench_cpu_ceiling.py --peer-python /work/venvs/peers311/bin/python \\
+        [--repeats 7] [--flags] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+B, T, D, LAYERS, HEADS, VOCAB = 8, 256, 256, 2, 8, 5000
+N_TOK, DH = B * T, D // HEADS
+# name: (batch, M, K, N, count per step)
+GEMMS = {
+    "qkv": (1, N_TOK, D, 3 * D, LAYERS),
+    "scores": (B * HEADS, T, DH, T, LAYERS),
+    "mix": (B * HEADS, T, T, DH, LAYERS),
+    "out": (1, N_TOK, D, D, LAYERS),
+    "fc": (1, N_TOK, D, 4 * D, LAYERS),
+    "proj": (1, N_TOK, 4 * D, D, LAYERS),
+    "head": (1, N_TOK, D, VOCAB, 1),
+}
+PASSES = ("nn", "nt", "tn")  # forward C = A B; backward dA = dC Bᵀ, dB = Aᵀ dC
+FLAG_SETS = {
+    "default": "",
+    "xnn dot": "--xla_cpu_experimental_xnn_fusion_type=dot",
+    "ynn dot": "--xla_cpu_experimental_ynn_fusion_type=dot",
+    "no xnnpack": "--xla_cpu_use_xnnpack=false",
+    "onednn": "--xla_cpu_use_onednn=true",
+    "onednn custom call": "--xla_cpu_experimental_onednn_custom_call=true",
+    "xnn graph greedy": "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
+    "eigen 1 thread": "--xla_cpu_multi_thread_eigen=false",
+    "fast math": "--xla_cpu_enable_fast_math=true",
+}
+
+
+def flops(batch: int, m: int, k: int, n: int) -> float:
+    return 2.0 * batch * m * k * n
+
+
+def step_flops() -> float:
+    """FLOPs of one chain step's matrix products: 3 × the forward's."""
+    return sum(3 * flops(*g[:4]) * g[4] for g in GEMMS.values())
+
+
+def operands(batch: int, m: int, k: int, n: int, kind: str):
+    """Shapes of the two operands of pass ``kind`` of the product (M, K) · (K, N)."""
+    lead = (batch,) if batch > 1 else ()
+    a, b, c = (*lead, m, k), (*lead, k, n), (*lead, m, n)
+    return {"nn": (a, b), "nt": (c, b), "tn": (a, c)}[kind]
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up (compilation, allocation)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---- workers ----------------------------------------------------------------------------
+
+
+def gemm_xla(repeats: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    specs = {"nn": "...mk,...kn->...mn", "nt": "...mn,...kn->...mk", "tn": "...mk,...mn->...kn"}
+    out = {}
+    for name, (batch, m, k, n, _) in GEMMS.items():
+        for kind in PASSES:
+            x, y = (
+                jax.random.normal(jax.random.key(i), s, jnp.float32)
+                for i, s in enumerate(operands(batch, m, k, n, kind))
+            )
+            f = jax.jit(lambda x, y, s=specs[kind]: jnp.einsum(s, x, y))
+            out[f"{name}/{kind}"] = _median_time(
+                lambda f=f, x=x, y=y: f(x, y).block_until_ready(), repeats
+            )
+    return out
+
+
+def gemm_torch(repeats: int) -> dict:
+    import torch
+
+    torch.set_num_threads(2)
+    ops = {"nn": lambda a, b: a @ b, "nt": lambda c, b: c @ b.mT, "tn": lambda a, c: a.mT @ c}
+    out = {}
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, (batch, m, k, n, _) in GEMMS.items():
+            for kind in PASSES:
+                shapes = operands(batch, m, k, n, kind)
+                x, y = (torch.randn(s, generator=gen) for s in shapes)
+                out[f"{name}/{kind}"] = _median_time(
+                    lambda x=x, y=y, op=ops[kind]: op(x, y), repeats
+                )
+    return out
+
+
+def step_xla(repeats: int) -> dict:
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    import slt_jax as sj
+
+    config = sj.lm.GPT2Config(
+        vocab_size=VOCAB, n_positions=T + 1, n_embd=D, n_layer=LAYERS, n_head=HEADS
+    )
+    loss_fn, params = sj.lm.next_token_loss(sj.lm.GPT2(config, rngs=nnx.Rngs(0)))
+    batch = np.random.default_rng(0).integers(0, VOCAB, (B, T + 1)).astype(np.int32)
+    step = jax.jit(jax.value_and_grad(loss_fn))
+    seconds = _median_time(lambda: jax.block_until_ready(step(params, batch)), repeats)
+    return {"step": seconds}
+
+
+def step_torch(repeats: int) -> dict:
+    import numpy as np
+    import torch
+    import transformers
+    from torch.nn import functional as F
+
+    torch.set_num_threads(2)
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB, n_positions=T + 1, n_embd=D, n_layer=LAYERS, n_head=HEADS,
+        attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    model = transformers.GPT2LMHeadModel(config, attn_implementation="eager").eval()
+    ids = torch.as_tensor(np.random.default_rng(0).integers(0, VOCAB, (B, T + 1)))
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        logits = model(ids[:, :-1], use_cache=False).logits
+        F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
+
+    return {"step": _median_time(step, repeats)}
+
+
+WORKERS = {
+    ("gemm", "xla"): gemm_xla,
+    ("gemm", "torch"): gemm_torch,
+    ("step", "xla"): step_xla,
+    ("step", "torch"): step_torch,
+}
+
+
+# ---- parent -----------------------------------------------------------------------------
+
+
+def run(part: str, framework: str, python: str, repeats: int, xla_flags: str = "") -> dict:
+    env = dict(os.environ)
+    if framework == "torch":
+        env.pop("PYTHONPATH", None)
+    if xla_flags:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
+    cmd = [
+        python,
+        os.path.abspath(__file__),
+        "--worker",
+        part,
+        framework,
+        "--repeats",
+        str(repeats),
+    ]
+    load_before = os.getloadavg()[0]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+    if proc.returncode != 0:
+        return {"status": f"failed (exit {proc.returncode})", "error": proc.stderr[-1500:]}
+    times = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"status": "measured", "times": times, "load": [load_before, os.getloadavg()[0]]}
+
+
+def gemm_table(results: dict) -> tuple[list[str], dict]:
+    """Markdown rows per product and the step totals, GFLOP/s by framework."""
+    frameworks = [f for f in results if results[f]["status"] == "measured"]
+    head = "| product | shape (batch × M × K × N) | pass | GFLOP | " + " | ".join(
+        f"{f} ms | {f} GFLOP/s" for f in frameworks
+    )
+    lines = [head + " |", "|" + "---|" * (4 + 2 * len(frameworks))]
+    totals = {f: 0.0 for f in frameworks}
+    for name, (batch, m, k, n, count) in GEMMS.items():
+        for kind in PASSES:
+            g = flops(batch, m, k, n) / 1e9
+            cells = []
+            for f in frameworks:
+                s = results[f]["times"][f"{name}/{kind}"]
+                totals[f] += s * count
+                cells.append(f"{1e3 * s:.2f} | {g / s:.0f}")
+            lines.append(
+                f"| {name} ×{count} | {batch}×{m}×{k}×{n} | {kind} | {g:.3f} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    total_g = step_flops() / 1e9
+    cells = " | ".join(f"{1e3 * totals[f]:.0f} | {total_g / totals[f]:.0f}" for f in frameworks)
+    lines.append(f"| **step's products** | | | {total_g:.1f} | {cells} |")
+    return lines, {f: total_g / totals[f] for f in frameworks}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peer-python", default=None, help="a Python with torch and transformers")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--flags", action="store_true", help="also every XLA_FLAGS set in FLAG_SETS"
+    )
+    parser.add_argument("--only-flags", nargs="*", default=None, help="names in FLAG_SETS to try")
+    parser.add_argument("--json")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(WORKERS[tuple(args.worker)](args.repeats)))
+        return 0
+    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count()}
+    report["step_gflop"] = step_flops() / 1e9
+    pythons = {"xla": sys.executable}
+    if args.peer_python:
+        pythons["torch"] = args.peer_python
+    for part in ("gemm", "step"):
+        report[part] = {}
+        for framework, python in pythons.items():
+            print(f"{part} / {framework} ...", flush=True)
+            report[part][framework] = run(part, framework, python, args.repeats)
+            print(json.dumps(report[part][framework])[:300], flush=True)
+    lines, totals = gemm_table(report["gemm"])
+    print("\n".join(lines))
+    for framework, entry in report["step"].items():
+        if entry["status"] == "measured":
+            s = entry["times"]["step"]
+            print(
+                f"whole step, {framework}: {s:.3f} s = {report['step_gflop'] / s:.0f} GFLOP/s "
+                f"(its products alone: {totals.get(framework, float('nan')):.0f} GFLOP/s; "
+                f"load {entry['load'][0]:.1f}-{entry['load'][1]:.1f})"
+            )
+    if args.flags or args.only_flags:
+        names = args.only_flags or list(FLAG_SETS)
+        report["flags"] = {}
+        for name in names:
+            entry = {
+                p: run(p, "xla", sys.executable, args.repeats, FLAG_SETS[name])
+                for p in ("gemm", "step")
+            }
+            report["flags"][name] = entry | {"xla_flags": FLAG_SETS[name]}
+            if all(e["status"] == "measured" for e in entry.values()):
+                _, t = gemm_table({"xla": entry["gemm"]})
+                s = entry["step"]["times"]["step"]
+                print(
+                    f"XLA_FLAGS {FLAG_SETS[name] or '(none)'}: products {t['xla']:.0f} GFLOP/s, "
+                    f"step {s:.3f} s = {report['step_gflop'] / s:.0f} GFLOP/s "
+                    f"(load {entry['step']['load'][0]:.1f})",
+                    flush=True,
+                )
+            else:
+                print(f"XLA_FLAGS {FLAG_SETS[name]}: {entry['gemm'].get('status')} "
+                      f"{entry['gemm'].get('error', '')[-300:]}", flush=True)  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
