@@ -25,22 +25,25 @@ libraries do).
 
 Parts, each in its own process:
 
-* ``gemm``: every distinct product timed alone, median of ``--repeats`` calls after one
-  warm-up: XLA (``jax.jit`` of ``jnp.einsum`` on float32 arrays, the transposes folded into
-  the contraction as autodiff writes them) and torch (``A @ B``, ``dC @ B.mT``, ``A.mT @ dC``,
+* ``gemm``: every distinct product timed alone, the best (and the median) of ``--repeats``
+  calls after one warm-up (the best: other jobs on a shared machine only add time): XLA
+  (``jax.jit`` of ``jnp.einsum`` on float32 arrays, the transposes folded into the
+  contraction as autodiff writes them) and torch (``A @ B``, ``dC @ B.mT``, ``A.mT @ dC``,
   ``torch.set_num_threads(2)``, float32), in GFLOP/s per product and for the step (the sum
   of times × counts);
-* ``step``: the whole step of one chain, float32, median of ``--repeats``: slt_jax
+* ``step``: the whole step of one chain, float32, best and median of ``--repeats``: slt_jax
   (``jax.jit(jax.value_and_grad(sj.lm.next_token_loss(sj.lm.GPT2(...))))``) and torch
   (``transformers``' ``GPT2LMHeadModel``, eager attention as canonical-interp runs it,
   ``F.cross_entropy``, ``backward()``), in seconds and GFLOP/s;
 * ``--flags``: the XLA parts again under each ``XLA_FLAGS`` setting in ``FLAG_SETS``
-  (XNNPACK / YNNPACK / oneDNN dots, Eigen threading, fast math), each in a fresh process.
+  (XNNPACK / YNNPACK / oneDNN dots, Eigen threading, fast math), each in a fresh process,
+  ``--passes`` times in alternating order (the best pass kept), so that a change of load
+  does not favour the sets that ran first.
 
 The load average (``os.getloadavg()``) is recorded beside every part: this machine is shared.
 
     python benchmarks/bench_cpu_ceiling.py --peer-python /work/venvs/peers311/bin/python \\
-        [--repeats 7] [--flags] [--json out.json]
+        [--repeats 7] [--flags [--passes 2]] [--json out.json]
 """
 
 from __future__ import annotations
@@ -95,14 +98,15 @@ def operands(batch: int, m: int, k: int, n: int, kind: str):
     return {"nn": (a, b), "nt": (c, b), "tn": (a, c)}[kind]
 
 
-def _median_time(fn, repeats: int) -> float:
+def _median_time(fn, repeats: int) -> list[float]:
+    """``[best, median]`` seconds of ``repeats`` calls after a warm-up call."""
     fn()  # warm-up (compilation, allocation)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return [min(times), statistics.median(times)]
 
 
 # ---- workers ----------------------------------------------------------------------------
@@ -222,7 +226,7 @@ def gemm_table(results: dict) -> tuple[list[str], dict]:
     """Markdown rows per product and the step totals, GFLOP/s by framework."""
     frameworks = [f for f in results if results[f]["status"] == "measured"]
     head = "| product | shape (batch × M × K × N) | pass | GFLOP | " + " | ".join(
-        f"{f} ms | {f} GFLOP/s" for f in frameworks
+        f"{f} best ms | {f} GFLOP/s" for f in frameworks
     )
     lines = [head + " |", "|" + "---|" * (4 + 2 * len(frameworks))]
     totals = {f: 0.0 for f in frameworks}
@@ -231,7 +235,7 @@ def gemm_table(results: dict) -> tuple[list[str], dict]:
             g = flops(batch, m, k, n) / 1e9
             cells = []
             for f in frameworks:
-                s = results[f]["times"][f"{name}/{kind}"]
+                s = results[f]["times"][f"{name}/{kind}"][0]
                 totals[f] += s * count
                 cells.append(f"{1e3 * s:.2f} | {g / s:.0f}")
             lines.append(
@@ -245,6 +249,19 @@ def gemm_table(results: dict) -> tuple[list[str], dict]:
     return lines, {f: total_g / totals[f] for f in frameworks}
 
 
+def _flag_line(name: str, entry: dict, step_gflop: float) -> str:
+    if not all(e["status"] == "measured" for e in entry.values() if isinstance(e, dict)):
+        return f"{name}: {entry['gemm']['status']} {entry['gemm'].get('error', '')[-300:]}"
+    _, products = gemm_table({"xla": entry["gemm"]})
+    best, median = entry["step"]["times"]["step"]
+    load = entry["step"]["load"][0]
+    return (
+        f"{name} ({FLAG_SETS[name] or 'no flags'}): products {products['xla']:.0f} GFLOP/s, "
+        f"step best {best:.3f} s = {step_gflop / best:.0f} GFLOP/s, median {median:.3f} s "
+        f"(load {load:.1f})"
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peer-python", default=None, help="a Python with torch and transformers")
@@ -252,6 +269,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--flags", action="store_true", help="also every XLA_FLAGS set in FLAG_SETS"
     )
+    parser.add_argument("--passes", type=int, default=2, help="flag sweeps, alternating order")
     parser.add_argument("--only-flags", nargs="*", default=None, help="names in FLAG_SETS to try")
     parser.add_argument("--json")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -274,33 +292,29 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     for framework, entry in report["step"].items():
         if entry["status"] == "measured":
-            s = entry["times"]["step"]
+            best, median = entry["times"]["step"]
             print(
-                f"whole step, {framework}: {s:.3f} s = {report['step_gflop'] / s:.0f} GFLOP/s "
-                f"(its products alone: {totals.get(framework, float('nan')):.0f} GFLOP/s; "
+                f"whole step, {framework}: best {best:.3f} s = {report['step_gflop'] / best:.0f} "
+                f"GFLOP/s, median {median:.3f} s (its products alone: "
+                f"{totals.get(framework, float('nan')):.0f} GFLOP/s; "
                 f"load {entry['load'][0]:.1f}-{entry['load'][1]:.1f})"
             )
     if args.flags or args.only_flags:
         names = args.only_flags or list(FLAG_SETS)
-        report["flags"] = {}
-        for name in names:
-            entry = {
-                p: run(p, "xla", sys.executable, args.repeats, FLAG_SETS[name])
-                for p in ("gemm", "step")
-            }
-            report["flags"][name] = entry | {"xla_flags": FLAG_SETS[name]}
-            if all(e["status"] == "measured" for e in entry.values()):
-                _, t = gemm_table({"xla": entry["gemm"]})
-                s = entry["step"]["times"]["step"]
-                print(
-                    f"XLA_FLAGS {FLAG_SETS[name] or '(none)'}: products {t['xla']:.0f} GFLOP/s, "
-                    f"step {s:.3f} s = {report['step_gflop'] / s:.0f} GFLOP/s "
-                    f"(load {entry['step']['load'][0]:.1f})",
-                    flush=True,
-                )
-            else:
-                print(f"XLA_FLAGS {FLAG_SETS[name]}: {entry['gemm'].get('status')} "
-                      f"{entry['gemm'].get('error', '')[-300:]}", flush=True)  # fmt: skip
+        report["flags"] = {name: [] for name in names}
+        for k in range(args.passes):
+            for name in names if k % 2 == 0 else names[::-1]:
+                entry = {
+                    p: run(p, "xla", sys.executable, args.repeats, FLAG_SETS[name])
+                    for p in ("gemm", "step")
+                }
+                report["flags"][name].append(entry | {"xla_flags": FLAG_SETS[name]})
+                print(f"pass {k + 1}: {_flag_line(name, entry, report['step_gflop'])}", flush=True)
+        print("best pass of each XLA_FLAGS set:")
+        for name, entries in report["flags"].items():
+            ok = [e for e in entries if e["step"]["status"] == "measured"]
+            best = min(ok, key=lambda e: e["step"]["times"]["step"][0]) if ok else entries[0]
+            print(_flag_line(name, best, report["step_gflop"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
