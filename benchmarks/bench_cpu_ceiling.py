@@ -36,7 +36,8 @@ Parts, each in its own process:
   (``transformers``' ``GPT2LMHeadModel``, eager attention as canonical-interp runs it,
   ``F.cross_entropy``, ``backward()``), in seconds and GFLOP/s;
 * ``--flags``: the XLA parts again under each ``XLA_FLAGS`` setting in ``FLAG_SETS``
-  (XNNPACK / YNNPACK / oneDNN dots, Eigen threading, fast math), each in a fresh process,
+  (which of the dots and reductions YNNPACK takes, vector width, Eigen threading, fast
+  math), each in a fresh process,
   ``--passes`` times in alternating order (the best pass kept), so that a change of load
   does not favour the sets that ran first.
 
@@ -69,14 +70,19 @@ GEMMS = {
     "head": (1, N_TOK, D, VOCAB, 1),
 }
 PASSES = ("nn", "nt", "tn")  # forward C = A B; backward dA = dC Bᵀ, dB = Aᵀ dC
+_YNN = "--xla_cpu_experimental_ynn_fusion_type="
+# jax 0.10.2's XLA:CPU hands dots ("individual_dot") and reductions to YNNPACK by default.
+# Checked on the compiled step (``fusions`` in the step part's output): the XNNPACK
+# (``--xla_cpu_experimental_xnn_fusion_type=dot``, ``..._xnn_graph_fusion_mode=...GREEDY``,
+# ``--xla_cpu_use_xnnpack=false``) and oneDNN (``--xla_cpu_use_onednn=true``,
+# ``--xla_cpu_experimental_onednn_custom_call=true``) flags leave the program unchanged.
 FLAG_SETS = {
     "default": "",
-    "xnn dot": "--xla_cpu_experimental_xnn_fusion_type=dot",
-    "ynn dot": "--xla_cpu_experimental_ynn_fusion_type=dot",
-    "no xnnpack": "--xla_cpu_use_xnnpack=false",
-    "onednn": "--xla_cpu_use_onednn=true",
-    "onednn custom call": "--xla_cpu_experimental_onednn_custom_call=true",
-    "xnn graph greedy": "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
+    "ynn dots only": _YNN + "-reduce",
+    "ynn reductions only": _YNN + "-individual_dot",
+    "ynn off": _YNN + "-dot,-eltwise,-reduce,-individual_dot",
+    "ynn + fused dot, eltwise": _YNN + "+dot,+eltwise",
+    "vector width 512": "--xla_cpu_prefer_vector_width=512",
     "eigen 1 thread": "--xla_cpu_multi_thread_eigen=false",
     "fast math": "--xla_cpu_enable_fast_math=true",
 }
@@ -161,9 +167,11 @@ def step_xla(repeats: int) -> dict:
     )
     loss_fn, params = sj.lm.next_token_loss(sj.lm.GPT2(config, rngs=nnx.Rngs(0)))
     batch = np.random.default_rng(0).integers(0, VOCAB, (B, T + 1)).astype(np.int32)
-    step = jax.jit(jax.value_and_grad(loss_fn))
+    step = jax.jit(jax.value_and_grad(loss_fn)).lower(params, batch).compile()
+    text = step.as_text()
+    fusions = {k: text.count(k) for k in ("__ynn_fusion", "__xnn_fusion", "onednn")}
     seconds = _median_time(lambda: jax.block_until_ready(step(params, batch)), repeats)
-    return {"step": seconds}
+    return {"step": seconds, "fusions": fusions}
 
 
 def step_torch(repeats: int) -> dict:
@@ -258,7 +266,7 @@ def _flag_line(name: str, entry: dict, step_gflop: float) -> str:
     return (
         f"{name} ({FLAG_SETS[name] or 'no flags'}): products {products['xla']:.0f} GFLOP/s, "
         f"step best {best:.3f} s = {step_gflop / best:.0f} GFLOP/s, median {median:.3f} s "
-        f"(load {load:.1f})"
+        f"(load {load:.1f}; {entry['step']['times']['fusions']})"
     )
 
 
