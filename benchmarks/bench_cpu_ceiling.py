@@ -39,7 +39,8 @@ Parts, each in its own process:
   (which of the dots and reductions YNNPACK takes, vector width, Eigen threading, fast
   math), each in a fresh process,
   ``--passes`` times in alternating order (the best pass kept), so that a change of load
-  does not favour the sets that ran first.
+  does not favour the sets that ran first. The ``gemm`` and ``step`` parts also run
+  ``--passes`` times per framework, alternating, and keep each product's best time.
 
 The load average (``os.getloadavg()``) is recorded beside every part: this machine is shared.
 
@@ -230,6 +231,24 @@ def run(part: str, framework: str, python: str, repeats: int, xla_flags: str = "
     return {"status": "measured", "times": times, "load": [load_before, os.getloadavg()[0]]}
 
 
+def best_of(entries: list[dict]) -> dict:
+    """The passes of one part and framework as one: for every timed key the best time of
+    all passes and the median of their medians; each pass's load kept."""
+    ok = [e for e in entries if e["status"] == "measured"]
+    if not ok:
+        return entries[0]
+    times = {}
+    for key, value in ok[0]["times"].items():
+        if isinstance(value, list):
+            best = min(e["times"][key][0] for e in ok)
+            times[key] = [best, statistics.median(e["times"][key][1] for e in ok)]
+        else:
+            times[key] = value
+    loads = [e["load"] for e in ok]
+    return {"status": "measured", "times": times, "load": [min(x[0] for x in loads),
+            max(x[1] for x in loads)], "passes": ok}  # fmt: skip
+
+
 def gemm_table(results: dict) -> tuple[list[str], dict]:
     """Markdown rows per product and the step totals, GFLOP/s by framework."""
     frameworks = [f for f in results if results[f]["status"] == "measured"]
@@ -277,7 +296,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--flags", action="store_true", help="also every XLA_FLAGS set in FLAG_SETS"
     )
-    parser.add_argument("--passes", type=int, default=2, help="flag sweeps, alternating order")
+    parser.add_argument(
+        "--passes", type=int, default=2, help="runs of every part (fresh processes, "
+        "alternating order); the best of all is kept"
+    )  # fmt: skip
     parser.add_argument("--only-flags", nargs="*", default=None, help="names in FLAG_SETS to try")
     parser.add_argument("--json")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -291,11 +313,13 @@ def main(argv=None) -> int:
     if args.peer_python:
         pythons["torch"] = args.peer_python
     for part in ("gemm", "step"):
-        report[part] = {}
-        for framework, python in pythons.items():
-            print(f"{part} / {framework} ...", flush=True)
-            report[part][framework] = run(part, framework, python, args.repeats)
-            print(json.dumps(report[part][framework])[:300], flush=True)
+        runs = {framework: [] for framework in pythons}
+        for k in range(args.passes):  # XLA, torch, torch, XLA, ...: alike under a changing load
+            for framework in list(pythons) if k % 2 == 0 else list(pythons)[::-1]:
+                print(f"{part} / {framework}, pass {k + 1} ...", flush=True)
+                runs[framework].append(run(part, framework, pythons[framework], args.repeats))
+                print(json.dumps(runs[framework][-1])[:300], flush=True)
+        report[part] = {framework: best_of(entries) for framework, entries in runs.items()}
     lines, totals = gemm_table(report["gemm"])
     print("\n".join(lines))
     for framework, entry in report["step"].items():
