@@ -185,8 +185,9 @@ def step_torch(repeats: int) -> dict:
     config = transformers.GPT2Config(
         vocab_size=VOCAB, n_positions=T + 1, n_embd=D, n_layer=LAYERS, n_head=HEADS,
         attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+        attn_implementation="eager",
     )  # fmt: skip
-    model = transformers.GPT2LMHeadModel(config, attn_implementation="eager").eval()
+    model = transformers.GPT2LMHeadModel(config).eval()
     ids = torch.as_tensor(np.random.default_rng(0).integers(0, VOCAB, (B, T + 1)))
 
     def step():
