@@ -1,15 +1,19 @@
-"""Step time of a Llama-family model against a GPT-NeoX of the same size (issue 26, item 3).
+"""Step time of Llama-family and Gemma 2 models against a GPT-NeoX of the same size (issue 26,
+item 3).
 
 Both native models with random weights (no hub, no torch): width 256, 4 layers, 8 heads of
 64, vocabulary 5000, windows of 128 + 1 tokens, batch 8, 4 chains x 20 SGLD steps,
 ``estimator="plain"`` and ``diagnostic_every=0`` (one gradient per step). The Llama's MLP
 is SwiGLU of width 683 (three matrices, the parameters of NeoX's two of width 1024), so the
 two have the same parameter count up to the norms and biases; a third row is the same Llama
-with grouped-query attention (2 key/value heads). Compilation is timed apart: the first call
-of each model compiles (``cold``); then the ``--repeats`` warm calls go round the models in
-turn (A, B, C, A, B, C, ...), so that a change in the machine's load hits all of them alike;
-``warm`` is each model's median, reported as chain-steps per second (the centre loss
-``L_n(w*)`` of each call, 4 minibatches, is included in every call alike).
+with grouped-query attention (2 key/value heads), and a fourth a Gemma 2 of the same shapes
+(GeGLU of width 683, 2 key/value heads, heads of 32, window 64 on alternate layers, both
+soft-caps, tied head; its loss takes whole logits: the final cap is not linear). Compilation
+is timed apart: the first call of each model compiles (``cold``); then the ``--repeats``
+warm calls go round the models in turn (A, B, C, A, B, C, ...), so that a change in the
+machine's load hits all of them alike; ``warm`` is each model's median, reported as
+chain-steps per second (the centre loss ``L_n(w*)`` of each call, 4 minibatches, is included
+in every call alike).
 
     python benchmarks/bench_lm_families.py [--repeats 3] [--steps 20] [--json out.json]
 """
@@ -35,10 +39,19 @@ def models():
     neox = sj.lm.GPTNeoXConfig(**common, intermediate_size=4 * WIDTH, rotary_pct=0.25)
     llama = sj.lm.LlamaConfig(**common, intermediate_size=683)
     gqa = sj.lm.LlamaConfig(**common, intermediate_size=683, num_key_value_heads=2)
+    gemma2 = sj.lm.Gemma2Config(
+        **common,
+        intermediate_size=683,
+        num_key_value_heads=2,
+        head_dim=WIDTH // HEADS,
+        query_pre_attn_scalar=WIDTH // HEADS,
+        sliding_window=SEQ // 2,
+    )
     return {
         "gpt_neox": (sj.lm.GPTNeoX, neox),
         "llama": (sj.lm.Llama, llama),
         "llama-gqa2": (sj.lm.Llama, gqa),
+        "gemma2-gqa2": (sj.lm.Gemma2, gemma2),
     }
 
 

@@ -37,6 +37,10 @@ The peers need PyTorch (CPU build) in their own environment (benchmarks/README.m
         --shapes gpt2 pythia14m --steps 20 --json out.json --markdown out.md
     python benchmarks/bench_lm_peers.py --quick   # tiny shapes, slt_jax and the ceiling
 
+``--repeats R`` runs every library R times, each run a fresh process (cold and warm calls),
+round robin over the libraries; the report gives the median of each figure, the warm
+chain-steps/s of every run and the 1-minute load average before and after each run.
+
 canonical-interp 0.2.7 declares Python ≥ 3.12 and imports ``itertools.batched`` (3.12);
 its code runs on 3.11 otherwise. Where the peer Python is 3.11 the worker supplies
 ``itertools.batched`` before importing it (installed with ``pip install --no-deps
@@ -371,11 +375,36 @@ def summarize(raw: dict, opts: dict) -> dict:
     return out
 
 
+def combine(entries: list[dict]) -> dict:
+    """One entry from ``--repeats`` runs of a library (each a fresh process): the median of
+    every per-run figure (seconds, chain-steps/s, tokens/s, memory) and of the compile time;
+    λ̂ ± se from the first run (the seeds are the same in every run); the warm chain-steps/s
+    and the load average of each run listed. A failure in any run is the entry."""
+    failed = [e for e in entries if e.get("status") != "measured"]
+    if failed:
+        return failed[0] | {"load": [e.get("load") for e in entries]}
+    out = {"status": "measured", "repeats": len(entries), "runs": {}}
+    for label in entries[0]["runs"]:
+        runs = [e["runs"][label] for e in entries]
+        merged = {k: float(np.median([r[k] for r in runs])) for k in runs[0] if k != "llc_se"}
+        merged |= {k: runs[0][k] for k in ("llc", "llc_se")}
+        out["runs"][label] = merged
+    if all("compile_s" in e for e in entries):
+        out["compile_s"] = float(np.median([e["compile_s"] for e in entries]))
+    out["warm_runs_cs_per_s"] = [e["runs"]["warm"]["chain_steps_per_s"] for e in entries]
+    out["load"] = [e.get("load") for e in entries]
+    return out
+
+
 def agreement(a: dict, b: dict) -> float | None:
     if a.get("llc_se") is None or b.get("llc_se") is None:
         return None
     se = (a["llc_se"] ** 2 + b["llc_se"] ** 2) ** 0.5
     return abs(a["llc"] - b["llc"]) / se if se > 0 else None
+
+
+def _load(pair) -> str:
+    return "?" if not pair else f"{pair[0]:.1f}-{pair[1]:.1f}"
 
 
 def markdown(report: dict) -> str:
@@ -385,14 +414,14 @@ def markdown(report: dict) -> str:
         f"`{report['command']}`; {report['environment']}",
         "",
         "| shape | library | warm cs/s | cold cs/s | compile s | tokens/s warm | peak RSS "
-        "growth MiB | λ̂ ± se | z vs slt_jax |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "growth MiB | λ̂ ± se | z vs slt_jax | warm cs/s of each run | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for shape, libs in report["shapes"].items():
         ours = libs.get("slt_jax", {}).get("runs", {}).get("warm")
         for lib, entry in libs.items():
             if entry.get("status") != "measured":
-                lines.append(f"| {shape} | {lib} | {entry.get('status')} |||||||")
+                lines.append(f"| {shape} | {lib} | {entry.get('status')} |||||||||")
                 continue
             runs = entry["runs"]
             warm, cold = runs.get("warm"), runs.get("cold")
@@ -402,7 +431,11 @@ def markdown(report: dict) -> str:
                 f"{cold['chain_steps_per_s'] if cold else float('nan'):.3g} | "
                 f"{entry.get('compile_s', float('nan')):.3g} | {warm['tokens_per_s']:.4g} | "
                 f"{warm['rss_growth_mib']:.0f} | {warm['llc']:.3g} ± {warm['llc_se']:.2g} | "
-                f"{'' if z is None else f'{z:.2f}'} |"
+                f"{'' if z is None else f'{z:.2f}'} | "
+                + ", ".join(f"{x:.3g}" for x in entry.get("warm_runs_cs_per_s", []))
+                + " | "
+                + ", ".join(_load(x) for x in entry.get("load", []))
+                + " |"
             )
     return "\n".join(lines) + "\n"
 
@@ -412,6 +445,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--shapes", nargs="+", default=["gpt2", "pythia14m"], choices=SHAPES)
     parser.add_argument("--libraries", nargs="+", default=list(WORKERS), choices=list(WORKERS))
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs of each library (fresh processes, "
+        "round robin over the libraries); the report gives medians"
+    )  # fmt: skip
     parser.add_argument("--peer-python", default=None, help="Python with torch and the peers")
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=1800)
@@ -449,19 +486,25 @@ def main(argv=None) -> dict:
             vocab = shape["config"]["vocab_size"]
             windows = rng.integers(0, vocab, (NUM_WINDOWS, shape["seq_len"] + 1))
             np.save(work / "windows.npy", windows.astype(np.int32))
-            results = {}
-            for lib in args.libraries:
-                python = sys.executable
-                if lib in ("devinterp", "canonical"):
-                    if args.peer_python is None:
-                        results[lib] = {"status": "skipped (no --peer-python)"}
-                        continue
-                    python = args.peer_python
-                print(f"[{name}] {lib} ...", flush=True)
-                raw = run_worker(lib, python, work, opts, args.timeout)
-                results[lib] = summarize(raw, opts)
-                shown = results[lib].get("error", json.dumps(results[lib])[:400])
-                print(f"[{name}] {lib}: {results[lib]['status']}\n{shown}", flush=True)
+            results, entries = {}, {lib: [] for lib in args.libraries}
+            for repeat in range(args.repeats):  # round robin: a change of load hits all alike
+                for lib in args.libraries:
+                    python = sys.executable
+                    if lib in ("devinterp", "canonical"):
+                        if args.peer_python is None:
+                            results[lib] = {"status": "skipped (no --peer-python)"}
+                            continue
+                        python = args.peer_python
+                    print(f"[{name}] {lib}, run {repeat + 1}/{args.repeats} ...", flush=True)
+                    before = os.getloadavg()[0]
+                    raw = run_worker(lib, python, work, opts, args.timeout)
+                    entry = summarize(raw, opts) | {"load": [before, os.getloadavg()[0]]}
+                    entries[lib].append(entry)
+                    shown = entry.get("error", json.dumps(entry)[:400])
+                    print(f"[{name}] {lib}: {entry['status']}\n{shown}", flush=True)
+            for lib, runs in entries.items():
+                if runs:
+                    results[lib] = combine(runs)
         report["shapes"][name] = results
     text = markdown(report)
     print(text)

@@ -175,6 +175,15 @@ FAMILIES: dict[str, Family] = {
         Family("llama", **_LLAMA),
         Family("mistral", **_LLAMA),
         Family("qwen2", **_LLAMA),
+        Family(
+            "gemma2",
+            **_LLAMA
+            | dict(
+                native="slt_jax.models.gemma2:Gemma2",
+                native_config="slt_jax.models.gemma2:Gemma2Config",
+                tied_default=True,
+            ),
+        ),
     )
 }
 
