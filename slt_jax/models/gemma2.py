@@ -74,7 +74,7 @@ from flax import nnx
 
 from slt_jax._src import families
 from slt_jax.models import _lm
-from slt_jax.models.llama import rotary_angles
+from slt_jax.models.llama import MLP, rotary_angles
 
 __all__ = ["Gemma2", "Gemma2Config"]
 
@@ -282,19 +282,6 @@ class Attention(nnx.Module):
         return self.o_proj(z.reshape(b, t, h * dh))
 
 
-class MLP(nnx.Module):
-    def __init__(self, config: Gemma2Config, *, rngs: nnx.Rngs):
-        d, m, std = config.hidden_size, config.intermediate_size, config.initializer_range
-        self.gate_proj = _lm.Linear(d, m, bias=False, std=std, rngs=rngs)
-        self.up_proj = _lm.Linear(d, m, bias=False, std=std, rngs=rngs)
-        self.down_proj = _lm.Linear(m, d, bias=False, std=std, rngs=rngs)
-        self.activation = config.hidden_activation
-
-    def __call__(self, x):
-        gate = _lm.ACTIVATIONS[self.activation](self.gate_proj(x))
-        return self.down_proj(gate * self.up_proj(x))
-
-
 class Layer(nnx.Module):
     def __init__(self, config: Gemma2Config, layer: int, *, rngs: nnx.Rngs):
         d, eps = config.hidden_size, config.rms_norm_eps
@@ -302,7 +289,14 @@ class Layer(nnx.Module):
         self.self_attn = Attention(config, layer, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(d, eps)
         self.pre_feedforward_layernorm = RMSNorm(d, eps)
-        self.mlp = MLP(config, rngs=rngs)
+        self.mlp = MLP(
+            config.hidden_size,
+            config.intermediate_size,
+            std=config.initializer_range,
+            bias=False,
+            activation=config.hidden_activation,
+            rngs=rngs,
+        )
         self.post_feedforward_layernorm = RMSNorm(d, eps)
 
     def __call__(self, x, attention_mask, cos, sin):

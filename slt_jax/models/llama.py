@@ -312,17 +312,14 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
-        d, m, std, bias = (
-            config.hidden_size,
-            config.intermediate_size,
-            config.initializer_range,
-            config.mlp_bias,
-        )
+    """The gated feed-forward block ``down(act(gate(x)) · up(x))`` (SwiGLU; Gemma-2's GeGLU
+    with ``activation="gelu_pytorch_tanh"``)."""
+
+    def __init__(self, d: int, m: int, *, std: float, bias: bool, activation: str, rngs):
         self.gate_proj = _lm.Linear(d, m, bias=bias, std=std, rngs=rngs)
         self.up_proj = _lm.Linear(d, m, bias=bias, std=std, rngs=rngs)
         self.down_proj = _lm.Linear(m, d, bias=bias, std=std, rngs=rngs)
-        self.activation = config.hidden_act
+        self.activation = activation
 
     def __call__(self, x):
         gate = _lm.ACTIVATIONS[self.activation](self.gate_proj(x))
@@ -334,7 +331,14 @@ class Layer(nnx.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config, rngs=rngs)
+        self.mlp = MLP(
+            config.hidden_size,
+            config.intermediate_size,
+            std=config.initializer_range,
+            bias=config.mlp_bias,
+            activation=config.hidden_act,
+            rngs=rngs,
+        )
 
     def __call__(self, x, attention_mask, cos, sin):
         x = x + self.self_attn(self.input_layernorm(x), attention_mask, cos, sin)
