@@ -6,10 +6,12 @@ computes every chain's example indices (the same keyed stream as on the device:
 :func:`slt_jax._src.data.minibatch_indices`, evaluated by JAX), gathers those examples from
 the source, and sends the ``(items, K, batch, ...)`` block to the devices, sharded like
 the items, while the previous block runs (a background thread gathers and transfers block
-``k + 1`` while the devices compute block ``k``). Four small programs share the chain's
-parts (:func:`~slt_jax._src.engine.chain.chain_parts`): init (the first carry), a burn-in
-block, a recorded block, and finish (the trace). A block of burn-in or draws shorter than
-``K`` (the remainder) compiles once more; otherwise every block reuses one program.
+``k + 1`` while the devices compute block ``k``). Three small programs share the chain's
+parts (:func:`~slt_jax._src.engine.chain.chain_parts`): init (the first carry), a block,
+and finish (the trace). The blocks cut burn-in and draws alike: a block's step records
+what its number says (burn-in or draw), as an on-device chain's does, so one block program
+serves both and the model's gradient is compiled once; the last block, when shorter than
+``K``, compiles once more.
 
 ``K`` is the largest number of steps whose minibatches, for the items of one device, fit
 half of the source's ``device_bytes`` (two blocks are alive at once). The chains of a
@@ -42,14 +44,14 @@ def _init(loss_fn, static, plugins, key, center, arrays, args, observed, batch):
     return _parts(loss_fn, static, plugins, key, center, arrays, args, observed).init(batch)
 
 
-def _block(record, loss_fn, static, plugins, key, center, arrays, args, observed, carry, ts, b):
-    """``b``: the block's minibatches, or ``(minibatches, independent loss minibatches)``
-    for a recorded block with ``loss_batch="independent"``."""
+def _block(loss_fn, static, plugins, key, center, arrays, args, observed, carry, ts, b):
+    """The steps ``ts`` (burn-in, draws or both). ``b``: their minibatches, or
+    ``(minibatches, independent loss minibatches)`` with ``loss_batch="independent"``."""
     parts = _parts(loss_fn, static, plugins, key, center, arrays, args, observed)
-    # A recorded step branches on its number as an on-device chain's does (one scan over
-    # burn-in and draws), so that both compile the record alike and give the same floats.
-    drawn = (lambda t: t >= static.num_burnin) if record else (lambda t: False)
-    if reads_independent(static) and record:
+    # A step branches on its number as an on-device chain's does (one scan over burn-in and
+    # draws), so that both compile the record alike and give the same floats.
+    drawn = lambda t: t >= static.num_burnin  # noqa: E731
+    if reads_independent(static):
         step = lambda c, x: parts.step(c, x[0], x[1], drawn(x[0]), x[2])  # noqa: E731
         return jax.lax.scan(step, carry, (ts, *b))
     return jax.lax.scan(lambda c, x: parts.step(c, x[0], x[1], drawn(x[0])), carry, (ts, b))
@@ -63,8 +65,7 @@ def _finish(loss_fn, static, plugins, key, center, arrays, args, observed, carry
 #: Which arguments of each program hold one row per item (the others are replicated).
 _PER_ITEM = {
     "init": (True, True, True, True, False, True),
-    "burnin": (True, True, True, True, False, True, False, True),
-    "draws": (True, True, True, True, False, True, False, True),
+    "block": (True, True, True, True, False, True, False, True),
     "finish": (True, True, True, True, False, True, True, True),
 }
 
@@ -73,8 +74,7 @@ def _program(phase: str, loss_fn, static: Static, plugins, mesh, shared: bool = 
     def build():
         fn = {
             "init": _init,
-            "burnin": functools.partial(_block, False),
-            "draws": functools.partial(_block, True),
+            "block": _block,
             "finish": _finish,
         }[phase]
         one = functools.partial(fn, loss_fn, static, plugins)
@@ -105,22 +105,20 @@ def block_steps(source, static: Static, num_items: int, mesh) -> int:
 
 
 def _schedule(static: Static, k: int):
-    """The blocks: ``(phase, first step, length)``."""
-    out = []
-    for phase, start, stop in (
-        ("burnin", 0, static.num_burnin),
-        ("draws", static.num_burnin, static.num_burnin + static.num_draws),
-    ):
-        out += [(phase, t, min(k, stop - t)) for t in range(start, stop, k)]
-    return out
+    """The blocks: ``(first step, length)``, ``K`` steps each over burn-in and draws."""
+    steps = static.num_burnin + static.num_draws
+    return [(t, min(k, steps - t)) for t in range(0, steps, k)]
 
 
 class _Feeder:
     """Gathers and places the blocks' minibatches, one block ahead, in a background thread."""
 
-    def __init__(self, source, batch_keys, take, mesh, batch_size, k, evaluation_keys=None):
+    def __init__(
+        self, source, batch_keys, take, mesh, batch_size, k, evaluation_keys=None, burnin=0
+    ):
         self.source, self.keys, self.take, self.mesh = source, batch_keys, take, mesh
         self.batch_size, self.k, self.evaluation_keys = batch_size, k, evaluation_keys
+        self.burnin = burnin
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 
     def _rows(self, keys, start, length):
@@ -130,16 +128,18 @@ class _Feeder:
         spec = sharding.item_spec(self.mesh)
         return jax.tree.map(lambda x: programs._global(np.asarray(x), self.mesh, spec), rows)
 
-    def _load(self, start, length, record):
+    def _load(self, start, length):
         rows = self._rows(self.keys, start, length)
-        if record and self.evaluation_keys is not None:
-            return rows, self._rows(self.evaluation_keys, start, length)
-        return rows
+        if self.evaluation_keys is None:
+            return rows
+        if start + length <= self.burnin:  # no draw reads them: the block's own stand in
+            return rows, rows
+        return rows, self._rows(self.evaluation_keys, start, length)
 
-    def submit(self, phase, start, length):
-        """The minibatches of a block (with the independent loss minibatches of a
-        recorded block, when the loss is read on those)."""
-        return self.pool.submit(self._load, start, length, phase == "draws")
+    def submit(self, start, length):
+        """The minibatches of a block (with the independent loss minibatches, when the
+        loss is read on those)."""
+        return self.pool.submit(self._load, start, length)
 
     def close(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -159,10 +159,12 @@ def _start(loss_fn, static, items, source, mesh, plugins, observed):
     k = block_steps(source, static, len(take), mesh)
     blocks = _schedule(static, k)
     evaluation_keys = jax.vmap(evaluation_key)(batch_keys) if reads_independent(static) else None
-    feeder = _Feeder(source, batch_keys, take, mesh, static.batch_size, k, evaluation_keys)
+    feeder = _Feeder(
+        source, batch_keys, take, mesh, static.batch_size, k, evaluation_keys, static.num_burnin
+    )
     pending = feeder.submit(*blocks[0])
     first_block = pending.result()
-    if blocks[0][0] == "draws" and evaluation_keys is not None:
+    if evaluation_keys is not None:
         first_block = first_block[0]
     first = jax.tree.map(lambda x: x[:, 0], first_block)
     carry = _program("init", loss_fn, static, plugins, mesh, items.shared)(*inputs, first)
@@ -180,34 +182,35 @@ def run_items(loss_fn, static: Static, items, source, mesh, *, plugins, observed
     started = _start(loss_fn, static, items, source, mesh, plugins, observed)
     inputs, take, blocks, feeder, pending, carry = started
     try:
-        outputs = {"burnin": [], "draws": []}
-        for i, (phase, start, length) in enumerate(blocks):
+        outputs = []
+        run = _program("block", loss_fn, static, plugins, mesh, items.shared)
+        for i, (start, length) in enumerate(blocks):
             batches = pending.result()
             if i + 1 < len(blocks):
                 pending = feeder.submit(*blocks[i + 1])
-            run = _program(phase, loss_fn, static, plugins, mesh, items.shared)
             carry, out = run(*inputs, carry, _steps(start, length, mesh), batches)
-            outputs[phase].append(out)
+            outputs.append(out)
     finally:
         feeder.close()
-    outputs = {k: [programs._host(o) for o in v] for k, v in outputs.items()}
-    join = lambda parts: jax.tree.map(lambda *x: np.concatenate(x, axis=1), *parts)  # noqa: E731
-    burnin = join(outputs["burnin"]) if outputs["burnin"] else np.zeros((len(take), 0), np.float32)
+    outputs = [programs._host(o) for o in outputs]
+    steps = jax.tree.map(lambda *x: np.concatenate(x, axis=1), *outputs)
+    burnin = static.num_burnin
     place = lambda x: programs._global(np.asarray(x), mesh, sharding.item_spec(mesh))  # noqa: E731
+    burnin_loss = place((steps[0] if isinstance(steps, tuple) else steps)[:, :burnin])
+    records = jax.tree.map(lambda x: place(x[:, burnin:]), steps)
     finish = _program("finish", loss_fn, static, plugins, mesh, items.shared)
-    trace = finish(*inputs, carry, place(burnin), jax.tree.map(place, join(outputs["draws"])))
+    trace = finish(*inputs, carry, burnin_loss, records)
     return jax.tree.map(lambda x: x[: len(items.keys)], programs._host(trace))
 
 
 def lower_items(loss_fn, static: Static, items, source, mesh, *, plugins, observed=None):
-    """The lowered recorded-block program (the largest; for XLA's memory analysis)."""
+    """The lowered block program (the largest; for XLA's memory analysis)."""
     static = static._replace(chain_layout="vmap")
     started = _start(loss_fn, static, items, source, mesh, plugins, observed)
-    inputs, _, blocks, feeder, _, carry = started
+    inputs, _, blocks, feeder, pending, carry = started
     try:
-        _, start, length = next(b for b in blocks if b[0] == "draws")
-        batches = feeder.submit("draws", start, length).result()
+        batches = pending.result()
     finally:
         feeder.close()
-    run = _program("draws", loss_fn, static, plugins, mesh, items.shared)
-    return run.lower(*inputs, carry, _steps(start, length, mesh), batches)
+    run = _program("block", loss_fn, static, plugins, mesh, items.shared)
+    return run.lower(*inputs, carry, _steps(*blocks[0], mesh), batches)
