@@ -71,6 +71,20 @@ def test_streamed_equals_in_memory_whatever_the_block_size(estimator):
         assert_same(streamed, memory)
 
 
+def test_blocks_that_do_not_divide_the_run_share_one_program():
+    """120 steps in blocks of at most 7: 18 blocks of 7 (the last runs 6 steps past the end,
+    which change nothing), burn-in and draws alike, one block program."""
+    loss = lambda p, b: regression_loss(p, b)  # noqa: E731  (a fresh loss: fresh programs)
+    memory = sj.estimate_llc(loss, PARAMS, (X, Y), **KW)
+    source = examples(2 * 3 * 32 * 24 * 7)
+    assert stream.block_steps(source, memory.config.static(), 3, programs.resolve_mesh()) == 7
+    assert stream._schedule(memory.config.static(), 7) == [(t, 7) for t in range(0, 120, 7)]
+    before = programs.num_compiled()
+    streamed = sj.estimate_llc(loss, PARAMS, source, **KW)
+    assert programs.num_compiled() - before == 3  # init, the block, finish
+    assert_same(streamed, memory)
+
+
 def test_host_arrays_and_memmaps_stream(tmp_path):
     memory = sj.estimate_llc(regression_loss, PARAMS, (X, Y), **KW)
     path = tmp_path / "x.npy"

@@ -9,9 +9,10 @@ the items, while the previous block runs (a background thread gathers and transf
 ``k + 1`` while the devices compute block ``k``). Three small programs share the chain's
 parts (:func:`~slt_jax._src.engine.chain.chain_parts`): init (the first carry), a block,
 and finish (the trace). The blocks cut burn-in and draws alike: a block's step records
-what its number says (burn-in or draw), as an on-device chain's does, so one block program
-serves both and the model's gradient is compiled once; the last block, when shorter than
-``K``, compiles once more.
+what its number says (burn-in or draw), as an on-device chain's does, and the blocks are
+all of one length (``⌈T/m⌉`` steps for ``T`` steps in ``m`` blocks; the last block's few
+steps past ``T`` leave the carry as it was and their records are dropped), so one block
+program serves the whole run and the model's gradient is compiled once.
 
 ``K`` is the largest number of steps whose minibatches, for the items of one device, fit
 half of the source's ``device_bytes`` (two blocks are alive at once). The chains of a
@@ -27,6 +28,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from slt_jax._src import data as _data
@@ -50,11 +52,15 @@ def _block(loss_fn, static, plugins, key, center, arrays, args, observed, carry,
     parts = _parts(loss_fn, static, plugins, key, center, arrays, args, observed)
     # A step branches on its number as an on-device chain's does (one scan over burn-in and
     # draws), so that both compile the record alike and give the same floats.
-    drawn = lambda t: t >= static.num_burnin  # noqa: E731
-    if reads_independent(static):
-        step = lambda c, x: parts.step(c, x[0], x[1], drawn(x[0]), x[2])  # noqa: E731
-        return jax.lax.scan(step, carry, (ts, *b))
-    return jax.lax.scan(lambda c, x: parts.step(c, x[0], x[1], drawn(x[0])), carry, (ts, b))
+    steps = static.num_burnin + static.num_draws
+
+    def step(c, x):
+        t, batch, evaluation = x if reads_independent(static) else (*x, None)
+        new, out = parts.step(c, t, batch, t >= static.num_burnin, evaluation)
+        # a step past the end (the last block's padding) leaves the carry as it was
+        return jax.tree.map(lambda a, b: jnp.where(t < steps, a, b), new, c), out
+
+    return jax.lax.scan(step, carry, (ts, *b) if reads_independent(static) else (ts, b))
 
 
 def _finish(loss_fn, static, plugins, key, center, arrays, args, observed, carry, burn, recs):
@@ -105,9 +111,12 @@ def block_steps(source, static: Static, num_items: int, mesh) -> int:
 
 
 def _schedule(static: Static, k: int):
-    """The blocks: ``(first step, length)``, ``K`` steps each over burn-in and draws."""
+    """The blocks: ``(first step, length)``, over burn-in and draws, all of one length of at
+    most ``k`` steps: ``m = ⌈T/k⌉`` blocks of ``⌈T/m⌉`` (the last may run past ``T`` by
+    fewer than ``m`` steps, whose records are dropped)."""
     steps = static.num_burnin + static.num_draws
-    return [(t, min(k, steps - t)) for t in range(0, steps, k)]
+    length = math.ceil(steps / math.ceil(steps / k))
+    return [(t, length) for t in range(0, steps, length)]
 
 
 class _Feeder:
@@ -156,8 +165,8 @@ def _start(loss_fn, static, items, source, mesh, plugins, observed):
     and every chain's first carry (from step 0's minibatch)."""
     inputs, take = _placed(static, items, mesh, observed)
     batch_keys = jax.vmap(lambda k: jax.random.split(k)[0])(items.keys)
-    k = block_steps(source, static, len(take), mesh)
-    blocks = _schedule(static, k)
+    blocks = _schedule(static, block_steps(source, static, len(take), mesh))
+    k = blocks[0][1]
     evaluation_keys = jax.vmap(evaluation_key)(batch_keys) if reads_independent(static) else None
     feeder = _Feeder(
         source, batch_keys, take, mesh, static.batch_size, k, evaluation_keys, static.num_burnin
@@ -169,6 +178,17 @@ def _start(loss_fn, static, items, source, mesh, plugins, observed):
     first = jax.tree.map(lambda x: x[:, 0], first_block)
     carry = _program("init", loss_fn, static, plugins, mesh, items.shared)(*inputs, first)
     return inputs, take, blocks, feeder, pending, carry
+
+
+def _rows(carry, mesh):
+    """The carry with every leaf that came back replicated placed by rows over the items
+    axes, as the others are, so that every block call sees one placement (one compilation):
+    init returns the leaves it computes from shared inputs alone replicated (the
+    not-yet-diverged flag, with one shared centre), and on one device XLA may return any."""
+    if not sharding.item_axes(mesh):
+        return carry
+    rows = NamedSharding(mesh, sharding.item_spec(mesh))
+    return jax.tree.map(lambda x: jax.device_put(x, rows) if x.sharding.spec == P() else x, carry)
 
 
 def _steps(start, length, mesh):
@@ -188,12 +208,13 @@ def run_items(loss_fn, static: Static, items, source, mesh, *, plugins, observed
             batches = pending.result()
             if i + 1 < len(blocks):
                 pending = feeder.submit(*blocks[i + 1])
-            carry, out = run(*inputs, carry, _steps(start, length, mesh), batches)
+            carry, out = run(*inputs, _rows(carry, mesh), _steps(start, length, mesh), batches)
             outputs.append(out)
     finally:
         feeder.close()
     outputs = [programs._host(o) for o in outputs]
-    steps = jax.tree.map(lambda *x: np.concatenate(x, axis=1), *outputs)
+    total = static.num_burnin + static.num_draws
+    steps = jax.tree.map(lambda *x: np.concatenate(x, axis=1)[:, :total], *outputs)
     burnin = static.num_burnin
     place = lambda x: programs._global(np.asarray(x), mesh, sharding.item_spec(mesh))  # noqa: E731
     burnin_loss = place((steps[0] if isinstance(steps, tuple) else steps)[:, :burnin])
@@ -213,4 +234,4 @@ def lower_items(loss_fn, static: Static, items, source, mesh, *, plugins, observ
     finally:
         feeder.close()
     run = _program("block", loss_fn, static, plugins, mesh, items.shared)
-    return run.lower(*inputs, carry, _steps(*blocks[0], mesh), batches)
+    return run.lower(*inputs, _rows(carry, mesh), _steps(*blocks[0], mesh), batches)
