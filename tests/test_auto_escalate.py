@@ -110,3 +110,25 @@ def test_a_budget_too_small_for_the_needed_runs_raises_with_what_it_tried():
             num_steps=100,
             calibration_budget=1599,
         )
+
+
+def test_the_run_length_is_chosen_only_where_num_steps_was_left():
+    """``num_steps`` left at its default (in Python or on the command line) is the
+    calibration's to choose; the same number given, or a burn-in given, is kept."""
+    import argparse
+    import dataclasses
+
+    from slt_jax._src import cli
+    from slt_jax._src.jobs.auto import length_is_free
+
+    assert length_is_free(sj.LLCConfig())
+    assert length_is_free(dataclasses.replace(sj.LLCConfig(), num_chains=2))
+    assert not length_is_free(sj.LLCConfig(num_steps=1000))
+    assert not length_is_free(sj.LLCConfig(num_burnin=100))
+    parser = argparse.ArgumentParser()
+    cli._add_sampler_options(parser)
+    left, given = parser.parse_args([]), parser.parse_args(["--steps", "1000"])
+    assert left.num_steps == given.num_steps == 1000
+    assert length_is_free(sj.LLCConfig(num_steps=left.num_steps))
+    assert not length_is_free(sj.LLCConfig(num_steps=given.num_steps))
+    assert type(given.num_steps) is int

@@ -153,6 +153,15 @@ def test_dry_run_plans_without_sampling_or_writing(tmp_path):
     assert plan.estimated_s == pytest.approx(plan.step_s * 400 * 2)
     assert not (tmp_path / "res").exists()
     assert "per device" in plan.summary() and "chunk" in plan.summary()
+    # step_size="auto": the plan names the escalation's budget (what it spends at most)
+    kw = dict(steps=steps, num_chains=3, num_steps=400, batch_size=64, chunk_size=3)
+    kw |= dict(dry_run=True, step_size="auto")
+    args = (sweep_factory.loss_fn, snapshots, sweep_factory.data())
+    auto = sj.estimate_llc_checkpoints(*args, calibration_budget=100_000, **kw)
+    assert auto.calibration_chain_steps == 100_000 and "100,000 chain-steps" in auto.summary()
+    assert sj.estimate_llc_checkpoints(*args, **kw).calibration_chain_steps == 2_000_000
+    with pytest.raises(ValueError, match="below the minimum of 6400"):  # 4 settings × 4 × 400
+        sj.estimate_llc_checkpoints(*args, calibration_budget=1000, **kw)
 
 
 def test_cli_dry_run_and_compilation_cache(tmp_path):

@@ -132,7 +132,8 @@ def _add_sampler_options(p: argparse.ArgumentParser, *, chains=8, steps=1000) ->
     defaults and help declared there once) and :class:`~slt_jax.Auto`'s, then the
     sweep's own (chunking, memory budget, progress, devices)."""
     config = _config()
-    defaults = {"num_chains": chains, "num_steps": steps}
+    # left at its default, --steps is DefaultSteps (step_size auto then chooses the length)
+    defaults = {"num_chains": chains, "num_steps": config.DefaultSteps(steps)}
     g = p.add_argument_group("sampler (see slt_jax.estimate_llc)")
     m = p.add_argument_group("memory, layout and compilation (see slt_jax.Placement)")
     for field, group in _run_fields():

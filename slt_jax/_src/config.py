@@ -111,6 +111,19 @@ def option(default=None, help: str = "", **cli):
     return dataclasses.field(default=default, metadata={"help": help, **cli})
 
 
+class DefaultSteps(int):
+    """The default ``num_steps``: an ``int`` that tells "left at the default" apart from the
+    same number given (``num_steps=1000``), for the options that depend on it: a
+    ``step_size="auto"`` run chooses the run length only where ``num_steps`` was left.
+
+    Example:
+      >>> import slt_jax as sj
+      >>> left, given = sj.LLCConfig().num_steps, sj.LLCConfig(num_steps=1000).num_steps
+      >>> left == given == 1000, isinstance(left, DefaultSteps), isinstance(given, DefaultSteps)
+      (True, True, False)
+    """
+
+
 def number_or_auto(text: str) -> float | str:
     """A float, or the word ``auto`` (command-line text of ``step_size``, ``localization``)."""
     if text.strip().lower() == AUTO:
@@ -332,7 +345,9 @@ class LLCConfig:
     """
 
     num_chains: int = option(8, "chains per checkpoint", flag="--chains")
-    num_steps: int = option(1000, "steps per chain, burn-in included", flag="--steps")
+    num_steps: int = option(
+        DefaultSteps(1000), "steps per chain, burn-in included", flag="--steps", parse=int
+    )
     num_burnin: int | None = option(None, "burn-in steps (default steps/4)", flag="--burnin")
     step_size: Any = option(
         1e-4,

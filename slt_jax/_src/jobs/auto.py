@@ -13,7 +13,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from slt_jax._src.config import AUTO, LLCConfig
+from slt_jax._src.config import AUTO, DefaultSteps, LLCConfig
 from slt_jax._src.results import CalibrationRecord
 
 #: ``fold_in`` constant that separates the calibration's keys from the estimate's.
@@ -114,10 +114,31 @@ def resolve_auto(
 
 
 def length_is_free(config: LLCConfig) -> bool:
-    """Whether the user left the run length to the calibration: ``num_steps`` at its
-    default and no ``num_burnin`` (a ``num_steps`` equal to the default counts as left)."""
-    default = next(f.default for f in dataclasses.fields(LLCConfig) if f.name == "num_steps")
-    return config.num_steps == default and config.num_burnin is None
+    """Whether the user left the run length to the calibration: ``num_steps`` left at its
+    default (:class:`~slt_jax._src.config.DefaultSteps`; the same number given is kept) and
+    no ``num_burnin``."""
+    return isinstance(config.num_steps, DefaultSteps) and config.num_burnin is None
+
+
+def escalation_budget(budget: int | None, num_steps: int | None, fixed_localization: bool) -> int:
+    """The chain-steps ``step_size="auto"`` may spend: ``budget`` checked (at least the
+    smallest stage, naming it), or the default (:data:`~slt_jax._src.jobs.escalate.DEFAULT_BUDGET`,
+    or 8 smallest stages if more). ``num_steps``: the stages' length when the user fixed it
+    (``None``: the calibration chooses it)."""
+    from slt_jax._src import validation
+    from slt_jax._src.jobs import escalate
+
+    minimum = escalate.minimum_budget(num_steps, fixed_localization)
+    if budget is None:
+        return max(escalate.DEFAULT_BUDGET, 8 * minimum)
+    budget = validation.check_count("budget", budget, minimum=1)
+    if budget < minimum:
+        raise ValueError(
+            f"`budget` = {budget} chain-steps is below the minimum of {minimum} for "
+            f"step_size='auto': one stage of {2 if fixed_localization else 4} settings × "
+            f"{escalate.CHAINS} chains × {num_steps or escalate.MIN_STEPS} steps."
+        )
+    return budget
 
 
 def calibrated_setting(
@@ -147,25 +168,14 @@ def calibrated_setting(
       CalibrationError: when the budget is spent and no setting passed the health checks
         (with every stage it tried).
     """
-    from slt_jax._src import validation
     from slt_jax._src.estimators.diagnostics import LLCDiagnosticWarning
     from slt_jax._src.jobs import escalate
     from slt_jax._src.jobs.calibrate import BIAS_TOLERANCE, calibrate, run_stage
     from slt_jax._src.userwarn import warn as warn_user
 
     fixed = None if localization is None or isinstance(localization, str) else localization
-    minimum = escalate.minimum_budget(num_steps, fixed is not None)
     given_budget = budget
-    if budget is not None:
-        budget = validation.check_count("budget", budget, minimum=1)
-        if budget < minimum:
-            raise ValueError(
-                f"`budget` = {budget} chain-steps is below the minimum of {minimum} for "
-                f"step_size='auto': one stage of {2 if fixed is not None else 4} settings × "
-                f"{escalate.CHAINS} chains × {num_steps or escalate.MIN_STEPS} steps."
-            )
-    else:
-        budget = max(escalate.DEFAULT_BUDGET, 8 * minimum)
+    budget = escalation_budget(budget, num_steps, fixed is not None)
     config = dataclasses.replace(
         calibrate.run_defaults,
         num_steps=num_steps or 1000,

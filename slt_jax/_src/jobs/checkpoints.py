@@ -163,17 +163,8 @@ def estimate_llc_checkpoints(
     if dry_run:
         resolved = prepared.config
         calibration = None
-        if wants:
-            from slt_jax._src.jobs.autogrid import plan as calibration_plan
-
-            stages = calibration_plan(
-                calibration_budget,
-                resolved.num_steps,
-                4,
-                num_gamma=None if not given else 1,
-                default_budget=0,
-            )
-            calibration = stages.chain_steps()
+        if wants:  # the escalation's budget: at most what it spends (it stops when verified)
+            calibration = auto.escalation_budget(calibration_budget, resolved.num_steps, given)
         sweep = Sweep.of(prepared, checkpoint_set)
         return plan.dry_run(sweep, chunk_size, memory_budget, calibration=calibration)
     # The output directory is checked and locked (and a stored manifest read, which fixes
