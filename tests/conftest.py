@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 import tempfile
 
 import jax
@@ -7,6 +9,33 @@ import numpy as np
 import pytest
 
 import slt_jax as sj
+
+# XLA's CPU compiler, chosen before JAX starts a backend (importing JAX and slt_jax does
+# not). The suite is compile-bound: about 90 % of an in-process test's time is tracing and
+# compiling small programs. XLA's legacy CPU fusion emitters compile them about 1.6× faster
+# than its default ones and run them up to ~15 % slower (benchmarks/README.md, "The test
+# suite's compiler"), so every test, and every process a test starts (they inherit the
+# environment), compiles with them. What the tests check, slt_jax's behaviour, is the same
+# under either; SLT_JAX_TEST_XLA_DEFAULTS=1 runs the suite with XLA's defaults. A JAX whose
+# XLA lacks the flag (XLA aborts on an unknown flag) is probed once and keeps its defaults.
+FAST_CPU_COMPILATION = "--xla_cpu_use_fusion_emitters=false"
+
+
+def _compile_fast_on_cpu() -> None:
+    flags = os.environ.get("XLA_FLAGS", "")
+    if os.environ.get("SLT_JAX_TEST_XLA_DEFAULTS") or "xla_cpu_use_fusion_emitters" in flags:
+        return  # chosen already (pytest-xdist's workers inherit the controller's choice)
+    flags = f"{flags} {FAST_CPU_COMPILATION}".strip()
+    probe = subprocess.run(
+        [sys.executable, "-c", "import jax; jax.devices()"],
+        env={**os.environ, "XLA_FLAGS": flags},
+        capture_output=True,
+    )
+    if probe.returncode == 0:
+        os.environ["XLA_FLAGS"] = flags
+
+
+_compile_fast_on_cpu()
 
 # JAX's persistent compilation cache, on for the whole session (as the command line turns it
 # on): tests that build the same program (the same model, shapes and options behind a fresh
