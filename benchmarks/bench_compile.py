@@ -6,7 +6,9 @@ group of chains) and reports the seconds spent lowering it and compiling it with
 machine), the size of XLA's optimized program (HLO lines, fusions) and the warm time of a
 call. Each measurement runs in a fresh process; ``--against REF`` runs the same cases
 with slt_jax checked out at ``REF`` (a temporary ``git worktree``) in the same invocation,
-alternating, and prints medians of ``--repeats`` and the ratio.
+alternating, and prints medians of ``--repeats`` and the ratio; ``--xla-flags FLAGS``
+compares this commit compiled with those XLA flags added (e.g. the test suite's
+``--xla_cpu_use_fusion_emitters=false``) against XLA's defaults, the same way.
 
 Cases: ``mlp`` (64-32-10 on 512 rows, batch 64); ``neox`` (GPT-NeoX 2 × 16 wide,
 vocab 32, seq 8, batch 16); ``pythia14m`` (NeoX 128 × 6, vocab 50304, seq 128, batch 8);
@@ -14,6 +16,7 @@ each with 4 chains, 100 steps (25 burn-in), the default diagnostics (every 10 dr
 the default estimator. Run:
 
     python benchmarks/bench_compile.py --against 12c7db8 --repeats 3
+    python benchmarks/bench_compile.py --xla-flags=--xla_cpu_use_fusion_emitters=false
 """
 
 from __future__ import annotations
@@ -125,8 +128,9 @@ def _commit(root: pathlib.Path) -> str:
     return run.stdout.strip() + ("+" if dirty else "")
 
 
-def _child(root: pathlib.Path, case: str) -> dict:
+def _child(root: pathlib.Path, case: str, xla_flags: str = "") -> dict:
     env = {**os.environ, "PYTHONPATH": str(root), "PYTHONWARNINGS": "ignore"}
+    env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip()
     run = subprocess.run(
         [sys.executable, __file__, "--child", case], env=env, capture_output=True, text=True
     )
@@ -138,6 +142,7 @@ def _child(root: pathlib.Path, case: str) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--against", help="a git commit to compare with (e.g. 12c7db8)")
+    parser.add_argument("--xla-flags", help="XLA flags to compare with XLA's defaults")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="write the measurements here")
@@ -146,7 +151,12 @@ def main(argv=None) -> None:
     if args.child:
         print(json.dumps(measure(args.child)))
         return
-    roots = {"this": ROOT}
+    if args.against and args.xla_flags:
+        parser.error("--against and --xla-flags: one comparison at a time")
+    roots = {"this": (ROOT, "")}
+    if args.xla_flags:
+        roots = {"defaults": (ROOT, ""), "this": (ROOT, args.xla_flags)}
+    base = args.against or ("defaults" if args.xla_flags else None)
     with tempfile.TemporaryDirectory() as tmp:
         if args.against:
             ref = pathlib.Path(tmp) / "ref"
@@ -155,13 +165,13 @@ def main(argv=None) -> None:
                 check=True,
                 capture_output=True,
             )
-            roots = {args.against: ref, "this": ROOT}
+            roots = {args.against: (ref, ""), "this": (ROOT, "")}
         try:
             results = {name: {} for name in roots}
             for case in args.cases.split(","):
                 for _ in range(args.repeats):
-                    for name, root in roots.items():
-                        results[name].setdefault(case, []).append(_child(root, case))
+                    for name, (root, flags) in roots.items():
+                        results[name].setdefault(case, []).append(_child(root, case, flags))
         finally:
             if args.against:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(ref)])
@@ -173,10 +183,10 @@ def main(argv=None) -> None:
         for name in roots:
             rows = results[name][case]
             medians[name] = {k: statistics.median(r[k] for r in rows) for k in keys}
-            label = rows[0]["commit"]
+            label = rows[0]["commit"] + ("+flags" if roots[name][1] else "")
             print(f"{case:10s} {label:10s} " + " ".join(f"{medians[name][k]:14.3f}" for k in keys))
-        if args.against:
-            ratio = {k: medians["this"][k] / medians[args.against][k] for k in keys}
+        if base:
+            ratio = {k: medians["this"][k] / medians[base][k] for k in keys}
             print(f"{case:10s} {'ratio':10s} " + " ".join(f"{ratio[k]:14.2f}" for k in keys))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results, indent=1))

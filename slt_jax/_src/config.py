@@ -739,12 +739,6 @@ def run_options(*, exclude: tuple[str, ...] = (), **defaults):
                 config, kwargs = _unpack_auto(fn, config, kwargs)
             return fn(*args, config=config, **kwargs)
 
-        signature = inspect.signature(fn)
-        params = [p for p in signature.parameters.values() if p.name != "config"]
-        first_keyword = next(
-            (i for i, p in enumerate(params) if p.kind is inspect.Parameter.KEYWORD_ONLY),
-            len(params),
-        )
         shown = [
             inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=getattr(base, n))
             for n in names
@@ -756,12 +750,23 @@ def run_options(*, exclude: tuple[str, ...] = (), **defaults):
         config_param = inspect.Parameter(
             "config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="LLCConfig | None"
         )
-        params = [*params[:first_keyword], *shown, config_param, *params[first_keyword:]]
-        wrapper.__signature__ = signature.replace(parameters=params)
+        wrapper.__signature__ = spliced_signature(
+            fn, "config", [*shown, config_param], before=inspect.Parameter.KEYWORD_ONLY
+        )
         wrapper.run_defaults = base
         return wrapper
 
     return decorate
+
+
+def spliced_signature(fn, name: str, shown, *, before) -> inspect.Signature:
+    """The signature a keyword-adding wrapper of ``fn`` shows (``help()``,
+    ``inspect.signature``): ``fn``'s with its parameter ``name`` replaced by the parameters
+    ``shown``, put before its first parameter of kind ``before`` (else last)."""
+    signature = inspect.signature(fn)
+    params = [p for p in signature.parameters.values() if p.name != name]
+    where = next((i for i, p in enumerate(params) if p.kind is before), len(params))
+    return signature.replace(parameters=[*params[:where], *shown, *params[where:]])
 
 
 def _with_placement(options: dict, placement) -> dict:

@@ -29,6 +29,7 @@ import numpy as np
 
 from slt_jax._src import data as _data
 from slt_jax._src import sources, validation
+from slt_jax._src.config import spliced_signature
 from slt_jax._src.observe import Observe, Observed
 
 PyTree = Any
@@ -138,12 +139,6 @@ def observation_options(*, loose: bool = False):
                 observe = None
             return fn(*args, observe=observe, **kwargs)
 
-        signature = inspect.signature(fn)
-        params = [p for p in signature.parameters.values() if p.name != "observe"]
-        where = next(
-            (i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD),
-            len(params),
-        )
         shown = [
             inspect.Parameter(
                 "observe",
@@ -157,8 +152,8 @@ def observation_options(*, loose: bool = False):
                 inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=getattr(_DEFAULT, f))
                 for k, f in LOOSE.items()
             ]
-        wrapper.__signature__ = signature.replace(
-            parameters=[*params[:where], *shown, *params[where:]]
+        wrapper.__signature__ = spliced_signature(
+            fn, "observe", shown, before=inspect.Parameter.VAR_KEYWORD
         )
         return wrapper
 
