@@ -4,11 +4,18 @@ seeds (slow: it trains a model and runs the CLI twice)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import pathlib
+import types
 
+import jax
+import numpy as np
 import pytest
+
+from slt_jax._src.jobs import escalate
+from slt_jax._src.jobs.autogrid import Scales
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -49,3 +56,58 @@ def test_lm_auto_quick_end_to_end(tmp_path):
     assert (tmp_path / "r.json").exists()
     table = bench.table(runs)
     assert "calibration" in table and "l1h1" in table
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stage:
+    """What the escalation reads of a judged stage (cells: step size × localization)."""
+
+    localizations: np.ndarray
+    problems: tuple
+    results: tuple
+    shape: tuple
+    recommended: dict | None = None
+    trusted: bool = False
+    explanation: str = "(the stage's explanation)"
+
+
+def test_escalation_stopped_early_does_not_say_the_budget_was_spent(monkeypatch):
+    """The LM case of benchmarks/lm_auto.py: at γ the step is healthy but the localization
+    shrinks λ̂, and the weaker γ/10 wanders, so no further stage can verify the setting; the
+    escalation stops after one stage of a 2e6 budget. The fallback's explanation said "the
+    budget was spent"; it says why it stopped and what was spent."""
+    monkeypatch.setattr(
+        escalate, "measure_scales", lambda *a, **k: Scales(100, 50.0, 0.5, 40.0, 1.0)
+    )
+    prepared = types.SimpleNamespace(
+        config=types.SimpleNamespace(nbeta=50.0, batch_size=8), loss_fn=None, params=None, data=None
+    )
+
+    def stage(step_sizes, localizations, chains, steps, key):
+        cells = [(e, g) for e in step_sizes for g in localizations]  # ε-major, as a grid
+        config = lambda e, g: types.SimpleNamespace(  # noqa: E731
+            step_size=e, localization=g, nbeta=50.0, num_chains=chains
+        )
+        results = tuple(
+            types.SimpleNamespace(config=config(e, g), llc_mean=10.0, llc_stderr=0.1)
+            for e, g in cells
+        )
+        problems = tuple(
+            ("wandering",) if g == localizations[0] else ("localization_bias",) for _, g in cells
+        )
+        return _Stage(np.asarray(localizations), problems, results, (2, 2, 1))
+
+    outcome = escalate.run(
+        stage,
+        prepared,
+        localization=None,
+        num_steps=1000,
+        budget=2_000_000,
+        key=jax.random.key(0),
+        final_chains=None,
+    )
+    assert len(outcome.stages) == 1 and outcome.chain_steps == 16_000
+    explanation = outcome.calibration.explanation
+    assert outcome.calibration.trusted is False
+    assert "budget was spent" not in explanation
+    assert "no further stage could verify it (16,000 of 2,000,000 chain-steps spent)" in explanation
