@@ -24,7 +24,7 @@ Printed: per checkpoint λ̂ ± se for both seeds and their z difference
 ``(λ̂₀ − λ̂₁)/√(se₀² + se₁²)``; the chosen setting per seed (ε, γ, nβ, verified or not,
 the chosen ``num_steps``); the calibration's chain-steps and their ratio to the final
 estimate's chain-steps (chains × steps × checkpoints); per-head refined λ̂ for both
-seeds; R-hat, ESS and the median MALA acceptance at the chosen setting; wall times.
+seeds; R-hat, ESS and the mean MALA acceptance at the chosen setting; wall times.
 
     python benchmarks/lm_auto.py [--quick] [--workdir DIR] [--json out.json]
 """
@@ -128,18 +128,26 @@ def command(run_dir, token_file, out, seed: int, settings: dict) -> list[str]:
     return cmd
 
 
-def run_seed(run_dir, token_file, workdir: pathlib.Path, seed: int, settings: dict) -> dict:
-    """Run the command for one seed and read back what it wrote."""
+def run_seed(
+    run_dir, token_file, workdir: pathlib.Path, seed: int, settings: dict, reuse: bool = False
+) -> dict:
+    """Run the command for one seed and read back what it wrote (``reuse``: read the
+    results the same command left in ``workdir`` instead of running it again)."""
     import slt_jax as sj
 
     out = workdir / f"llc_seed{seed}"
-    shutil.rmtree(out, ignore_errors=True)
     cmd = command(run_dir, token_file, out, seed, settings)
-    start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"seed {seed} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    timing = out / "lm_auto_run.json"  # the command and its wall time, beside its results
+    if reuse and timing.exists() and json.loads(timing.read_text())["command"] == cmd[1:]:
+        wall = json.loads(timing.read_text())["wall_seconds"]
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"seed {seed} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        timing.write_text(json.dumps({"command": cmd[1:], "wall_seconds": wall}))
     manifest = json.loads((out / "manifest.json").read_text())
     heads_manifest = json.loads((out / "heads" / "manifest.json").read_text())
     llc = sj.load_results(out)
@@ -157,7 +165,8 @@ def run_seed(run_dir, token_file, workdir: pathlib.Path, seed: int, settings: di
         "se": [float(x) for x in np.asarray(llc.llc_stderr)],
         "rhat": [float(x) for x in np.asarray(llc.rhat)],
         "ess": [float(x) for x in np.asarray(llc.ess)],
-        "acceptance": [float(np.nanmedian(a)) for a in acceptance.reshape(len(llc.steps), -1)],
+        # the mean over chains and recorded draws of min(1, MALA ratio): the acceptance rate
+        "acceptance": [float(np.nanmean(a)) for a in acceptance.reshape(len(llc.steps), -1)],
         "diverged": [int(np.sum(d)) for d in np.asarray(llc.diverged)],
         "setting": {
             "step_size": cal["step_size"],
@@ -243,6 +252,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workdir", default=None, help="keep the model and results here")
     parser.add_argument("--seeds", default="0,1", help="the two seeds (comma-separated)")
     parser.add_argument("--json", default=None, help="write the figures as JSON here")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read the results a previous run of the same commands left in --workdir",
+    )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="lm_auto_"))
@@ -254,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{', '.join(f'{v:.3f}' for v in model['train_loss'].values())})"
     )
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = [run_seed(run_dir, token_file, workdir, seed, settings) for seed in seeds]
+    runs = [run_seed(run_dir, token_file, workdir, seed, settings, args.reuse) for seed in seeds]
     print(f"command: {runs[0]['command']}")
     print(table(runs))
     report = {

@@ -110,4 +110,5 @@ def test_escalation_stopped_early_does_not_say_the_budget_was_spent(monkeypatch)
     explanation = outcome.calibration.explanation
     assert outcome.calibration.trusted is False
     assert "budget was spent" not in explanation
+    assert "the smallest step size with no other problem" in explanation
     assert "no further stage could verify it (16,000 of 2,000,000 chain-steps spent)" in explanation

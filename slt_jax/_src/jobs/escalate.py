@@ -280,7 +280,8 @@ def _least_biased(stages, stopped: str = "the budget was spent"):
             f"Not verified: {stopped} before a setting passed every check; "
             f"step_size={c.step_size:g}, localization={c.localization:g} gives λ̂ = "
             f"{cal.results[i].llc_mean:.4g} ± {cal.results[i].llc_stderr:.2g}, healthy but "
-            f"shown biased ({', '.join(cal.problems[i])}): the smallest step size tried. "
+            f"shown biased ({', '.join(cal.problems[i])}): the smallest step size with no "
+            f"other problem. "
             f"{cal.explanation}"
         ),
     )
