@@ -18,7 +18,7 @@ Pythia architecture) trained with Adam on the synthetic language of notebook 09
 segments), saved as Hugging Face model directories at a few steps (``RUN/step<k>/``) with
 the corpus as a raw ``uint16`` token file. Nothing is downloaded. ``--workdir`` keeps the
 model, the token file and the results (a second call reuses the trained model; results
-directories are started afresh).
+directories are started afresh; ``--reuse`` reads back those of the same commands).
 
 Printed: per checkpoint λ̂ ± se for both seeds and their z difference
 ``(λ̂₀ − λ̂₁)/√(se₀² + se₁²)``; the chosen setting per seed (ε, γ, nβ, verified or not,
@@ -26,7 +26,7 @@ the chosen ``num_steps``); the calibration's chain-steps and their ratio to the 
 estimate's chain-steps (chains × steps × checkpoints); per-head refined λ̂ for both
 seeds; R-hat, ESS and the mean MALA acceptance at the chosen setting; wall times.
 
-    python benchmarks/lm_auto.py [--quick] [--workdir DIR] [--json out.json]
+    python benchmarks/lm_auto.py [--quick] [--workdir DIR] [--reuse] [--json out.json]
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ import numpy as np
 
 SEQ = 32  # predicted tokens per window (windows of SEQ + 1 tokens)
 VOCAB = 64
-# Batch 8 (not the default 256): what makes a full run fit ~10 minutes on a 2-core CPU.
+# Batch 8 (not the default 256): what keeps a full run (both seeds) near 15-20 minutes on a
+# 2-core CPU; chains and steps are the CLI's defaults.
 FULL = dict(
     sequences=4096, train_steps=2000, checkpoints=(500, 1000, 2000), batch=8, chains=8, steps=None
 )
