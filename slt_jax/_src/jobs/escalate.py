@@ -162,6 +162,7 @@ def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chai
     )
     previous = 0
     spent, stages, tried, best = 0, [], [], None
+    stopped = f"the {MAX_STAGES} stages ran"  # why the loop ends (said if nothing is verified)
     seen_bias, left = False, set()
     for index in range(MAX_STAGES):
         cost = cells * CHAINS * steps
@@ -173,6 +174,7 @@ def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chai
                 f"next: ε = {eps:.3g}, γ = {gamma:.3g}, {steps} steps ({cost:,} chain-steps) "
                 f"would pass the budget of {budget:,} ({spent:,} spent)"
             )
+            stopped = "the budget was spent"
             break
         gammas = [gamma] if fixed else [_round(gamma / 10), gamma]
         cal = run_stage(
@@ -188,6 +190,9 @@ def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chai
             break
         move = _next_move(cal, eps, gamma, fixed, seen_bias, num_steps is None, left, index == 0)
         if move is None:
+            stopped = (
+                f"no further stage could verify it ({spent:,} of {budget:,} chain-steps spent)"
+            )
             break
         if move[1] != gamma:
             left.add(gamma)
@@ -195,7 +200,7 @@ def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chai
         seen_bias = seen_bias or biased
         steps = int(min(MAX_STEPS, steps * factor))
     if best is None:
-        best = _least_biased(stages)
+        best = _least_biased(stages, stopped)
     outcome = Outcome(best, tuple(stages), tuple(tried), spent, scales)
     if best is None or final_chains is None:
         return outcome
@@ -252,10 +257,11 @@ def _step_ok(cal, row: int) -> bool:
     return abs(bias) + 2 * se < BIAS_TOLERANCE * fit.intercept
 
 
-def _least_biased(stages):
-    """With the budget spent and no healthy cell: the cell, over all stages, whose only
+def _least_biased(stages, stopped: str = "the budget was spent"):
+    """With the escalation over and no healthy cell: the cell, over all stages, whose only
     problems are the bias checks (``step_bias``, ``localization_bias``), with the smallest
-    step size, then the weakest localization (``trusted=False``; ``None`` if there is none)."""
+    step size, then the weakest localization (``trusted=False``; ``None`` if there is none).
+    ``stopped``: why the escalation ended, for the explanation."""
     found = [
         (cal.results[i].config.step_size, cal.results[i].config.localization, -k, i, cal)
         for k, cal in enumerate(stages)
@@ -271,10 +277,11 @@ def _least_biased(stages):
         recommended=dict(step_size=c.step_size, localization=c.localization, nbeta=c.nbeta),
         trusted=False,
         explanation=(
-            f"Not verified: the budget was spent before a setting passed every check; "
+            f"Not verified: {stopped} before a setting passed every check; "
             f"step_size={c.step_size:g}, localization={c.localization:g} gives λ̂ = "
             f"{cal.results[i].llc_mean:.4g} ± {cal.results[i].llc_stderr:.2g}, healthy but "
-            f"shown biased ({', '.join(cal.problems[i])}): the smallest step size tried. "
+            f"shown biased ({', '.join(cal.problems[i])}): the smallest step size with no "
+            f"other problem. "
             f"{cal.explanation}"
         ),
     )
