@@ -23,6 +23,9 @@ import sweep_factory  # noqa: E402
 import slt_jax as sj  # noqa: E402
 
 warnings.simplefilter("ignore", sj.LLCDiagnosticWarning)
+# a cache per process (JAX writes entries without a lock): the second run (the resume) loads
+# the programs the first compiled, as the command line's runs do
+sj.enable_compilation_cache(f"{out}/jax-cache-{process_id}")
 assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
 snapshots, steps = sweep_factory.checkpoints(3)
 kw = dict(num_chains=3, num_steps=150, step_size=1e-3, localization=10.0, batch_size=64)
