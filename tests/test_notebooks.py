@@ -42,8 +42,10 @@ def test_notebook_matches_its_source(notebook):
 
 
 # The notebooks whose tiny settings still take over a minute on CI's 2 cores run with the
-# slow tests (-m slow); the rest run in the default suite.
-SLOW = {"01_theory", "02_tms", "03_icl", "05_calibration", "07_simplicial"}
+# slow tests (-m slow); the rest run in the default suite. 09 takes 50-60 s, and what it runs
+# is in the default suite: the command it calls (llc --tokens --heads all, read back) in
+# tests/test_lm_cli.py, saving and loading its checkpoints in tests/test_lm_models.py.
+SLOW = {"01_theory", "02_tms", "03_icl", "05_calibration", "07_simplicial", "09_language_model"}
 
 
 @pytest.mark.parametrize(
