@@ -120,27 +120,6 @@ def length_is_free(config: LLCConfig) -> bool:
     return isinstance(config.num_steps, DefaultSteps) and config.num_burnin is None
 
 
-def escalation_budget(budget: int | None, num_steps: int | None, fixed_localization: bool) -> int:
-    """The chain-steps ``step_size="auto"`` may spend: ``budget`` checked (at least the
-    smallest stage, naming it), or the default (:data:`~slt_jax._src.jobs.escalate.DEFAULT_BUDGET`,
-    or 8 smallest stages if more). ``num_steps``: the stages' length when the user fixed it
-    (``None``: the calibration chooses it)."""
-    from slt_jax._src import validation
-    from slt_jax._src.jobs import escalate
-
-    minimum = escalate.minimum_budget(num_steps, fixed_localization)
-    if budget is None:
-        return max(escalate.DEFAULT_BUDGET, 8 * minimum)
-    budget = validation.check_count("budget", budget, minimum=1)
-    if budget < minimum:
-        raise ValueError(
-            f"`budget` = {budget} chain-steps is below the minimum of {minimum} for "
-            f"step_size='auto': one stage of {2 if fixed_localization else 4} settings × "
-            f"{escalate.CHAINS} chains × {num_steps or escalate.MIN_STEPS} steps."
-        )
-    return budget
-
-
 def calibrated_setting(
     prepared,
     *,
@@ -175,7 +154,7 @@ def calibrated_setting(
 
     fixed = None if localization is None or isinstance(localization, str) else localization
     given_budget = budget
-    budget = escalation_budget(budget, num_steps, fixed is not None)
+    budget = escalate.checked_budget(budget, num_steps, fixed is not None)
     config = dataclasses.replace(
         calibrate.run_defaults,
         num_steps=num_steps or 1000,

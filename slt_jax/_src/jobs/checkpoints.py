@@ -164,7 +164,9 @@ def estimate_llc_checkpoints(
         resolved = prepared.config
         calibration = None
         if wants:  # the escalation's budget: at most what it spends (it stops when verified)
-            calibration = auto.escalation_budget(calibration_budget, resolved.num_steps, given)
+            from slt_jax._src.jobs import escalate
+
+            calibration = escalate.checked_budget(calibration_budget, resolved.num_steps, given)
         sweep = Sweep.of(prepared, checkpoint_set)
         return plan.dry_run(sweep, chunk_size, memory_budget, calibration=calibration)
     # The output directory is checked and locked (and a stored manifest read, which fixes

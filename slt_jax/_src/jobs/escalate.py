@@ -60,6 +60,7 @@ import math
 import jax
 import numpy as np
 
+from slt_jax._src import validation
 from slt_jax._src.jobs.autogrid import Scales, measure_scales
 
 #: The proxy relative step bias ``δ = εĀ/4`` of the larger step size of the first stage.
@@ -112,6 +113,24 @@ def minimum_budget(num_steps: int | None, fixed_localization: bool) -> int:
     """The chain-steps of the smallest stage (a budget below it is an error)."""
     cells = 2 if fixed_localization else 4
     return cells * CHAINS * (num_steps or MIN_STEPS)
+
+
+def checked_budget(budget: int | None, num_steps: int | None, fixed_localization: bool) -> int:
+    """The chain-steps ``step_size="auto"`` may spend: ``budget`` checked (at least the
+    smallest stage, naming it), or the default (:data:`DEFAULT_BUDGET`,
+    or 8 smallest stages if more). ``num_steps``: the stages' length when the user fixed it
+    (``None``: the calibration chooses it)."""
+    minimum = minimum_budget(num_steps, fixed_localization)
+    if budget is None:
+        return max(DEFAULT_BUDGET, 8 * minimum)
+    budget = validation.check_count("budget", budget, minimum=1)
+    if budget < minimum:
+        raise ValueError(
+            f"`budget` = {budget} chain-steps is below the minimum of {minimum} for "
+            f"step_size='auto': one stage of {2 if fixed_localization else 4} settings × "
+            f"{CHAINS} chains × {num_steps or MIN_STEPS} steps."
+        )
+    return budget
 
 
 def first_setting(scales: Scales, localization: float | None) -> tuple[float, float]:
