@@ -53,6 +53,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -227,6 +228,10 @@ def worker_devinterp(work: pathlib.Path, opts: dict) -> dict:
     )
 
     def call(path, chains, draws, seed, **over):
+        # devinterp returns the stored result when output_path already holds a finished run
+        # with the same settings (devinterp.slt.sampling.sample: "Cache"), so a repeat in the
+        # same work directory would time a read, not a run: start from an empty path.
+        shutil.rmtree(path, ignore_errors=True)
         out = llc(
             model,
             dataset,
