@@ -15,10 +15,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 # Compiling is about 90 % of the time of the processes these tests start, so XLA's CPU
 # backend compiles their programs at LLVM optimisation level 0: 1.5-2× less CPU, and the
 # same programs (XLA's own passes, the sharding and the buffers memory_analysis reports do
-# not change; LLVM without fast-math reorders no float arithmetic). Most scripts compare
-# programs of one process; the two-process test compares its processes' chains with the
-# pytest process's own (default level) at its unchanged tolerance. A run whose XLA_FLAGS
-# choose a level keeps it.
+# not change; only LLVM's code generation does). Most scripts compare programs of one
+# process; the two-process test compares its processes' chains with the pytest process's
+# own (default level) at its unchanged tolerance. A run whose XLA_FLAGS choose a level
+# keeps it.
 QUICK_BACKEND = "--xla_backend_optimization_level=0"
 
 
