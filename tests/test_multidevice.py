@@ -12,40 +12,76 @@ import pytest
 HERE = pathlib.Path(__file__).resolve().parent
 
 
+# Compiling is about 90 % of the time of the processes these tests start, so XLA's CPU
+# backend compiles their programs at LLVM optimisation level 0: 1.5-2× less CPU, and the
+# same programs (XLA's own passes, the sharding and the buffers memory_analysis reports do
+# not change; only LLVM's code generation does). Most scripts compare programs of one
+# process; the two-process test compares its processes' chains with the pytest process's
+# own (default level) at its unchanged tolerance. A run whose XLA_FLAGS choose a level
+# keeps it.
+QUICK_BACKEND = "--xla_backend_optimization_level=0"
+
+
+def _xla_flags(devices: int) -> str:
+    flags = os.environ.get("XLA_FLAGS", "")
+    quick = "" if "xla_backend_optimization_level" in flags else QUICK_BACKEND
+    return " ".join([flags, quick, f"--xla_force_host_platform_device_count={devices}"])
+
+
 def _env(devices: int) -> dict:
     return {
         **os.environ,
-        "XLA_FLAGS": " ".join(
-            [os.environ.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={devices}"]
-        ),
+        "XLA_FLAGS": _xla_flags(devices),
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         "PYTHONWARNINGS": "ignore",
     }
 
 
-def test_eight_devices_equal_one_with_uneven_counts_and_one_compilation():
+# Runs each script named on its command line in this one process, as ``python SCRIPT``
+# would, and prints one line per script: its last line of output, or its traceback.
+_RUN_EACH = """
+import contextlib, io, runpy, sys, traceback
+for script in sys.argv[1:]:
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(script, run_name="__main__")
+    except BaseException:
+        print(script, "FAILED: " + repr(traceback.format_exc()), sep="\\t")
+    else:
+        print(script, (out.getvalue().strip().splitlines() or [""])[-1], sep="\\t")
+"""
+EIGHT_DEVICE_SCRIPTS = ("multidevice_check.py", "model_parallel_check.py")
+
+
+@pytest.fixture(scope="module")
+def eight_devices() -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+    """The 8-device scripts, run one after the other in one process (one start of Python
+    and JAX for both): the run, and each script's line."""
     run = subprocess.run(
-        [sys.executable, str(HERE / "multidevice_check.py")],
+        [sys.executable, "-c", _RUN_EACH, *(str(HERE / s) for s in EIGHT_DEVICE_SCRIPTS)],
         env=_env(8),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
-    assert run.returncode == 0 and run.stdout.strip().endswith("OK"), run.stderr[-3000:]
+    lines = dict(line.split("\t", 1) for line in run.stdout.splitlines() if "\t" in line)
+    return run, {s: lines.get(str(HERE / s), "") for s in EIGHT_DEVICE_SCRIPTS}
 
 
-def test_a_model_axis_splits_each_chain_and_gives_the_same_chains():
+def test_eight_devices_equal_one_with_uneven_counts_and_one_compilation(eight_devices):
+    run, lines = eight_devices
+    line = lines["multidevice_check.py"]
+    assert run.returncode == 0 and line.strip().endswith("OK"), (line, run.stderr[-3000:])
+
+
+def test_a_model_axis_splits_each_chain_and_gives_the_same_chains(eight_devices):
     """2 × 4 (items × model) and 8-way model meshes, FSDP and tensor-parallel rules, equal
     one device; XLA's per-device argument bytes fall ~4× with the model axis; bad partition
     rules are errors before compiling (tests/model_parallel_check.py)."""
-    run = subprocess.run(
-        [sys.executable, str(HERE / "model_parallel_check.py")],
-        env=_env(8),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0 and run.stdout.strip().endswith("OK"), run.stderr[-3000:]
+    run, lines = eight_devices
+    line = lines["model_parallel_check.py"]
+    assert run.returncode == 0 and line.strip().endswith("OK"), (line, run.stderr[-3000:])
 
 
 def _free_port() -> int:

@@ -28,6 +28,7 @@ from slt_jax._src.engine import programs
 from slt_jax._src.samplers.noise import normal_entries
 from slt_jax.models.gpt_neox import GPTNeoX, GPTNeoXConfig
 
+QUICK_BACKEND = "--xla_backend_optimization_level=0"
 DIAGNOSTICS = ("weight_distance", "grad_norm", "noise_norm")
 KW = dict(
     num_chains=2,
@@ -118,9 +119,19 @@ def _assert_same(a, b):
         assert a[name].mala_acceptance.size == b[name].mala_acceptance.size
 
 
-def test_compact_chains_equal_the_mask_path_one_program_per_shape_group(neox, monkeypatch):
+@pytest.fixture(scope="module")
+def compact_run(neox):
+    """The compact chains of REFINEMENTS, and how many programs they compiled: the
+    reference of the streamed test too (the same chains: keys are common to refinements)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return _run(neox, REFINEMENTS, compact=True, monkeypatch=monkeypatch)
+
+
+def test_compact_chains_equal_the_mask_path_one_program_per_shape_group(
+    neox, compact_run, monkeypatch
+):
     _, params, _, layout = neox
-    compact, compiled = _run(neox, REFINEMENTS, compact=True, monkeypatch=monkeypatch)
+    compact, compiled = compact_run
     masked, mask_compiled = _run(neox, REFINEMENTS, compact=False, monkeypatch=monkeypatch)
     _assert_same(compact, masked)
     assert compact.num_selected == masked.num_selected
@@ -163,13 +174,13 @@ def test_observers_see_the_same_parameters(neox, monkeypatch):
         )
 
 
-def test_streamed_data_equal_in_memory_data(neox, monkeypatch):
+def test_streamed_data_equal_in_memory_data(neox, compact_run, monkeypatch):
     _, _, tokens, _ = neox
     refinements = {"l0h0": "l0h0", "l0h1": "l0h1", "l0 mlp": "l0 mlp"}
-    kw = dict(compact=True, monkeypatch=monkeypatch, diagnostic_every=0)
-    memory, _ = _run(neox, refinements, **kw)
+    # In memory: these refinements' chains of the compact run of all REFINEMENTS.
+    memory = {name: compact_run[0][name] for name in refinements}
     source = sj.HostArrays(tokens, vocab_size=31, device_bytes=2 * 2 * 8 * 9 * 4 * 5)
-    streamed, _ = _run(neox, refinements, data=source, **kw)
+    streamed, _ = _run(neox, refinements, data=source, compact=True, monkeypatch=monkeypatch)
     _assert_same(streamed, memory)
 
 
@@ -208,9 +219,15 @@ def test_sharded_compact_chains_equal_one_device():
     (and the mask path on 2 × 4) give one device's chains, to the float rounding of the
     partitioned arithmetic (rtol 2e-4, as tests/model_parallel_check.py)."""
     here = pathlib.Path(__file__).resolve().parent
+    # LLVM optimisation level 0 for the script's programs, as tests/test_multidevice.py's
+    # scripts: compiling is most of the script's time, and level 0 halves it; XLA's passes,
+    # the sharding and the float arithmetic compared (one process's programs against each
+    # other) are the same. A run whose XLA_FLAGS choose a level keeps it.
+    flags = os.environ.get("XLA_FLAGS", "")
+    quick = "" if "xla_backend_optimization_level" in flags else QUICK_BACKEND
     env = {
         **os.environ,
-        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8",
+        "XLA_FLAGS": " ".join([flags, quick, "--xla_force_host_platform_device_count=8"]),
         "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]),
         "PYTHONWARNINGS": "ignore",
     }
