@@ -261,7 +261,9 @@ def test_langevin_acceptance_equals_blackjax_mala():
         return -nbeta * 0.5 * jnp.sum(h * w**2) - gamma * 0.5 * jnp.sum((w - center) ** 2)
 
     mala = blackjax.mala(logdensity, eps / 2)
-    for seed in range(5):
+
+    @jax.jit  # one program for the five seeds (op by op, each operation compiles alone)
+    def both(seed):
         state = mala.init(center + 0.1 * seed)
         key = jax.random.key(seed)
         new_state, info = mala.step(key, state)
@@ -279,7 +281,11 @@ def test_langevin_acceptance_equals_blackjax_mala():
             proposal_grad=grad,
             step_size=eps,
         )
-        np.testing.assert_allclose(ours, info.acceptance_rate, rtol=1e-4, atol=1e-6)
+        return ours, info.acceptance_rate
+
+    for seed in range(5):
+        ours, theirs = both(seed)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
 
 
 def test_diagnostics_of_sgld():
