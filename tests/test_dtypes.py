@@ -26,9 +26,20 @@ def _loss(w, batch):
 KW = dict(num_steps=2000, step_size=5e-4, localization=1.0, batch_size=500)
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_low_precision_params_match_float32(dtype):
+@pytest.fixture(scope="module")
+def float32_reference():
+    """The float32 run both low-precision cases compare with (the same for each: computed
+    once)."""
     w, data = _regression()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sj.LLCDiagnosticWarning)
+        return sj.estimate_llc(_loss, jnp.asarray(w, jnp.float32), data, **KW)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_params_match_float32(dtype, float32_reference):
+    w, data = _regression()
+    reference = float32_reference
     seen = []
 
     def loss(w, batch):
@@ -37,7 +48,6 @@ def test_low_precision_params_match_float32(dtype):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sj.LLCDiagnosticWarning)
-        reference = sj.estimate_llc(_loss, jnp.asarray(w, jnp.float32), data, **KW)
         low = sj.estimate_llc(loss, jnp.asarray(w, dtype), data, **KW)
     assert set(seen) == {jnp.dtype(dtype)}  # the model always sees its own dtype
     assert not low.diverged.any()
@@ -46,8 +56,10 @@ def test_low_precision_params_match_float32(dtype):
     assert abs(low.llc_mean - reference.llc_mean) < 2 * reference.llc_stderr
 
 
-def test_64_bit_mode_with_float32_and_float64_params():
-    script = """
+# The two 64-bit scripts below run in one subprocess (JAX_ENABLE_X64 must be set before JAX
+# starts, hence a process of its own): one interpreter and one JAX start-up for both. Each
+# runs in a namespace of its own; its output, exit status and traceback are its own.
+X64_PARAMS = """
 import warnings; warnings.simplefilter("ignore")
 import jax, jax.numpy as jnp, numpy as np, slt_jax as sj
 assert jax.config.jax_enable_x64
@@ -60,13 +72,65 @@ for dt in (jnp.float32, jnp.float64):
     r = sj.estimate_llc(loss, jnp.asarray(w, dt), (x.astype(dt), y.astype(dt)), **kw)
     print(r.llc_mean, r.llc_stderr)
 """
+
+X64_OBSERVABLES = """
+import warnings; warnings.simplefilter("ignore")
+import jax, jax.numpy as jnp, numpy as np, slt_jax as sj
+rng = np.random.default_rng(0)
+x = rng.standard_normal((4096, 2)); y = x @ np.array([1., -2.]) + 0.3 * rng.standard_normal(4096)
+w = jnp.asarray(np.linalg.lstsq(x, y, rcond=None)[0])
+loss = lambda w, b: 3e4 + 0.5 * jnp.mean((b[0] @ w - b[1]) ** 2)
+res = sj.estimate_refined_llc(loss, w, (x, y), None, observables={"all": (x, y)},
+    probe=(x[:3], y[:3]), observe_every=1, num_chains=2, num_steps=500, step_size=1e-4,
+    localization=1.0, batch_size=4096)
+obs = res.observables["all"]
+print(res["all"].llc_mean, obs.llc_mean[0], obs.loss_trace.dtype)
+"""
+
+_RUN_EACH = """
+import contextlib, io, sys, traceback
+for script in sys.argv[1:]:
+    out, err, status = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            exec(compile(script, "<script>", "exec"), {"__name__": "__main__"})
+        except BaseException:
+            traceback.print_exc()
+            status = 1
+    print("@@result", repr((status, out.getvalue(), err.getvalue())), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def x64_runs():
+    """``{"params": ..., "observables": ...}``: each script's ``CompletedProcess``-like
+    result (``returncode``, ``stdout``, ``stderr``), from one process in 64-bit mode."""
+    import ast
+    import types
+
+    scripts = {"params": X64_PARAMS, "observables": X64_OBSERVABLES}
     out = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", _RUN_EACH, *scripts.values()],
         capture_output=True,
         text=True,
         env={**__import__("os").environ, "JAX_ENABLE_X64": "1"},
         timeout=300,
     )
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = [
+        ast.literal_eval(line.removeprefix("@@result "))
+        for line in out.stdout.splitlines()
+        if line.startswith("@@result ")
+    ]
+    assert len(results) == len(scripts), out.stdout[-2000:]
+    return {
+        name: types.SimpleNamespace(returncode=status, stdout=stdout, stderr=stderr)
+        for name, (status, stdout, stderr) in zip(scripts, results, strict=True)
+    }
+
+
+def test_64_bit_mode_with_float32_and_float64_params(x64_runs):
+    out = x64_runs["params"]
     assert out.returncode == 0, out.stderr[-2000:]
     (m32, s32), (m64, s64) = [map(float, line.split()) for line in out.stdout.split("\n")[:2]]
     # Different noise streams (float32 vs float64 normals): independent estimates of the same
@@ -121,30 +185,11 @@ def test_bf16_init_loss_is_not_rounded_to_bf16():
     assert res.loss_trace.dtype in (np.float32, np.float64)
 
 
-def test_64_bit_mode_keeps_observables_in_float64():
+def test_64_bit_mode_keeps_observables_in_float64(x64_runs):
     """An observable equal to the training data, full batch: its data-refined LLC is the LLC
     itself, draw by draw. A loss offset of 3e4 leaves float32 ~2e-3 of resolution, which
     had made the observable's LLC 0.66 against 0.98."""
-    script = """
-import warnings; warnings.simplefilter("ignore")
-import jax, jax.numpy as jnp, numpy as np, slt_jax as sj
-rng = np.random.default_rng(0)
-x = rng.standard_normal((4096, 2)); y = x @ np.array([1., -2.]) + 0.3 * rng.standard_normal(4096)
-w = jnp.asarray(np.linalg.lstsq(x, y, rcond=None)[0])
-loss = lambda w, b: 3e4 + 0.5 * jnp.mean((b[0] @ w - b[1]) ** 2)
-res = sj.estimate_refined_llc(loss, w, (x, y), None, observables={"all": (x, y)},
-    probe=(x[:3], y[:3]), observe_every=1, num_chains=2, num_steps=500, step_size=1e-4,
-    localization=1.0, batch_size=4096)
-obs = res.observables["all"]
-print(res["all"].llc_mean, obs.llc_mean[0], obs.loss_trace.dtype)
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env={**__import__("os").environ, "JAX_ENABLE_X64": "1"},
-        timeout=300,
-    )
+    out = x64_runs["observables"]
     assert out.returncode == 0, out.stderr[-2000:]
     llc, observed, dtype = out.stdout.split()
     assert dtype == "float64"

@@ -273,7 +273,7 @@ def test_dln_sgld_llc_minimally_singular_matches_aoyagi_and_the_oracle():
     truth = dln.true_parameters(widths, rank, jax.random.key(0))
     target = dln.product(truth)
     flat, unravel = ravel_pytree(truth)
-    hessian = jax.hessian(lambda v: dln.population_loss(unravel(v), target))(flat)
+    hessian = jax.jit(jax.hessian(lambda v: dln.population_loss(unravel(v), target)))(flat)
     eig = np.linalg.eigvalsh(np.asarray(hessian, np.float64))
     eig = np.where(eig > 1e-4 * eig.max(), eig, 0.0)  # float32 zeros are ~1e-7
     lam, multiplicity = sj.theory.dln_learning_coefficient(widths, rank)

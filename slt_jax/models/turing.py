@@ -222,8 +222,11 @@ def random_code(key: jax.Array, num_states: int, *, dtype=jnp.float32) -> dict:
     """Parameters ``u ~ N(0, I)``: a code drawn from the Dirichlet(½) prior on every simplex."""
     shapes = {"write": len(SYMBOLS), "move": len(MOVES), "next": num_states}
     keys = jax.random.split(key, len(_KEYS))
+    rows = num_states * len(SYMBOLS)  # drawn as matrices: the same values, compiled faster
     return {
-        name: jax.random.normal(k, (num_states, len(SYMBOLS), shapes[name]), dtype)
+        name: jax.random.normal(k, (rows, shapes[name]), dtype).reshape(
+            num_states, len(SYMBOLS), shapes[name]
+        )
         for name, k in zip(_KEYS, keys, strict=True)
     }
 
