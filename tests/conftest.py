@@ -11,14 +11,20 @@ import pytest
 import slt_jax as sj
 
 # XLA's CPU compiler, chosen before JAX starts a backend (importing JAX and slt_jax does
-# not). The suite is compile-bound: about 90 % of an in-process test's time is tracing and
-# compiling small programs. XLA's legacy CPU fusion emitters compile them about 1.6× faster
-# than its default ones and run them up to ~15 % slower (benchmarks/README.md, "The test
-# suite's compiler"), so every test, and every process a test starts (they inherit the
-# environment), compiles with them. What the tests check, slt_jax's behaviour, is the same
-# under either; SLT_JAX_TEST_XLA_DEFAULTS=1 runs the suite with XLA's defaults. A JAX whose
-# XLA lacks the flag (XLA aborts on an unknown flag) is probed once and keeps its defaults.
-FAST_CPU_COMPILATION = "--xla_cpu_use_fusion_emitters=false"
+# not). The suite is compile-bound: most of an in-process test's time is tracing and
+# compiling small programs, most of a compile is LLVM's code generation, and most programs
+# run for milliseconds. So every test, and every process a test starts (they inherit the
+# environment), compiles with XLA's legacy CPU fusion emitters and LLVM at optimisation
+# level 0 without its expensive passes: the same HLO programs (XLA's own passes, sharding
+# and buffers unchanged), code generated about twice as fast and running slower (the suite:
+# 507 s -> 376 s; the few tests that run long chains take up to 2.4x longer; benchmarks/
+# README.md, "The test suite's compiler"). What the tests check, slt_jax's behaviour, is the
+# same; SLT_JAX_TEST_XLA_DEFAULTS=1 runs the suite with XLA's defaults. A JAX whose XLA
+# lacks a flag (XLA aborts on an unknown flag) is probed once and keeps its defaults.
+FAST_CPU_COMPILATION = (
+    "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0 "
+    "--xla_llvm_disable_expensive_passes=true"
+)
 
 
 def _compile_fast_on_cpu() -> None:
@@ -126,29 +132,29 @@ def chain_program(loss_fn, keys, center, data, *, arrays=None, **options):
     return trace, float(programs.center_losses(loss_fn, one, data, config.batch_size)[0])
 
 
-# The test files that take longest (pytest --durations, Dec 2026; the order only needs to be
+# The test files that take longest (SLT_JAX_TEST_CPU_LOG, 7 Dec 2026; the order only needs to be
 # roughly right), run first: with the files shared out to pytest-xdist workers
 # (scripts/dev.sh test), a long file started last would leave the other worker idle at the
 # end. The order of the tests within a file, and of the other files, is unchanged.
 LONGEST_FIRST = (
+    "test_calibration_league.py",
     "test_multidevice.py",
     "test_notebooks.py",
-    "test_lm_cli.py",
-    "test_docs.py",
-    "test_lm_loss.py",
-    "test_sweep.py",
     "test_restricted.py",
-    "test_calibrate.py",
-    "test_init_loss.py",
-    "test_dtypes.py",
-    "test_engine.py",
-    "test_calibration_league.py",
-    "test_lm_models.py",
-    "test_known_answers.py",
-    "test_demo.py",
-    "test_checkpoints.py",
+    "test_sweep.py",
+    "test_models_attention.py",
     "test_streaming.py",
+    "test_lm_loss.py",
+    "test_accelerator_bench.py",
+    "test_scale.py",
+    "test_docs.py",
+    "test_refined.py",
     "test_refined_sweep.py",
+    "test_models_icl.py",
+    "test_lm_cli.py",
+    "test_calibrate.py",
+    "test_samplers.py",
+    "test_models_turing.py",
 )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -19,16 +18,6 @@ import numpy as np
 import pytest
 
 SCRIPT = pathlib.Path(__file__).parents[1] / "benchmarks" / "bench_devinterp.py"
-
-# XLA's cheapest code generation (accelerator.py's SMOKE_XLA_FLAGS) for the benchmark's
-# processes, which inherit the environment: compiling is most of a --quick run's time, and
-# this test checks the script and its report, not its speed.
-SMOKE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
-def _smoke_env() -> dict:
-    flags = f"{os.environ.get('XLA_FLAGS', '')} {SMOKE_XLA_FLAGS}".strip()
-    return {**os.environ, "XLA_FLAGS": flags}
 
 
 def _devinterp_ran(report) -> bool:
@@ -45,7 +34,6 @@ def _run(tmp_path, *args, timeout=300):
         [sys.executable, str(SCRIPT), "--quick", *args, "--json", str(out_json)],
         capture_output=True,
         text=True,
-        env=_smoke_env(),
         timeout=timeout,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

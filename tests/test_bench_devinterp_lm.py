@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import pathlib
 import subprocess
 import sys
@@ -19,17 +18,6 @@ import sys
 import pytest
 
 SCRIPT = pathlib.Path(__file__).parents[1] / "benchmarks" / "bench_devinterp_lm.py"
-
-# XLA's cheapest code generation (accelerator.py's SMOKE_XLA_FLAGS) for the benchmark's
-# processes, which inherit the environment: compiling is most of a --quick run's time, and
-# this test checks the script and its report, not its speed.
-SMOKE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
-def _smoke_env() -> dict:
-    flags = f"{os.environ.get('XLA_FLAGS', '')} {SMOKE_XLA_FLAGS}".strip()
-    return {**os.environ, "XLA_FLAGS": flags}
-
 
 pytestmark = pytest.mark.skipif(
     not all(importlib.util.find_spec(m) for m in ("torch", "transformers")),
@@ -59,7 +47,6 @@ def test_quick_writes_a_report(tmp_path):
         ],
         capture_output=True,
         text=True,
-        env=_smoke_env(),
         timeout=600,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

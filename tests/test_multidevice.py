@@ -12,26 +12,12 @@ import pytest
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-# Compiling is about 90 % of the time of the processes these tests start, so XLA's CPU
-# backend compiles their programs at LLVM optimisation level 0: 1.5-2× less CPU, and the
-# same programs (XLA's own passes, the sharding and the buffers memory_analysis reports do
-# not change; only LLVM's code generation does). Most scripts compare programs of one
-# process; the two-process test compares its processes' chains with the pytest process's
-# own (default level) at its unchanged tolerance. A run whose XLA_FLAGS choose a level
-# keeps it.
-QUICK_BACKEND = "--xla_backend_optimization_level=0"
-
-
-def _xla_flags(devices: int) -> str:
-    flags = os.environ.get("XLA_FLAGS", "")
-    quick = "" if "xla_backend_optimization_level" in flags else QUICK_BACKEND
-    return " ".join([flags, quick, f"--xla_force_host_platform_device_count={devices}"])
-
-
 def _env(devices: int) -> dict:
     return {
         **os.environ,
-        "XLA_FLAGS": _xla_flags(devices),
+        "XLA_FLAGS": " ".join(
+            [os.environ.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={devices}"]
+        ),
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         "PYTHONWARNINGS": "ignore",
     }

@@ -28,7 +28,6 @@ from slt_jax._src.engine import programs
 from slt_jax._src.samplers.noise import normal_entries
 from slt_jax.models.gpt_neox import GPTNeoX, GPTNeoXConfig
 
-QUICK_BACKEND = "--xla_backend_optimization_level=0"
 DIAGNOSTICS = ("weight_distance", "grad_norm", "noise_norm")
 KW = dict(
     num_chains=2,
@@ -219,15 +218,9 @@ def test_sharded_compact_chains_equal_one_device():
     (and the mask path on 2 × 4) give one device's chains, to the float rounding of the
     partitioned arithmetic (rtol 2e-4, as tests/model_parallel_check.py)."""
     here = pathlib.Path(__file__).resolve().parent
-    # LLVM optimisation level 0 for the script's programs, as tests/test_multidevice.py's
-    # scripts: compiling is most of the script's time, and level 0 halves it; XLA's passes,
-    # the sharding and the float arithmetic compared (one process's programs against each
-    # other) are the same. A run whose XLA_FLAGS choose a level keeps it.
-    flags = os.environ.get("XLA_FLAGS", "")
-    quick = "" if "xla_backend_optimization_level" in flags else QUICK_BACKEND
     env = {
         **os.environ,
-        "XLA_FLAGS": " ".join([flags, quick, "--xla_force_host_platform_device_count=8"]),
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8",
         "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]),
         "PYTHONWARNINGS": "ignore",
     }
