@@ -21,10 +21,14 @@ import slt_jax as sj
 # README.md, "The test suite's compiler"). What the tests check, slt_jax's behaviour, is the
 # same; SLT_JAX_TEST_XLA_DEFAULTS=1 runs the suite with XLA's defaults. A JAX whose XLA
 # lacks a flag (XLA aborts on an unknown flag) is probed once and keeps its defaults.
-FAST_CPU_COMPILATION = (
-    "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0 "
-    "--xla_llvm_disable_expensive_passes=true"
-)
+LLVM_LEVEL_0 = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+FAST_CPU_COMPILATION = f"--xla_cpu_use_fusion_emitters=false {LLVM_LEVEL_0}"
+
+
+def optimized_code_env() -> dict:
+    """This process's environment with LLVM's optimisation back at XLA's default level, for
+    a test that starts a process whose chains run long enough to pay for it."""
+    return {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace(LLVM_LEVEL_0, "")}
 
 
 def _compile_fast_on_cpu() -> None:
@@ -137,7 +141,6 @@ def chain_program(loss_fn, keys, center, data, *, arrays=None, **options):
 # (scripts/dev.sh test), a long file started last would leave the other worker idle at the
 # end. The order of the tests within a file, and of the other files, is unchanged.
 LONGEST_FIRST = (
-    "test_calibration_league.py",
     "test_multidevice.py",
     "test_notebooks.py",
     "test_restricted.py",
@@ -145,6 +148,7 @@ LONGEST_FIRST = (
     "test_models_attention.py",
     "test_streaming.py",
     "test_lm_loss.py",
+    "test_calibration_league.py",
     "test_accelerator_bench.py",
     "test_scale.py",
     "test_docs.py",
