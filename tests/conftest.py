@@ -31,6 +31,57 @@ def optimized_code_env() -> dict:
     return {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace(LLVM_LEVEL_0, "")}
 
 
+# Runs Python sources given as (file name, source) pairs on its command line one after the
+# other, each in a namespace of its own, and prints one line per source: its exit status,
+# standard output and standard error, as a process of its own would give them.
+_RUN_EACH = """
+import contextlib, io, sys, traceback
+args = sys.argv[1:]
+for filename, source in zip(args[::2], args[1::2]):
+    out, err, status = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            exec(compile(source, filename, "exec"), {"__name__": "__main__", "__file__": filename})
+        except BaseException:
+            traceback.print_exc()
+            status = 1
+    print("@@result", repr((status, out.getvalue(), err.getvalue())), flush=True)
+"""
+
+
+def run_each(scripts: dict, *, env: dict, timeout: float) -> dict:
+    """``scripts`` (name → a script's path, or its source) run in one new process, one after
+    the other, each as ``python SCRIPT`` would run it but with one start of Python and JAX
+    for all: name → its ``returncode``, ``stdout`` and ``stderr``."""
+    import ast
+    import pathlib
+    import types
+
+    args = []
+    for name, script in scripts.items():
+        if isinstance(script, pathlib.Path):
+            args += [str(script), script.read_text()]
+        else:
+            args += [f"<{name}>", script]
+    run = subprocess.run(
+        [sys.executable, "-c", _RUN_EACH, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    results = [
+        ast.literal_eval(line.removeprefix("@@result "))
+        for line in run.stdout.splitlines()
+        if line.startswith("@@result ")
+    ]
+    assert run.returncode == 0 and len(results) == len(scripts), run.stderr[-3000:]
+    return {
+        name: types.SimpleNamespace(returncode=status, stdout=stdout, stderr=stderr)
+        for name, (status, stdout, stderr) in zip(scripts, results, strict=True)
+    }
+
+
 def _compile_fast_on_cpu() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if os.environ.get("SLT_JAX_TEST_XLA_DEFAULTS") or "xla_cpu_use_fusion_emitters" in flags:

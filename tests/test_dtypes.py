@@ -1,12 +1,11 @@
 """Low-precision parameters and 64-bit mode run end to end (chains held in ≥ float32)."""
 
-import subprocess
-import sys
 import warnings
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_each
 from test_known_answers import minibatch_band
 
 import slt_jax as sj
@@ -87,46 +86,14 @@ obs = res.observables["all"]
 print(res["all"].llc_mean, obs.llc_mean[0], obs.loss_trace.dtype)
 """
 
-_RUN_EACH = """
-import contextlib, io, sys, traceback
-for script in sys.argv[1:]:
-    out, err, status = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            exec(compile(script, "<script>", "exec"), {"__name__": "__main__"})
-        except BaseException:
-            traceback.print_exc()
-            status = 1
-    print("@@result", repr((status, out.getvalue(), err.getvalue())), flush=True)
-"""
-
 
 @pytest.fixture(scope="module")
 def x64_runs():
-    """``{"params": ..., "observables": ...}``: each script's ``CompletedProcess``-like
-    result (``returncode``, ``stdout``, ``stderr``), from one process in 64-bit mode."""
-    import ast
-    import types
-
+    """``{"params": ..., "observables": ...}``: each script's ``returncode``, ``stdout`` and
+    ``stderr``, from one process in 64-bit mode."""
     scripts = {"params": X64_PARAMS, "observables": X64_OBSERVABLES}
-    out = subprocess.run(
-        [sys.executable, "-c", _RUN_EACH, *scripts.values()],
-        capture_output=True,
-        text=True,
-        env={**__import__("os").environ, "JAX_ENABLE_X64": "1"},
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    results = [
-        ast.literal_eval(line.removeprefix("@@result "))
-        for line in out.stdout.splitlines()
-        if line.startswith("@@result ")
-    ]
-    assert len(results) == len(scripts), out.stdout[-2000:]
-    return {
-        name: types.SimpleNamespace(returncode=status, stdout=stdout, stderr=stderr)
-        for name, (status, stdout, stderr) in zip(scripts, results, strict=True)
-    }
+    env = {**__import__("os").environ, "JAX_ENABLE_X64": "1"}
+    return run_each(scripts, env=env, timeout=300)
 
 
 def test_64_bit_mode_with_float32_and_float64_params(x64_runs):

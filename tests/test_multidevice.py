@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import run_each
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -23,51 +24,27 @@ def _env(devices: int) -> dict:
     }
 
 
-# Runs each script named on its command line in this one process, as ``python SCRIPT``
-# would, and prints one line per script: its last line of output, or its traceback.
-_RUN_EACH = """
-import contextlib, io, runpy, sys, traceback
-for script in sys.argv[1:]:
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            runpy.run_path(script, run_name="__main__")
-    except BaseException:
-        print(script, "FAILED: " + repr(traceback.format_exc()), sep="\\t")
-    else:
-        print(script, (out.getvalue().strip().splitlines() or [""])[-1], sep="\\t")
-"""
 EIGHT_DEVICE_SCRIPTS = ("multidevice_check.py", "model_parallel_check.py")
 
 
 @pytest.fixture(scope="module")
-def eight_devices() -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+def eight_devices() -> dict:
     """The 8-device scripts, run one after the other in one process (one start of Python
-    and JAX for both): the run, and each script's line."""
-    run = subprocess.run(
-        [sys.executable, "-c", _RUN_EACH, *(str(HERE / s) for s in EIGHT_DEVICE_SCRIPTS)],
-        env=_env(8),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    lines = dict(line.split("\t", 1) for line in run.stdout.splitlines() if "\t" in line)
-    return run, {s: lines.get(str(HERE / s), "") for s in EIGHT_DEVICE_SCRIPTS}
+    and JAX for both): each script's ``returncode``, ``stdout`` and ``stderr``."""
+    return run_each({s: HERE / s for s in EIGHT_DEVICE_SCRIPTS}, env=_env(8), timeout=900)
 
 
 def test_eight_devices_equal_one_with_uneven_counts_and_one_compilation(eight_devices):
-    run, lines = eight_devices
-    line = lines["multidevice_check.py"]
-    assert run.returncode == 0 and line.strip().endswith("OK"), (line, run.stderr[-3000:])
+    run = eight_devices["multidevice_check.py"]
+    assert run.returncode == 0 and run.stdout.strip().endswith("OK"), run.stderr[-3000:]
 
 
 def test_a_model_axis_splits_each_chain_and_gives_the_same_chains(eight_devices):
     """2 × 4 (items × model) and 8-way model meshes, FSDP and tensor-parallel rules, equal
     one device; XLA's per-device argument bytes fall ~4× with the model axis; bad partition
     rules are errors before compiling (tests/model_parallel_check.py)."""
-    run, lines = eight_devices
-    line = lines["model_parallel_check.py"]
-    assert run.returncode == 0 and line.strip().endswith("OK"), (line, run.stderr[-3000:])
+    run = eight_devices["model_parallel_check.py"]
+    assert run.returncode == 0 and run.stdout.strip().endswith("OK"), run.stderr[-3000:]
 
 
 def _free_port() -> int:
