@@ -20,7 +20,7 @@ stamp="$VENV/.slt_jax-installed"
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # --no-compile: Python byte-compiles each module when it is first imported, so installing
-  # does not byte-compile every file of torch and transformers first (~30 s on 2 cores).
+  # does not byte-compile every file of torch and transformers first (~35 s of one core).
   "$VENV/bin/python" -m pip install --quiet --no-compile --upgrade pip
   "$VENV/bin/python" -m pip install --quiet --no-compile -e ".[test]"
   echo "$want" > "$stamp"

@@ -89,6 +89,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slt_jax.models import _init
+
 BLANK, A, B = 0, 1, 2
 SYMBOLS = "_AB"
 LEFT, STAY, RIGHT = 0, 1, 2
@@ -222,11 +224,9 @@ def random_code(key: jax.Array, num_states: int, *, dtype=jnp.float32) -> dict:
     """Parameters ``u ~ N(0, I)``: a code drawn from the Dirichlet(½) prior on every simplex."""
     shapes = {"write": len(SYMBOLS), "move": len(MOVES), "next": num_states}
     keys = jax.random.split(key, len(_KEYS))
-    rows = num_states * len(SYMBOLS)  # drawn as matrices: the same values, compiled faster
+    normal = _init.as_matrix(jax.random.normal, num_in_axes=2)  # the same values, faster
     return {
-        name: jax.random.normal(k, (rows, shapes[name]), dtype).reshape(
-            num_states, len(SYMBOLS), shapes[name]
-        )
+        name: normal(k, (num_states, len(SYMBOLS), shapes[name]), dtype)
         for name, k in zip(_KEYS, keys, strict=True)
     }
 

@@ -20,7 +20,7 @@ from slt_jax._src.io.checkpoints import Chunk, as_checkpoint_set
 from slt_jax._src.io.fingerprint import loss_fingerprint, manifest
 from slt_jax._src.io.lazy import CheckpointReadError
 from slt_jax._src.io.store import ResultStore, check_out, read_manifest, stored_chunk_size
-from slt_jax._src.jobs import auto, memory, orchestrate, plan, report, traced
+from slt_jax._src.jobs import auto, escalate, memory, orchestrate, plan, report, traced
 from slt_jax._src.jobs.observation import Observation, observation_options
 from slt_jax._src.results import CalibrationRecord, LLCResult, concat_results, stack_results
 
@@ -164,8 +164,6 @@ def estimate_llc_checkpoints(
         resolved = prepared.config
         calibration = None
         if wants:  # the escalation's budget: at most what it spends (it stops when verified)
-            from slt_jax._src.jobs import escalate
-
             calibration = escalate.checked_budget(calibration_budget, resolved.num_steps, given)
         sweep = Sweep.of(prepared, checkpoint_set)
         return plan.dry_run(sweep, chunk_size, memory_budget, calibration=calibration)
