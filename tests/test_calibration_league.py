@@ -178,3 +178,29 @@ def test_quick_league_table_and_score(league, tmp_path):
     assert "| family | cases | within ±15 %" in printed
     for line in ("within ±15 %", "trusted and outside ±25 %", "errors", "median cost"):
         assert line in printed
+
+
+def test_dln_localized_posterior_exact_on_one_layer(tmp_path):
+    """benchmarks/dln_localized_posterior.py samples f(N) = E[N·K(u)] under
+    exp(−N·K(u) − ½‖u‖²). With one layer K = ½‖u‖² and the posterior is Gaussian with
+    precision N + 1, so f(N) = (d/2)·N/(N + 1) exactly; the tolerance is five standard
+    errors of the mean of N·K over the draws (its variance is (d/2)·(N/(N + 1))²)."""
+    script = SCRIPT.parent / "dln_localized_posterior.py"
+    out = tmp_path / "f.json"
+    chains, draws = 4, 300
+    args = ["--widths", "3-4", "--log-n", "1", "--chains", str(chains), "--warmup", "300"]
+    run = subprocess.run(
+        [sys.executable, str(script), *args, "--draws", str(draws), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    d, n = 12, 10.0
+    expected = d / 2 * n / (n + 1)
+    assert result["llc"] == d / 2  # λ of a one-layer (regular) network
+    sd_of_mean = math.sqrt(d / 2 * (n / (n + 1)) ** 2 / (chains * draws))
+    assert abs(row["f"] - expected) < 5 * sd_of_mean, (row, expected)
+    assert row["rel_error"] == pytest.approx((row["f"] - d / 2) / (d / 2))
