@@ -87,11 +87,27 @@ print(res["all"].llc_mean, obs.llc_mean[0], obs.loss_trace.dtype)
 """
 
 
+X64_EXACT = """
+import warnings; warnings.simplefilter("ignore")
+import jax, jax.numpy as jnp, numpy as np, slt_jax as sj
+rng = np.random.default_rng(0)
+x = rng.normal(size=(500, 3)); y = x @ np.ones(3) + rng.normal(size=500)
+w = np.linalg.lstsq(x, y, rcond=None)[0]
+loss = lambda w, b: 0.5 * jnp.mean((b[0] @ w - b[1]) ** 2)
+kw = dict(num_chains=2, localization=1.0, batch_size=500)
+for sampler, eps, steps in (("mala", 2e-3, 1500), ("hmc", 2e-2, 100), ("nuts", 5e-2, 100)):
+    for dt in (jnp.float32, jnp.float64):
+        r = sj.estimate_llc(loss, jnp.asarray(w, dt), (x.astype(dt), y.astype(dt)),
+                            sampler=sampler, step_size=eps, num_steps=steps, **kw)
+        print(sampler, np.dtype(dt).name, r.llc_mean, r.llc_stderr)
+"""
+
+
 @pytest.fixture(scope="module")
 def x64_runs():
-    """``{"params": ..., "observables": ...}``: each script's ``returncode``, ``stdout`` and
-    ``stderr``, from one process in 64-bit mode."""
-    scripts = {"params": X64_PARAMS, "observables": X64_OBSERVABLES}
+    """``{"params": ..., "observables": ..., "exact": ...}``: each script's ``returncode``,
+    ``stdout`` and ``stderr``, from one process in 64-bit mode."""
+    scripts = {"params": X64_PARAMS, "observables": X64_OBSERVABLES, "exact": X64_EXACT}
     env = {**__import__("os").environ, "JAX_ENABLE_X64": "1"}
     return run_each(scripts, env=env, timeout=300)
 
@@ -161,3 +177,21 @@ def test_64_bit_mode_keeps_observables_in_float64(x64_runs):
     llc, observed, dtype = out.stdout.split()
     assert dtype == "float64"
     assert abs(float(llc) - float(observed)) < 1e-6 * abs(float(llc))
+
+
+def test_64_bit_mode_runs_the_exact_samplers_on_float32_params(x64_runs):
+    """With x64 on, BlackJAX draws MALA's noise and HMC's momenta in float64 whatever the
+    position's type; a float32 chain had failed to trace (cond/scan types differ). Each
+    exact sampler now runs on float32 and float64 parameters, and the two estimates of the
+    same posterior agree (different noise streams: within 4 combined standard errors)."""
+    out = x64_runs["exact"]
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split() for line in out.stdout.strip().split("\n")]
+    assert [(r[0], r[1]) for r in rows] == [
+        (s, d) for s in ("mala", "hmc", "nuts") for d in ("float32", "float64")
+    ]
+    by = {(r[0], r[1]): (float(r[2]), float(r[3]), None) for r in rows}
+    for sampler in ("mala", "hmc", "nuts"):
+        (m32, s32, _), (m64, s64, _) = by[sampler, "float32"], by[sampler, "float64"]
+        assert np.isfinite([m32, m64, s32, s64]).all(), sampler
+        assert abs(m32 - m64) < 4 * np.hypot(s32, s64), (sampler, m32, m64)

@@ -7,6 +7,11 @@ an SGLD setting's bias is measured. ``batch`` is the whole data set at every ste
 
 Step sizes: MALA takes SGLD's ``ε`` (proposal ``N(w + ε/2·∇log p, εI)``, BlackJAX's step
 ``ε/2``); HMC and NUTS take the leapfrog step. The mass matrix is the identity.
+
+With ``jax_enable_x64`` on, BlackJAX draws its noise and momenta in float64 whatever the
+position's type, which a float32 chain's state cannot carry (a type error while tracing).
+A transition then runs in float64 (:func:`_widened`) and its state is stored back in the
+chain's own types, so a chain holds the same types with x64 on or off.
 """
 
 from __future__ import annotations
@@ -25,6 +30,15 @@ def _num_elements(tree: PyTree) -> int:
     return sum(x.size for x in jax.tree.leaves(tree))
 
 
+def _widened(tree: PyTree) -> PyTree:
+    """``tree``'s floating leaves in float64 when ``jax_enable_x64`` is on (else as given)."""
+    if not jax.config.jax_enable_x64:
+        return tree
+    return jax.tree.map(
+        lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+
+
 def _exact_kernel(logdensity, loss_of, transition, init_state) -> Kernel:
     """Wrap a BlackJAX ``(state, logdensity_fn, step_size) -> (state, info)`` transition."""
 
@@ -32,7 +46,9 @@ def _exact_kernel(logdensity, loss_of, transition, init_state) -> Kernel:
         return init_state(position, lambda w: logdensity(w, batch))
 
     def step(key, state, batch, step_size):
-        new_state, info = transition(key, state, lambda w: logdensity(w, batch), step_size)
+        wide = _widened(state)  # see the module docstring
+        new_state, info = transition(key, wide, lambda w: logdensity(w, batch), step_size)
+        new_state = jax.tree.map(lambda x, old: x.astype(old.dtype), new_state, state)
         loss = loss_of(state.logdensity, state.position)
         acceptance = jnp.asarray(info.acceptance_rate, jnp.float32)
         return new_state, StepInfo(loss, state.logdensity_grad, None, acceptance)
