@@ -31,6 +31,11 @@ set was near λ (a miss is then the sampler's), and what a stronger localization
     python benchmarks/dln_localized_posterior.py \
         --league benchmarks/results/calibration_league_escalate42_seed0.json
 
+With ``--mala EPS`` it also samples the same ``exp(−N·K(u) − ½‖u‖²)`` with slt_jax's own
+Metropolis-adjusted Langevin sampler (``sampler="mala"``, exact gradients of ``K`` with
+``S = I``, ``nβ = 1000`` and ``γ = (nβ/N)^{1/L}``, 4 chains × ``--mala-steps``): a check of
+the NUTS figures by another exact sampler.
+
 Prints one row per ``N`` (per case); ``--json`` writes them.
 """
 
@@ -99,6 +104,43 @@ def exact_f(widths, log_n, *, chains=4, warmup=1500, draws=1500, seed=0) -> dict
     }
 
 
+def mala_row(widths, log_n: float, step_size: float, steps: int) -> dict:
+    """``f(N)`` by slt_jax's MALA on ``K`` with ``S = I`` (see the module docstring)."""
+    import slt_jax as sj
+
+    nbeta, layers = 1000.0, len(widths) - 1
+    gamma = (nbeta / 10.0**log_n) ** (1.0 / layers)
+
+    def loss_fn(kernels, batch):
+        product = kernels[0]
+        for kernel in kernels[1:]:
+            product = product @ kernel
+        return 0.5 * jnp.sum(product**2) + 0.0 * jnp.sum(batch)  # the data are a placeholder
+
+    kernels = [jnp.zeros((a, b), jnp.float32) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+    result = sj.estimate_llc(
+        loss_fn,
+        kernels,
+        jnp.zeros((1, 1), jnp.float32),
+        sampler="mala",
+        step_size=step_size,
+        localization=gamma,
+        nbeta=nbeta,
+        batch_size=1,
+        num_chains=4,
+        num_steps=steps,
+        seed=0,
+        diagnostic_every=10,
+    )
+    return {
+        "step_size": step_size,
+        "localization": gamma,
+        "f": float(result.llc_mean),
+        "f_stderr": float(result.llc_stderr),
+        "health": result.health(),
+    }
+
+
 def sgld_rows(case_name: str, log_n: float, step_sizes, steps: int) -> list[dict]:
     """SGLD on the league case at the localization of ``N = 10**log_n``, one row per step
     size (4 chains, half burn-in, the case's batch size and ``nβ = n/log n``)."""
@@ -150,6 +192,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--draws", type=int, default=1500)
     parser.add_argument("--sgld", default="", help="step sizes for SGLD (needs --case)")
     parser.add_argument("--steps", type=int, default=200_000, help="SGLD steps per chain")
+    parser.add_argument("--mala", type=float, help="also sample f(N) with MALA at this ε")
+    parser.add_argument("--mala-steps", type=int, default=100_000)
     parser.add_argument("--league", help="a calibration_league --json file (its dln rows)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
@@ -185,6 +229,14 @@ def main(argv=None) -> list[dict]:
             f"{row['wall_s']:.0f} s",
             flush=True,
         )
+        if args.mala:
+            row["mala"] = m = mala_row(widths, log_n, args.mala, args.mala_steps)
+            print(
+                f"    MALA γ = {m['localization']:.3g}, ε = {m['step_size']:g}: "
+                f"{m['f']:.3f} ± {m['f_stderr']:.3f} "
+                f"({100 * (m['f'] - lam) / lam:+.1f} % of λ); health: {m['health'] or 'ok'}",
+                flush=True,
+            )
         if args.sgld:
             row["sgld"] = sgld_rows(
                 args.case, log_n, [float(e) for e in args.sgld.split(",")], args.steps
