@@ -95,11 +95,12 @@ x = rng.normal(size=(500, 3)); y = x @ np.ones(3) + rng.normal(size=500)
 w = np.linalg.lstsq(x, y, rcond=None)[0]
 loss = lambda w, b: 0.5 * jnp.mean((b[0] @ w - b[1]) ** 2)
 kw = dict(num_chains=2, localization=1.0, batch_size=500)
-for sampler, eps, steps in (("mala", 2e-3, 1500), ("hmc", 2e-2, 100), ("nuts", 5e-2, 100)):
-    for dt in (jnp.float32, jnp.float64):
-        r = sj.estimate_llc(loss, jnp.asarray(w, dt), (x.astype(dt), y.astype(dt)),
-                            sampler=sampler, step_size=eps, num_steps=steps, **kw)
-        print(sampler, np.dtype(dt).name, r.llc_mean, r.llc_stderr)
+runs = (("mala", jnp.float64, 2e-3, 1500), ("mala", jnp.float32, 2e-3, 1500),
+        ("hmc", jnp.float32, 2e-2, 100), ("nuts", jnp.float32, 5e-2, 100))
+for sampler, dt, eps, steps in runs:
+    r = sj.estimate_llc(loss, jnp.asarray(w, dt), (x.astype(dt), y.astype(dt)),
+                        sampler=sampler, step_size=eps, num_steps=steps, **kw)
+    print(sampler, np.dtype(dt).name, r.llc_mean, r.llc_stderr)
 """
 
 
@@ -182,16 +183,20 @@ def test_64_bit_mode_keeps_observables_in_float64(x64_runs):
 def test_64_bit_mode_runs_the_exact_samplers_on_float32_params(x64_runs):
     """With x64 on, BlackJAX draws MALA's noise and HMC's momenta in float64 whatever the
     position's type; a float32 chain had failed to trace (cond/scan types differ). Each
-    exact sampler now runs on float32 and float64 parameters, and the two estimates of the
-    same posterior agree (different noise streams: within 4 combined standard errors)."""
+    exact sampler now runs on float32 parameters, and its estimate agrees with MALA's on
+    float64 parameters: all are Metropolis-corrected samplers of the same posterior, with
+    different noise streams (within 4 combined standard errors)."""
     out = x64_runs["exact"]
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line.split() for line in out.stdout.strip().split("\n")]
-    assert [(r[0], r[1]) for r in rows] == [
-        (s, d) for s in ("mala", "hmc", "nuts") for d in ("float32", "float64")
+    names = [(r[0], r[1]) for r in rows]
+    assert names == [
+        ("mala", "float64"),
+        ("mala", "float32"),
+        ("hmc", "float32"),
+        ("nuts", "float32"),
     ]
-    by = {(r[0], r[1]): (float(r[2]), float(r[3]), None) for r in rows}
-    for sampler in ("mala", "hmc", "nuts"):
-        (m32, s32, _), (m64, s64, _) = by[sampler, "float32"], by[sampler, "float64"]
-        assert np.isfinite([m32, m64, s32, s64]).all(), sampler
-        assert abs(m32 - m64) < 4 * np.hypot(s32, s64), (sampler, m32, m64)
+    (m64, s64), *others = [(float(r[2]), float(r[3])) for r in rows]
+    for (sampler, _), (m, se) in zip(names[1:], others, strict=True):
+        assert np.isfinite([m, se]).all(), sampler
+        assert abs(m - m64) < 4 * np.hypot(se, s64), (sampler, m, m64)
