@@ -54,6 +54,26 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from slt_jax._src.config import default_nbeta  # noqa: E402  (nβ = n/log n, the league's)
+
+
+def half_product_norm(kernels) -> jax.Array:
+    """``K = ½‖K_1 ⋯ K_L‖²_F``: a rank-0 DLN's ``L_n(w) − L_n(0)`` with ``S = I``."""
+    product = kernels[0]
+    for kernel in kernels[1:]:
+        product = product @ kernel
+    return 0.5 * jnp.sum(product**2)
+
+
+def localization_for(nbeta: float, log_n: float, layers: int) -> float:
+    """The ``γ`` whose ``N = nβ·γ^{-L}`` is ``10**log_n``."""
+    return (nbeta / 10.0**log_n) ** (1.0 / layers)
+
+
+def log_n_of(nbeta: float, localization: float, layers: int) -> float:
+    """``log10 N`` of ``(nβ, γ)``: the inverse of :func:`localization_for`."""
+    return math.log10(nbeta) - layers * math.log10(localization)
+
 
 def exact_f(widths, log_n, *, chains=4, warmup=1500, draws=1500, seed=0) -> dict:
     """``f(N)`` for ``N = 10**log_n`` by NUTS: the mean over ``chains`` chains of ``N·K(u)``
@@ -65,13 +85,15 @@ def exact_f(widths, log_n, *, chains=4, warmup=1500, draws=1500, seed=0) -> dict
     dim = sum(sizes)
     big_n = 10.0**log_n
 
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+
     def kl(u):
-        offsets = np.concatenate([[0], np.cumsum(sizes)])
-        product = None
-        for (a, b), start, stop in zip(shapes, offsets[:-1], offsets[1:], strict=True):
-            layer = u[start:stop].reshape(a, b)
-            product = layer if product is None else product @ layer
-        return 0.5 * jnp.sum(product**2)
+        return half_product_norm(
+            [
+                u[start:stop].reshape(a, b)
+                for (a, b), start, stop in zip(shapes, offsets[:-1], offsets[1:], strict=True)
+            ]
+        )
 
     def logdensity(u):
         return -big_n * kl(u) - 0.5 * jnp.sum(u**2)
@@ -108,14 +130,11 @@ def mala_row(widths, log_n: float, step_size: float, steps: int) -> dict:
     """``f(N)`` by slt_jax's MALA on ``K`` with ``S = I`` (see the module docstring)."""
     import slt_jax as sj
 
-    nbeta, layers = 1000.0, len(widths) - 1
-    gamma = (nbeta / 10.0**log_n) ** (1.0 / layers)
+    nbeta = 1000.0
+    gamma = localization_for(nbeta, log_n, len(widths) - 1)
 
     def loss_fn(kernels, batch):
-        product = kernels[0]
-        for kernel in kernels[1:]:
-            product = product @ kernel
-        return 0.5 * jnp.sum(product**2) + 0.0 * jnp.sum(batch)  # the data are a placeholder
+        return half_product_norm(kernels) + 0.0 * jnp.sum(batch)  # the data are a placeholder
 
     kernels = [jnp.zeros((a, b), jnp.float32) for a, b in zip(widths[:-1], widths[1:], strict=True)]
     result = sj.estimate_llc(
@@ -141,19 +160,15 @@ def mala_row(widths, log_n: float, step_size: float, steps: int) -> dict:
     }
 
 
-def sgld_rows(case_name: str, log_n: float, step_sizes, steps: int) -> list[dict]:
-    """SGLD on the league case at the localization of ``N = 10**log_n``, one row per step
-    size (4 chains, half burn-in, the case's batch size and ``nβ = n/log n``)."""
+def sgld_rows(case, log_n: float, step_sizes, steps: int) -> list[dict]:
+    """SGLD on the league ``case`` at the localization of ``N = 10**log_n``, one row per
+    step size (4 chains, half burn-in, the case's batch size and ``nβ = n/log n``)."""
     import calibration_league as league
 
     import slt_jax as sj
 
-    seed, family, index = case_name.split("/")
-    case = league.draw_case(int(seed), family, int(index))
     loss_fn, w_star, data = league.build(case)
-    nbeta = case.n / math.log(case.n)
-    layers = len(case.spec["widths"]) - 1
-    gamma = (nbeta / 10.0**log_n) ** (1.0 / layers)
+    gamma = localization_for(default_nbeta(case.n), log_n, len(case.spec["widths"]) - 1)
     rows = []
     for eps in step_sizes:
         start = time.perf_counter()
@@ -206,6 +221,7 @@ def main(argv=None) -> list[dict]:
         parser.error("give one of --widths and --case")
     if args.sgld and args.case is None:
         parser.error("--sgld needs --case")
+    case = None
     if args.case is not None:
         import calibration_league as league
 
@@ -239,7 +255,7 @@ def main(argv=None) -> list[dict]:
             )
         if args.sgld:
             row["sgld"] = sgld_rows(
-                args.case, log_n, [float(e) for e in args.sgld.split(",")], args.steps
+                case, log_n, [float(e) for e in args.sgld.split(",")], args.steps
             )
             for s in row["sgld"]:
                 print(
@@ -260,8 +276,7 @@ def league_rows(args) -> list[dict]:
         if row["family"] != "dln" or row["estimate"] is None:
             continue
         layers = len(row["spec"]["widths"]) - 1
-        nbeta = row["n"] / math.log(row["n"])
-        used = math.log10(nbeta) - layers * math.log10(row["localization"])
+        used = log_n_of(default_nbeta(row["n"]), row["localization"], layers)
         out = {"case": row["case"], "widths": row["spec"]["widths"], "llc": row["llc"]}
         out["estimate"], out["log10_N_used"] = row["estimate"], used
         for name, log_n in (("at_used", used), ("at_10", 1.0)):
