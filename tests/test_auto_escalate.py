@@ -132,3 +132,49 @@ def test_the_run_length_is_chosen_only_where_num_steps_was_left():
     assert length_is_free(sj.LLCConfig(num_steps=left.num_steps))
     assert not length_is_free(sj.LLCConfig(num_steps=given.num_steps))
     assert type(given.num_steps) is int
+
+
+# --------------------------------------------------------------- the moves, on judged stages
+
+
+def _stage(means, problems, *, gammas=(0.1, 1.0), step_sizes=(1e-4, 2e-4), sd=0.2, seed=0):
+    """A judged stage as :func:`escalate._next_move` reads it: cells over
+    ``(step_sizes, gammas, 1)`` with λ̂ ``means[a][j]`` (4 chains × 400 draws of independent
+    noise ``sd`` per draw) and the problem kinds ``problems[a][j]``."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(seed)
+    results, kinds = [], []
+    for a, eps in enumerate(step_sizes):
+        for j, gamma in enumerate(gammas):
+            trace = means[a][j] + sd * rng.normal(size=(4, 400))
+            trace -= trace.mean() - means[a][j]
+            results.append(
+                SimpleNamespace(
+                    llc_mean=float(means[a][j]),
+                    llc_stderr=float(sd / np.sqrt(trace.size)),
+                    llc_trace=trace,
+                    diverged=np.zeros(4, bool),
+                    config=SimpleNamespace(step_size=eps, localization=gamma),
+                )
+            )
+            kinds.append(dict.fromkeys(problems[a][j], "…"))
+    return SimpleNamespace(
+        shape=(len(step_sizes), len(gammas), 1), results=results, problems=kinds, fits=()
+    )
+
+
+def _move(cal, *, left=(), first=False):
+    return escalate._next_move(cal, 2e-4, 1.0, False, False, True, set(left), first)
+
+
+def test_disagreeing_chains_with_too_few_draws_run_longer_not_more_localized():
+    # rhat beside ess: a run too short to judge, so four times the steps at the same γ
+    short = _stage([[5.0, 5.0], [5.0, 5.0]], [[(), ("rhat", "ess")], [(), ("rhat", "ess")]])
+    assert _move(short) == (2e-4, 1.0, 4.0, False)
+    # rhat with enough draws (from the second stage on): the chains leave w*'s basin
+    apart = _stage([[5.0, 5.0], [5.0, 5.0]], [[(), ("rhat",)], [(), ()]])
+    assert _move(apart) == (2e-4, 10.0, 1.0, False)
+    assert _move(apart, first=True) == (2e-4, 1.0, 4.0, False)  # the first stage: longer
+    drift = _stage([[5.0, 5.0], [5.0, 5.0]], [[(), ("wandering", "ess")], [(), ()]])
+    assert _move(drift, first=True) == (2e-4, 10.0, 1.0, False)  # ‖w − w*‖ grows: always

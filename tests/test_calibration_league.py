@@ -204,3 +204,35 @@ def test_dln_localized_posterior_exact_on_one_layer(tmp_path):
     sd_of_mean = math.sqrt(d / 2 * (n / (n + 1)) ** 2 / (chains * draws))
     assert abs(row["f"] - expected) < 5 * sd_of_mean, (row, expected)
     assert row["rel_error"] == pytest.approx((row["f"] - d / 2) / (d / 2))
+
+
+def test_league_exact_on_a_regular_case(league, tmp_path):
+    """benchmarks/league_exact.py samples a league case's localized posterior by NUTS on the
+    full data. On a linear regression with ``w*`` at the least-squares fit, ``L_n − L_n(w*)
+    = ½ δᵀSδ`` (``S = XᵀX/n``), so the posterior is Gaussian with precision ``nβS + γ``
+    and ``f(γ) = ½ Σ nβsᵢ/(nβsᵢ + γ)`` exactly (``sᵢ`` the eigenvalues of ``S``); the
+    tolerance is five standard errors of the mean over the draws (variance
+    ``½ Σ (nβsᵢ/(nβsᵢ + γ))²``)."""
+    script = SCRIPT.parent / "league_exact.py"
+    out = tmp_path / "exact.json"
+    chains, draws, gamma = 4, 300, 100.0
+    run = subprocess.run(
+        [sys.executable, str(script), "--case", "1/linear_regression/6", "--gammas", str(gamma)]
+        + ["--chains", str(chains), "--warmup", "300", "--draws", str(draws), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    case = league.draw_case(1, "linear_regression", 6)
+    _, _, (x, _) = league.build(case)
+    x = np.asarray(x, np.float64)
+    s = np.linalg.eigvalsh(x.T @ x / case.n)
+    nbeta = case.n / math.log(case.n)
+    ratio = nbeta * s / (nbeta * s + gamma)
+    expected = 0.5 * ratio.sum()
+    sd_of_mean = math.sqrt(0.5 * (ratio**2).sum() / (chains * draws))
+    assert abs(row["f"] - expected) < 5 * sd_of_mean, (row, expected)
+    assert row["nbeta"] == pytest.approx(nbeta)
+    assert row["rel_f"] == pytest.approx(row["f"] / case.llc - 1)
