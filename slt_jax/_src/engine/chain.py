@@ -129,12 +129,26 @@ class Parts(NamedTuple):
 
 
 def chain_parts(
-    loss_fn, static: Static, key, center, arrays: Arrays, restriction=EVERYTHING, observer=None
+    loss_fn,
+    static: Static,
+    key,
+    center,
+    arrays: Arrays,
+    restriction=EVERYTHING,
+    observer=None,
+    *,
+    burnin=None,
 ) -> Parts:
     """The parts of one chain (see :func:`run_chain`, which runs them over on-device data).
 
     The chain samples in the restriction's coordinates: ``origin`` (the centre there) is
-    where it starts and what it is localized to; an observer sees the full parameters."""
+    where it starts and what it is localized to; an observer sees the full parameters.
+
+    ``burnin``: the number of burn-in steps as a traced value, for a chain whose length is
+    a runtime value (:mod:`slt_jax._src.engine.blocks`; ``static.num_burnin`` and
+    ``static.num_draws`` are then not read). A step's output is then ``(record, row)``:
+    ``row`` the :data:`DIAGNOSTICS` of a draw that takes them (NaN on the other steps),
+    where a chain of static length fills a buffer in its carry; there is no observer."""
     origin = restriction.origin(center)
     loss = restriction.loss(
         transforms.evaluation(
@@ -156,6 +170,11 @@ def chain_parts(
     eps_at = step_size_at(static, arrays)
     paired, every = static.estimator == "paired", static.diagnostic_every
     observe_every = observer.every if observer is not None else 0
+    rows = burnin is not None  # the diagnostics come out with each step (see above)
+    if rows and observer is not None:
+        raise ValueError("a chain of runtime length has no observer.")
+    first_draw = static.num_burnin if burnin is None else burnin
+    no_row = lambda: jnp.full((len(DIAGNOSTICS),), jnp.nan, jnp.float32)  # noqa: E731
 
     def recorded(t, state, new_state, info, eps, batch, evaluation, diagnostics, observed):
         """A draw's record (the loss, with the paired reference) and its diagnostics and
@@ -166,14 +185,19 @@ def chain_parts(
             out = _wide(loss(state.position, evaluation))
         read_on = batch if evaluation is None else evaluation
         out = (out, _wide(loss(origin, read_on))) if paired else out
-        draw = t - static.num_burnin
+        draw = t - first_draw
         if every:
             values = lambda: measure(  # noqa: E731
                 loss, static, origin, arrays, info, state, new_state, batch, eps, restriction
             )
-            diagnostics = periodically(
-                draw, every, lambda d: d.at[:, draw // every].set(values()), diagnostics
-            )
+            if rows:
+                out = (out, jax.lax.cond(draw % every == 0, values, no_row))
+            else:
+                diagnostics = periodically(
+                    draw, every, lambda d: d.at[:, draw // every].set(values()), diagnostics
+                )
+        elif rows:
+            out = (out, no_row())
         if observe_every:  # the observer sees w_t in the model's own float types
             moved = restriction.params(state.position, center)
             at = jax.tree.map(lambda w, c: w.astype(c.dtype), moved, center)
@@ -194,16 +218,18 @@ def chain_parts(
             new_state = new_state._replace(position=position)
         finite = jnp.isfinite(info.loss) & tree_all_finite(new_state.position)
         args = (t, state, new_state, info, eps, batch, evaluation)
-        if record is False:  # a burn-in step records its minibatch loss only
+        if record is False and not rows:  # a burn-in step records its minibatch loss only
             out = _wide(info.loss)
-        elif record is True:
+        elif record is True and not rows:
             out, diagnostics, observed = recorded(*args, diagnostics, observed)
         else:  # traced (burn-in and draws in one scan): a branch on the step, not the chain
             loss_t = _wide(info.loss)
+            skipped = (loss_t, jnp.zeros_like(loss_t)) if paired else loss_t
+            skipped = (skipped, no_row()) if rows else skipped
             out, diagnostics, observed = jax.lax.cond(
                 record,
                 lambda d, o: recorded(*args, d, o),
-                lambda d, o: ((loss_t, jnp.zeros_like(loss_t)) if paired else loss_t, d, o),
+                lambda d, o: (skipped, d, o),
                 diagnostics,
                 observed,
             )
@@ -211,7 +237,8 @@ def chain_parts(
 
     def init(batch):
         start = jax.tree.map(lambda c: c.astype(sampling_dtype(c.dtype)), origin)
-        diagnostics = jnp.full((len(DIAGNOSTICS), static.num_diagnostics), jnp.nan, jnp.float32)
+        length = 0 if rows else static.num_diagnostics
+        diagnostics = jnp.full((len(DIAGNOSTICS), length), jnp.nan, jnp.float32)
         observed = observer.init() if observer is not None else None
         return (kernel.init(start, batch), jnp.asarray(False), diagnostics, observed)
 

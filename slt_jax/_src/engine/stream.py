@@ -180,7 +180,7 @@ def _start(loss_fn, static, items, source, mesh, plugins, observed):
     return inputs, take, blocks, feeder, pending, carry
 
 
-def _carry_by_rows(carry, mesh):
+def carry_by_rows(carry, mesh):
     """The carry with every leaf that came back replicated placed by rows over the items
     axes, as the others are, so that every block call sees one placement (one compilation):
     init returns the leaves it computes from shared inputs alone replicated (the
@@ -209,7 +209,7 @@ def run_items(loss_fn, static: Static, items, source, mesh, *, plugins, observed
             if i + 1 < len(blocks):
                 pending = feeder.submit(*blocks[i + 1])
             carry, out = run(
-                *inputs, _carry_by_rows(carry, mesh), _steps(start, length, mesh), batches
+                *inputs, carry_by_rows(carry, mesh), _steps(start, length, mesh), batches
             )
             outputs.append(out)
     finally:
@@ -236,4 +236,4 @@ def lower_items(loss_fn, static: Static, items, source, mesh, *, plugins, observ
     finally:
         feeder.close()
     run = _program("block", loss_fn, static, plugins, mesh, items.shared)
-    return run.lower(*inputs, _carry_by_rows(carry, mesh), _steps(*blocks[0], mesh), batches)
+    return run.lower(*inputs, carry_by_rows(carry, mesh), _steps(*blocks[0], mesh), batches)

@@ -178,6 +178,8 @@ def calibrated_setting(
             steps,
             key,
             nbeta=nbeta,
+            # stages of changing lengths (the calibration chooses them): one compilation
+            block_steps=escalate.BLOCK_STEPS if num_steps is None else 0,
             **judge,
         )
 

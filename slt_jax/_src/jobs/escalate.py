@@ -82,6 +82,10 @@ SE_TARGET = 0.025
 MAX_LENGTH_FACTOR = 8
 #: At most this many stages.
 MAX_STAGES = 8
+#: Where the calibration chooses the stages' lengths, their chains run in blocks of this
+#: many steps, the length a runtime value (:mod:`slt_jax._src.engine.blocks`): the stages,
+#: of changing lengths, compile once (with a fixed ``num_steps`` they share one length).
+BLOCK_STEPS = 1024
 
 _UNSTABLE = {"diverged", "acceptance", "init_loss", "step_bias"}
 _UNSETTLED = {"nonstationary", "wandering", "ess", "rhat", "below_init", "negative"}

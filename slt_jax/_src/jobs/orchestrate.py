@@ -27,6 +27,7 @@ programs of them):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -37,7 +38,7 @@ import numpy as np
 from slt_jax._src import data as _data
 from slt_jax._src import sources, validation
 from slt_jax._src.config import EXACT, LLCConfig
-from slt_jax._src.engine import programs, stream
+from slt_jax._src.engine import blocks, programs, stream
 from slt_jax._src.engine.interfaces import ChainTrace
 from slt_jax._src.estimators.llc import init_loss_estimate, summarize
 from slt_jax._src.jobs import report, traced
@@ -256,18 +257,22 @@ def run(
     plugins: programs.Plugins = programs.NO_PLUGINS,
     observed: PyTree = None,
     pad_to: int | None = None,
+    block_steps: int = 0,
 ) -> list[Outcome]:
     """Run every group's chains in one compiled program and summarize each group.
 
     ``centers`` are stacked (leading axis: centres), ``losses`` their ``L_n(w*)`` and its
     standard error (:func:`center_losses`). ``pad_to``: repeat the last group up to this
     many groups so that every call of a chunked job has the same shapes (one compilation).
+    ``block_steps``: run on-device chains in blocks of this many steps, their length a
+    runtime value (:mod:`slt_jax._src.engine.blocks`: runs of every length share one
+    compilation); 0: one scan.
     """
     statics = {g.config.static() for g in groups}
     if len(statics) != 1:
         raise ValueError("the groups of one run must share the static configuration.")
     padded = list(groups) + [groups[-1]] * max(0, (pad_to or 0) - len(groups))
-    runner = stream.run_items if sources.is_source(data) else programs.run_items
+    runner = _runner(data, block_steps)
     traces = runner(
         traced.unwrap(loss_fn),  # see traced: a chain program traces the loss itself
         statics.pop(),
@@ -287,13 +292,24 @@ def run(
     return outcomes
 
 
+def _runner(data, block_steps: int):
+    """What runs the items: streamed from a host source, on the device in blocks of a
+    runtime length, or on the device in one scan."""
+    if sources.is_source(data):
+        return stream.run_items
+    if block_steps:
+        return functools.partial(blocks.run_items, block_steps=block_steps)
+    return programs.run_items
+
+
 class Program(NamedTuple):
-    """The groups of one compiled program of a run, its plug-ins, and the number of groups
-    to pad to (see :func:`run`)."""
+    """The groups of one compiled program of a run, its plug-ins, the number of groups to
+    pad to and the block length of a run of runtime length (see :func:`run`)."""
 
     groups: Sequence[Group]
     plugins: programs.Plugins = programs.NO_PLUGINS
     pad_to: int | None = None
+    block_steps: int = 0
 
 
 def run_prepared(
@@ -345,6 +361,7 @@ def run_prepared(
             plugins=program.plugins,
             observed=observed,
             pad_to=program.pad_to,
+            block_steps=program.block_steps,
         )
     return outcomes
 
