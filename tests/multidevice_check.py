@@ -54,4 +54,29 @@ same(
 compiled = sharding.num_compiled()
 sj.estimate_llc_checkpoints(sweep_factory.loss_fn, snapshots, data, seed=9, mesh=mesh, **sweep_kw)
 assert sharding.num_compiled() == compiled, (sharding.num_compiled(), compiled)
+
+# Chains of a runtime length (engine/blocks.py, the calibration's stages): 2 settings × 5
+# chains over 8 devices (padded), in blocks of 64, give the single-device scan's chains.
+from slt_jax._src.jobs import grid, orchestrate  # noqa: E402
+
+config = sj.LLCConfig(num_chains=5, num_burnin=50, **kw)
+cells = [
+    dict(step_size=1e-3, localization=10.0, nbeta=None),
+    dict(step_size=5e-4, localization=1.0, nbeta=None),
+]
+blocked = grid.run_grid(
+    orchestrate.prepare_run(sweep_factory.loss_fn, snapshots[1], data, config),
+    cells,
+    config=config,
+    common_keys=True,
+    block_steps=64,
+)
+scan = grid.run_grid(
+    orchestrate.prepare_run(sweep_factory.loss_fn, snapshots[1], data, config, devices=one),
+    cells,
+    config=config,
+    common_keys=True,
+)
+for a, b in zip(blocked, scan, strict=True):
+    same(a, b)
 print("OK")
