@@ -26,6 +26,7 @@ blocks against one scan, medians.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -100,9 +101,8 @@ def _steady(case_name: str, steps: int, repeats: int) -> dict:
         for attempt in range(repeats + 1):
             for name, k in ways.items():
                 start = time.perf_counter()
-                results = grid.run_grid(
-                    prepared, cells, config=config, common_keys=True, block_steps=k
-                )
+                run = dataclasses.replace(prepared, block_steps=k)
+                results = grid.run_grid(run, cells, config=config, common_keys=True)
                 took = time.perf_counter() - start
                 if attempt == 0:
                     out[name]["first_s"] = took

@@ -1,5 +1,6 @@
 """Run with 8 forced host devices (see test_multidevice.py): sharded equals single-device."""
 
+import dataclasses
 import warnings
 
 import jax
@@ -65,11 +66,13 @@ cells = [
     dict(step_size=5e-4, localization=1.0, nbeta=None),
 ]
 blocked = grid.run_grid(
-    orchestrate.prepare_run(sweep_factory.loss_fn, snapshots[1], data, config),
+    dataclasses.replace(
+        orchestrate.prepare_run(sweep_factory.loss_fn, snapshots[1], data, config),
+        block_steps=64,
+    ),
     cells,
     config=config,
     common_keys=True,
-    block_steps=64,
 )
 scan = grid.run_grid(
     orchestrate.prepare_run(sweep_factory.loss_fn, snapshots[1], data, config, devices=one),

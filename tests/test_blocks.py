@@ -1,6 +1,7 @@
 """Chains of a runtime length (engine/blocks.py): the same chains as one scan, and one
 compilation for runs of every length; the calibration's stages run that way."""
 
+import dataclasses
 import warnings
 
 import jax.numpy as jnp
@@ -42,13 +43,12 @@ PROBLEM = _regression()  # one loss function: a compiled program is cached per l
 def _grid(config, block_steps):
     loss_fn, w, data = PROBLEM
     prepared = orchestrate.prepare_run(loss_fn, w, data, config)
+    prepared = dataclasses.replace(prepared, block_steps=block_steps)
     cells = [dict(step_size=2e-4, localization=1.0, nbeta=None)]
     cells.append(dict(step_size=1e-4, localization=10.0, nbeta=None))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sj.LLCDiagnosticWarning)
-        return grid.run_grid(
-            prepared, cells, config=config, common_keys=True, block_steps=block_steps
-        )
+        return grid.run_grid(prepared, cells, config=config, common_keys=True)
 
 
 @pytest.mark.parametrize(

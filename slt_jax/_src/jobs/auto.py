@@ -162,7 +162,11 @@ def calibrated_setting(
         seed=jax.random.fold_in(prepared.key, _CALIBRATION_STREAM),
         **options,
     )
-    checked = prepared.with_config(stand_in(config, localization=fixed or 1.0, nbeta=nbeta))
+    checked = dataclasses.replace(
+        prepared.with_config(stand_in(config, localization=fixed or 1.0, nbeta=nbeta)),
+        # stages of changing lengths (where the calibration chooses them): one compilation
+        block_steps=escalate.BLOCK_STEPS if num_steps is None else 0,
+    )
     judge = dict(tolerance=BIAS_TOLERANCE, check_localization=fixed is None)
 
     def stage(step_sizes, localizations, chains, steps, key):
@@ -178,8 +182,6 @@ def calibrated_setting(
             steps,
             key,
             nbeta=nbeta,
-            # stages of changing lengths (the calibration chooses them): one compilation
-            block_steps=escalate.BLOCK_STEPS if num_steps is None else 0,
             **judge,
         )
 

@@ -280,15 +280,12 @@ def run_stage(
     tolerance: float = BIAS_TOLERANCE,
     check_localization: bool = True,
     acceptance_band: tuple[float, float] = ACCEPTANCE_BAND,
-    block_steps: int = 0,
 ) -> Calibration:
     """One judged grid (one compiled program) on a ``prepared`` run taken as checked: the
     stage of the escalating calibration of ``step_size="auto"``
     (:mod:`slt_jax._src.jobs.escalate`); ``config`` gives the other options (its
-    ``num_burnin`` included). ``block_steps``: the chains run in blocks of this many steps,
-    their length a runtime value, so that stages of every length share one compilation
-    (:mod:`slt_jax._src.engine.blocks`); 0: one scan."""
-    run = dict(prepared=prepared, nbetas=[nbeta], config=config, block_steps=block_steps)
+    ``num_burnin`` included)."""
+    run = dict(prepared=prepared, nbetas=[nbeta], config=config)
     judge = dict(
         acceptance_band=acceptance_band,
         tolerance=float(tolerance),
@@ -307,13 +304,7 @@ def _stage(step_sizes, localizations, num_chains, num_steps, seed, run, judge, *
     config = dataclasses.replace(
         run["config"], num_chains=num_chains, num_steps=num_steps, seed=seed
     )
-    results = run_grid(
-        run["prepared"],
-        cells,
-        config=config,
-        common_keys=True,
-        block_steps=run.get("block_steps", 0),
-    )
+    results = run_grid(run["prepared"], cells, config=config, common_keys=True)
     shape = (len(step_sizes), len(localizations), len(nbetas))
     problems = [cell_health(r, judge["acceptance_band"], judge["tolerance"]) for r in results]
     verdict = assess(

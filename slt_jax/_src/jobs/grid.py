@@ -25,7 +25,6 @@ def run_grid(
     *,
     config: LLCConfig,
     common_keys: bool,
-    block_steps: int = 0,
 ) -> list[LLCResult]:
     """One :class:`~slt_jax.LLCResult` per entry of ``settings`` (dicts of ``step_size``,
     ``localization`` and ``nβ``; ``None``: n/log n), the other options from ``config``, on
@@ -34,9 +33,7 @@ def run_grid(
 
     ``common_keys``: every setting's chain ``i`` uses the same key (common random numbers:
     differences between settings are then measured with less noise); otherwise each
-    setting gets its own keys. ``block_steps``: run the chains in blocks of this many steps,
-    their length a runtime value (:mod:`slt_jax._src.engine.blocks`: grids of every length
-    then share one compilation); 0: one scan.
+    setting gets its own keys.
     """
     if not settings:
         raise ValueError("the grid of settings is empty.")
@@ -60,5 +57,4 @@ def run_grid(
         )
         for c, k in zip(configs, keys, strict=True)
     ]
-    work = [orchestrate.Program(groups, block_steps=block_steps)]
-    return [o.result for o in orchestrate.run_prepared(first, work)]
+    return [o.result for o in orchestrate.run_prepared(first, groups)]

@@ -88,6 +88,9 @@ class Prepared:
       config: the resolved configuration.
       key: the run's key (from ``config.seed``).
       mesh: where the chains run (:func:`slt_jax._src.engine.programs.resolve_mesh`).
+      block_steps: on-device chains run in blocks of this many steps, their length a
+        runtime value (:mod:`slt_jax._src.engine.blocks`: runs of every length share one
+        compilation, as the escalating calibration's stages do); 0: one scan.
     """
 
     loss_fn: Any
@@ -96,6 +99,7 @@ class Prepared:
     config: LLCConfig
     key: jax.Array
     mesh: Any
+    block_steps: int = 0
 
     def with_config(self, config: LLCConfig) -> Prepared:
         """The same run with another setting (a calibrated step size, a grid cell):
@@ -303,13 +307,12 @@ def _runner(data, block_steps: int):
 
 
 class Program(NamedTuple):
-    """The groups of one compiled program of a run, its plug-ins, the number of groups to
-    pad to and the block length of a run of runtime length (see :func:`run`)."""
+    """The groups of one compiled program of a run, its plug-ins, and the number of groups
+    to pad to (see :func:`run`)."""
 
     groups: Sequence[Group]
     plugins: programs.Plugins = programs.NO_PLUGINS
     pad_to: int | None = None
-    block_steps: int = 0
 
 
 def run_prepared(
@@ -361,7 +364,7 @@ def run_prepared(
             plugins=program.plugins,
             observed=observed,
             pad_to=program.pad_to,
-            block_steps=program.block_steps,
+            block_steps=prepared.block_steps,
         )
     return outcomes
 
