@@ -87,21 +87,7 @@ def _program(phase: str, loss_fn, static: Static, plugins, mesh, shared: bool):
         per_item = _PER_ITEM[phase]
         if shared:  # one centre for every item (programs.Items.shared): not batched
             per_item = (per_item[0], False, *per_item[2:])
-        if static.chain_layout == "map":
-
-            def per_device(*inputs):
-                def chain(row):
-                    rows = iter(row)
-                    return one(
-                        *(next(rows) if p else x for x, p in zip(inputs, per_item, strict=True))
-                    )
-
-                mapped = tuple(x for x, p in zip(inputs, per_item, strict=True) if p)
-                return programs.map_in_batches(chain, mapped, static.chain_batch)
-
-        else:
-            per_device = jax.vmap(one, in_axes=tuple(0 if p else None for p in per_item))
-        return programs.over_items(per_device, mesh, per_item)
+        return programs.over_items(programs.over_chains(one, per_item, static), mesh, per_item)
 
     return programs._cached(("blocks", phase, loss_fn, static, plugins, mesh, shared), build)
 

@@ -248,21 +248,28 @@ def over_items(per_device, mesh: Mesh, per_item: tuple[bool, ...]):
     return jax.jit(sharded)
 
 
+def over_chains(one, per_item: tuple[bool, ...], static: Static):
+    """``one`` (a function of one chain's arguments) over a device's chains, the arguments
+    flagged in ``per_item`` holding one row per chain: a ``vmap``, or with
+    ``chain_layout="map"`` a map over groups of ``chain_batch`` vmapped chains."""
+    if static.chain_layout != "map":
+        return jax.vmap(one, in_axes=tuple(0 if p else None for p in per_item))
+
+    def per_device(*inputs):
+        def chain(rows):
+            rows = iter(rows)
+            return one(*(next(rows) if p else x for x, p in zip(inputs, per_item, strict=True)))
+
+        mapped = tuple(x for x, p in zip(inputs, per_item, strict=True) if p)
+        return map_in_batches(chain, mapped, static.chain_batch)
+
+    return per_device
+
+
 def _build(loss_fn, static: Static, plugins: Plugins, mesh: Mesh, shared: bool = False):
     one = functools.partial(item, loss_fn, static, plugins)
-    if static.chain_layout == "map":
-
-        def per_device(keys, centers, data, arrays, args, observed):
-            def chain(xs):
-                center = centers if shared else xs[1]
-                return one(xs[0], center, data, xs[2], xs[3], observed)
-
-            per_item = (keys, None if shared else centers, arrays, args)
-            return map_in_batches(chain, per_item, static.chain_batch)
-
-    else:
-        per_device = jax.vmap(one, in_axes=(0, None if shared else 0, None, 0, 0, None))
-    return over_items(per_device, mesh, (True, not shared, False, True, True, False))
+    per_item = (True, not shared, False, True, True, False)
+    return over_items(over_chains(one, per_item, static), mesh, per_item)
 
 
 def _global(host: np.ndarray, mesh: Mesh, spec: P) -> jax.Array:

@@ -87,8 +87,7 @@ def _program(phase: str, loss_fn, static: Static, plugins, mesh, shared: bool = 
         per_item = _PER_ITEM[phase]
         if shared:  # one centre for every item (programs.Items.shared): not batched
             per_item = (per_item[0], False, *per_item[2:])
-        per_device = jax.vmap(one, in_axes=tuple(0 if p else None for p in per_item))
-        return programs.over_items(per_device, mesh, per_item)
+        return programs.over_items(programs.over_chains(one, per_item, static), mesh, per_item)
 
     return programs._cached(("stream", phase, loss_fn, static, plugins, mesh, shared), build)
 
