@@ -96,19 +96,20 @@ def test_a_budget_too_small_for_the_needed_runs_raises_with_what_it_tried():
             step_size="auto",
             batch_size=N,
             num_steps=100,
-            calibration_budget=2 * 16 * 100,
+            calibration_budget=2 * 8 * 100,
         )
     text = str(error.value)
-    assert "(1) ε ∈" in text and "(2) ε ∈" in text and "would pass the budget of 3,200" in text
-    # below the smallest stage: an error naming the minimum, before anything runs
-    with pytest.raises(ValueError, match="below the minimum of 1600"):
+    assert "(1) ε ∈" in text and "(2) ε ∈" in text and "would pass the budget of 1,600" in text
+    # below the smallest stage (2 step sizes × 4 chains × 100 steps): an error naming the
+    # minimum, before anything runs
+    with pytest.raises(ValueError, match="below the minimum of 800"):
         sj.estimate_llc(
             quadratic_loss(H),
             jnp.zeros(4),
             DATA,
             step_size="auto",
             num_steps=100,
-            calibration_budget=1599,
+            calibration_budget=799,
         )
 
 
@@ -137,7 +138,7 @@ def test_the_run_length_is_chosen_only_where_num_steps_was_left():
 # --------------------------------------------------------------- the moves, on judged stages
 
 
-def _stage(means, problems, *, gammas=(0.1, 1.0), step_sizes=(1e-4, 2e-4), sd=0.2, seed=0):
+def _stage(means, problems, *, gammas=(1.0,), step_sizes=(1e-4, 2e-4), sd=0.2, seed=0):
     """A judged stage as :func:`escalate._next_move` reads it: cells over
     ``(step_sizes, gammas, 1)`` with λ̂ ``means[a][j]`` (4 chains × 400 draws of independent
     noise ``sd`` per draw) and the problem kinds ``problems[a][j]``."""
@@ -170,11 +171,19 @@ def _move(cal, *, left=(), first=False):
 
 def test_disagreeing_chains_with_too_few_draws_run_longer_not_more_localized():
     # rhat beside ess: a run too short to judge, so four times the steps at the same γ
-    short = _stage([[5.0, 5.0], [5.0, 5.0]], [[(), ("rhat", "ess")], [(), ("rhat", "ess")]])
+    short = _stage([[5.0], [5.0]], [[("rhat", "ess")], [("rhat", "ess")]])
     assert _move(short) == (2e-4, 1.0, 4.0, False)
     # rhat with enough draws (from the second stage on): the chains leave w*'s basin
-    apart = _stage([[5.0, 5.0], [5.0, 5.0]], [[(), ("rhat",)], [(), ()]])
+    apart = _stage([[5.0], [5.0]], [[("rhat",)], [()]])
     assert _move(apart) == (2e-4, 10.0, 1.0, False)
     assert _move(apart, first=True) == (2e-4, 1.0, 4.0, False)  # the first stage: longer
-    drift = _stage([[5.0, 5.0], [5.0, 5.0]], [[(), ("wandering", "ess")], [(), ()]])
+    drift = _stage([[5.0], [5.0]], [[("wandering", "ess")], [()]])
     assert _move(drift, first=True) == (2e-4, 10.0, 1.0, False)  # ‖w − w*‖ grows: always
+
+
+def test_a_shrinkage_shown_by_the_cells_own_draws_moves_to_a_weaker_localization():
+    """``localization_bias`` at γ (its elasticity shown beyond the tolerance) → γ/10, the
+    same steps; where γ/10 was left (its chains wandered), γ is kept, unverified."""
+    shrunk = _stage([[5.0], [5.0]], [[("localization_bias",)], [("localization_bias",)]])
+    assert _move(shrunk) == (2e-4, 0.1, 1.0, False)
+    assert _move(shrunk, left={0.1}) is None

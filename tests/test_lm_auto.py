@@ -66,16 +66,18 @@ class _Stage:
     problems: tuple
     results: tuple
     shape: tuple
+    fits: tuple = ()
     recommended: dict | None = None
     trusted: bool = False
     explanation: str = "(the stage's explanation)"
 
 
 def test_escalation_stopped_early_does_not_say_the_budget_was_spent(monkeypatch):
-    """The LM case of benchmarks/lm_auto.py: at γ the step is healthy but the localization
-    shrinks λ̂, and the weaker γ/10 wanders, so no further stage can verify the setting; the
-    escalation stops after one stage of a 2e6 budget. The fallback's explanation said "the
-    budget was spent"; it says why it stopped and what was spent."""
+    """The LM case of benchmarks/lm_auto.py: at γ the chains wander, so the escalation
+    localizes more; at 10γ the step is healthy but the localization shrinks λ̂, and γ, the
+    weaker one, was left, so no further stage can verify the setting: the escalation stops
+    after two stages of a 2e6 budget. The fallback's explanation said "the budget was
+    spent"; it says why it stopped and what was spent."""
     monkeypatch.setattr(
         escalate, "measure_scales", lambda *a, **k: Scales(100, 50.0, 0.5, 40.0, 1.0)
     )
@@ -92,10 +94,14 @@ def test_escalation_stopped_early_does_not_say_the_budget_was_spent(monkeypatch)
             types.SimpleNamespace(config=config(e, g), llc_mean=10.0, llc_stderr=0.1)
             for e, g in cells
         )
+        first.extend(localizations[:1] if not first else [])  # the first stage's γ
         problems = tuple(
-            ("wandering",) if g == localizations[0] else ("localization_bias",) for _, g in cells
+            ("wandering",) if g == first[0] else ("localization_bias",) for _, g in cells
         )
-        return _Stage(np.asarray(localizations), problems, results, (2, 2, 1))
+        shape = (len(step_sizes), len(localizations), 1)
+        return _Stage(np.asarray(localizations), problems, results, shape)
+
+    first = []
 
     outcome = escalate.run(
         stage,
@@ -106,9 +112,9 @@ def test_escalation_stopped_early_does_not_say_the_budget_was_spent(monkeypatch)
         key=jax.random.key(0),
         final_chains=None,
     )
-    assert len(outcome.stages) == 1 and outcome.chain_steps == 16_000
+    assert len(outcome.stages) == 2 and outcome.chain_steps == 16_000
     explanation = outcome.calibration.explanation
     assert outcome.calibration.trusted is False
     assert "budget was spent" not in explanation
-    assert "the smallest step size with no other problem" in explanation
+    assert "of the cells with no other problem, the one whose biases are least" in explanation
     assert "no further stage could verify it (16,000 of 2,000,000 chain-steps spent)" in explanation

@@ -160,7 +160,7 @@ def test_dry_run_plans_without_sampling_or_writing(tmp_path):
     auto = sj.estimate_llc_checkpoints(*args, calibration_budget=100_000, **kw)
     assert auto.calibration_chain_steps == 100_000 and "100,000 chain-steps" in auto.summary()
     assert sj.estimate_llc_checkpoints(*args, **kw).calibration_chain_steps == 2_000_000
-    with pytest.raises(ValueError, match="below the minimum of 6400"):  # 4 settings × 4 × 400
+    with pytest.raises(ValueError, match="below the minimum of 3200"):  # 2 settings × 4 × 400
         sj.estimate_llc_checkpoints(*args, calibration_budget=1000, **kw)
 
 

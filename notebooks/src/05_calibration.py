@@ -103,8 +103,9 @@ if cal.recommended is not None:
 # ## One call: `step_size="auto"`
 #
 # The call a user makes, nothing else chosen: `step_size="auto"` escalates from the
-# problem's measured scales (stages of {ε/2, ε} × {γ/10, γ}, each moved by its verdict)
-# until a cell is verified or its budget (2·10⁶ chain-steps) is spent, and, with
+# problem's measured scales (stages of {ε/2, ε} at one γ, whose localization the cells'
+# own draws check, each moved by its verdict) until a cell is verified or its budget
+# (2·10⁶ chain-steps) is spent, and, with
 # `num_steps` left at its default, chooses the run length of the estimate itself (a 2.5 %
 # standard error at the run's `num_chains`). It raises only when nothing it tried was
 # usable; otherwise `res.calibration.trusted` says whether the setting was verified.

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from slt_jax._src.estimators.diagnostics import localization_elasticity
+
 #: The problem kinds the step-size and localization checks add to a cell's health.
 STEP_BIAS = "step_bias"
 SHRINKAGE = "localization_bias"
@@ -143,12 +145,20 @@ def _verified_text(results, best, by_row, shape, tolerance, num_verified, total,
     checks = (
         "step bias and localization shrinkage both shown" if localization else "step bias shown"
     )
-    gamma = (
-        "every weaker, healthy localization at the same step size gives the same λ̂ within "
-        "the tolerance."
-        if localization
-        else "the localization is the one given (not checked)."
-    )
+    weaker = any(r.config.localization < c.localization for r in results)
+    if not localization:
+        gamma = "the localization is the one given (not checked)."
+    elif weaker:
+        gamma = (
+            "every weaker, healthy localization at the same step size gives the same λ̂ "
+            "within the tolerance."
+        )
+    else:
+        e, e_se = localization_elasticity(res)
+        gamma = (
+            f"its own draws put the localization's effect, d log λ̂/d log γ = {e:+.3f} ± "
+            f"{e_se:.2g}, below the tolerance (−(γ/2)·Cov(nβ L_n, ‖w − w*‖²)/λ̂)."
+        )
     return (
         f"Recommended: step_size={c.step_size:g}, localization={c.localization:g}, "
         f"nbeta={c.nbeta:.4g}: λ̂ = {res.llc_mean:.4g} ± {res.llc_stderr:.2g}. "

@@ -19,7 +19,10 @@ A cell is *verified* when (1) it passed every health check, (2) its row has at l
 step sizes, so that the fit measured its bias, and that bias is shown to be small:
 ``|bias| + 2·se < tolerance·λ₀``, and (3) its localization is shown not to shrink the
 estimate: a weaker localization's cell at the same step size is healthy (in particular its
-chains do not wander) and agrees, ``|λ̂(γ) − λ̂(γ')| + 2·se < tolerance·λ̂(γ')``. The
+chains do not wander) and agrees, ``|λ̂(γ) − λ̂(γ')| + 2·se < tolerance·λ̂(γ')``; where no
+weaker localization is in the grid, the cell's own elasticity
+(:func:`~slt_jax._src.estimators.diagnostics.localization_elasticity`, the first-order
+shrinkage against ``γ → 0``) is shown small, ``|e| + 2·se < tolerance``. The
 recommendation is the verified cell with the weakest localization, then the largest step
 size (the best-mixing chains that are still shown unbiased).
 """
@@ -31,7 +34,11 @@ import itertools
 
 import numpy as np
 
-from slt_jax._src.estimators.diagnostics import chain_diagnostics, stationarity
+from slt_jax._src.estimators.diagnostics import (
+    chain_diagnostics,
+    localization_elasticity,
+    stationarity,
+)
 from slt_jax._src.jobs.advice import (
     CONFIDENCE,
     SHRINKAGE,
@@ -249,7 +256,7 @@ def _localization_check(results, base_problems, index, a, j, k, tolerance):
         key=lambda i: -results[i].config.localization,
     )
     if not weaker:
-        return "no weaker localization in the grid"
+        return _elasticity_check(here, tolerance)
     agreeing, unknown = 0, None
     for other_index in weaker:
         other = results[other_index]
@@ -289,6 +296,29 @@ def _localization_check(results, base_problems, index, a, j, k, tolerance):
     if agreeing and unknown is None:
         return True
     return unknown
+
+
+def _elasticity_check(here, tolerance):
+    """The localization check of a cell with no weaker localization beside it: its own
+    elasticity (:func:`localization_elasticity`) shown below the tolerance (True), shown
+    above it (``(False, reason)``), or neither (a string)."""
+    e, se = localization_elasticity(here)
+    if not (np.isfinite(e) and np.isfinite(se)):
+        return "no weaker localization in the grid"
+    if abs(e) + CONFIDENCE * se < tolerance:
+        return True
+    if abs(e) > tolerance and abs(e) > CONFIDENCE * se:
+        return (
+            False,
+            f"its own draws give d log λ̂/d log γ = {e:+.3f} ± {se:.2g} at localization "
+            f"{here.config.localization:g}: at first order the localization changes the "
+            f"estimate by {100 * e:+.0f}% against none",
+        )
+    return (
+        f"its localization's effect, d log λ̂/d log γ = {e:+.3f} ± {se:.2g} from its own "
+        f"draws, is too noisy to show it below {tolerance:.0%} (no weaker localization in "
+        "the grid)"
+    )
 
 
 def cell_health(result, acceptance_band, tolerance: float) -> dict[str, str]:

@@ -100,7 +100,10 @@ def calibrate(
     below ``bias_tolerance`` (the estimate plus 2 standard errors): its step bias, from the
     fit of its row (so a row needs two healthy step sizes), and the shrinkage of its
     localization, against every weaker localization at the same step size, whose chains
-    must be healthy (not wandering) — at least one of them. With a single localization given,
+    must be healthy (not wandering) — at least one of them; the weakest localization of the
+    grid, which has none, by its own draws: its elasticity ``d log λ̂/d log γ =
+    −(γ/2)·Cov(nβ L_n, ‖w − w*‖²)/λ̂``, the first-order shrinkage, shown below the tolerance
+    (it needs the diagnostics, ``diagnostic_every > 0``). With a single localization given,
     it is the user's choice and only the step size is verified. The recommendation is the
     verified cell with the weakest localization, then the largest step size. If none is
     verified, the best healthy cell is recommended with

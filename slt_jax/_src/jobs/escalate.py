@@ -21,11 +21,17 @@ steps (``k = STEPS_PER_DIFFUSION``, at the stage's smaller step size): a free di
 step ``ε`` needs ``r²/ε`` steps to cross
 the typical set, and a quadratic's typical direction relaxes in ``2/(εA) ≈ 2 r²/ε``.
 
-**Each stage** runs ``{ε/2, ε} × {γ/10, γ}`` (``{ε/2, ε}`` when the localization is given)
-with :data:`CHAINS` chains each, common random numbers, half of each run burn-in. The
-two step sizes give the ε → 0 fit (``λ₀ = 2λ̂(ε/2) − λ̂(ε)``) that verifies the step bias;
-the weaker localization verifies the shrinkage; the health checks (equilibration of the
-LLC trace and of ‖w − w*‖ included) verify the run length.
+**Each stage** runs ``{ε/2, ε}`` at one localization ``γ`` with :data:`CHAINS` chains
+each, common random numbers, half of each run burn-in. The two step sizes give the ε → 0
+fit (``λ₀ = 2λ̂(ε/2) − λ̂(ε)``) that verifies the step bias; each cell's own draws verify
+the shrinkage: ``e = d log λ̂/d log γ = −(γ/2)·Cov(nβ(L_n − L_n(w*)), ‖w − w*‖²)/λ̂``
+(:func:`~slt_jax._src.jobs.assess.localization_elasticity`, exact for the localized
+posterior), the first-order change of λ̂ against ``γ → 0``; the health checks
+(equilibration of the LLC trace and of ‖w − w*‖ included) verify the run length. A cell at
+``γ/10`` beside them would cost as much again, and on a singular model far more: a deep
+linear network's weaker localization is a posterior ``10^L`` times stiffer (its estimate
+depends on ``nβ·γ^−L`` alone), which needs a far smaller step and far longer chains than
+the cell it checks.
 
 **Escalation**, from the verdict of the two cells at ``γ`` (steps scaled with ``1/ε`` so
 that a stage covers the same diffusion time ``r²/ε``): the smaller step size unstable
@@ -33,18 +39,18 @@ that a stage covers the same diffusion time ``r²/ε``): the smaller step size u
 (the smaller becomes the larger); still spreading (``wandering`` after the first
 length's many relaxation times: flat or far softer directions; from the second stage on,
 also chains that still drift, ``nonstationary``, or disagree, ``rhat``, with enough
-effective draws to say so: they leave the basin of ``w*``) → ``10γ``; shrunk against a
-*healthy* ``γ/10`` → ``γ/10`` (against an unhealthy one, whose chains escape, ``γ`` is
-kept, unverified); otherwise not equilibrated or too noisy to verify (``nonstationary``,
-``ess``, ``rhat``, a bias not shown small) → four times the steps (with a fixed
-``num_steps``: twice the step size, while no bias was seen), unless only the weaker
-localization's cells have not settled while ``γ``'s step bias is verified (then ``γ`` is
-kept, unverified). A localization once left is not returned to. It stops at the first
-verified cell, or when the next stage does not fit the budget (a longer one is cut to
-what is left, if that is still longer than the last): then it returns the best
-cell of the last stage that had one (``trusted=False``, the best of a stage with a
-verified cell kept first), else the smallest step size whose only problem is a bias
-shown (``trusted=False``), or raises :class:`CalibrationError` listing every stage it ran.
+effective draws to say so: they leave the basin of ``w*``) → ``10γ``; a shrinkage shown
+(``localization_bias``) → ``γ/10``; otherwise not equilibrated or too noisy to verify
+(``nonstationary``, ``ess``, ``rhat``, a bias not shown small) → four times the steps
+(with a fixed ``num_steps``: twice the step size, while no bias was seen). A localization
+once left is not returned to (a shrinkage shown where ``γ/10`` was left keeps ``γ``,
+unverified). It stops at the first verified cell, or when the next stage does not fit the
+budget (a longer one is cut to what is left, if that is still longer than the last): then
+it returns the best cell of the last stage that had one (``trusted=False``, the best of a
+stage with a verified cell kept first), else the cell whose only problems are biases
+shown, the least of them (its step bias plus its first-order shrinkage: a regular model
+pushed to a strong γ by chains read as drifting ends on shrunk cells of the smallest step
+size; ``trusted=False``), or raises :class:`CalibrationError` listing every stage it ran.
 
 **Run length.** When the user did not fix ``num_steps``, the estimate runs with the
 calibration's burn-in and as many draws as bring its Monte-Carlo standard error to
@@ -61,6 +67,7 @@ import jax
 import numpy as np
 
 from slt_jax._src import validation
+from slt_jax._src.estimators.diagnostics import localization_elasticity
 from slt_jax._src.jobs.autogrid import Scales, measure_scales
 
 #: The proxy relative step bias ``δ = εĀ/4`` of the larger step size of the first stage.
@@ -71,6 +78,10 @@ LOCALIZATION_FACTOR = 0.01
 STEPS_PER_DIFFUSION = 20.0
 #: Chains per cell.
 CHAINS = 4
+#: Cells per stage: the two step sizes at one localization.
+CELLS = 2
+#: The first stage takes at most ``1/FIRST_STAGE_PARTS`` of the budget.
+FIRST_STAGE_PARTS = 6
 #: The fewest and the most steps per chain of a stage.
 MIN_STEPS = 200
 MAX_STEPS = 1_000_000
@@ -115,8 +126,7 @@ class Outcome:
 
 def minimum_budget(num_steps: int | None, fixed_localization: bool) -> int:
     """The chain-steps of the smallest stage (a budget below it is an error)."""
-    cells = 2 if fixed_localization else 4
-    return cells * CHAINS * (num_steps or MIN_STEPS)
+    return CELLS * CHAINS * (num_steps or MIN_STEPS)
 
 
 def checked_budget(budget: int | None, num_steps: int | None, fixed_localization: bool) -> int:
@@ -131,7 +141,7 @@ def checked_budget(budget: int | None, num_steps: int | None, fixed_localization
     if budget < minimum:
         raise ValueError(
             f"`budget` = {budget} chain-steps is below the minimum of {minimum} for "
-            f"step_size='auto': one stage of {2 if fixed_localization else 4} settings × "
+            f"step_size='auto': one stage of {CELLS} settings × "
             f"{CHAINS} chains × {num_steps or MIN_STEPS} steps."
         )
     return budget
@@ -178,10 +188,11 @@ def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chai
     )
     fixed = localization is not None
     eps, gamma = first_setting(scales, localization)
-    cells = 2 if fixed else 4
-    # the first stage takes at most a third of the budget, leaving room to escalate
+    cells = CELLS
+    # the first stage takes at most a sixth of the budget (its chains as long as those of a
+    # third of it over four cells), leaving room to escalate
     steps = num_steps or min(
-        first_length(scales, eps), max(MIN_STEPS, budget // (3 * cells * CHAINS))
+        first_length(scales, eps), max(MIN_STEPS, budget // (FIRST_STAGE_PARTS * cells * CHAINS))
     )
     previous = 0
     spent, stages, tried, best = 0, [], [], None
@@ -199,9 +210,8 @@ def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chai
             )
             stopped = "the budget was spent"
             break
-        gammas = [gamma] if fixed else [_round(gamma / 10), gamma]
         cal = run_stage(
-            [_round(eps / 2), eps], gammas, CHAINS, steps, jax.random.fold_in(key, index + 1)
+            [_round(eps / 2), eps], [gamma], CHAINS, steps, jax.random.fold_in(key, index + 1)
         )
         spent += cost
         previous = steps
@@ -238,9 +248,7 @@ def _next_move(cal, eps, gamma, fixed, seen_bias, free_length, left, first):
     ``first``: ``cal`` is the first stage."""
     shape = cal.shape
     index = np.arange(len(cal.results)).reshape(shape)
-    top = shape[1] - 1  # the cells at γ (the last localization)
-    small, large = (set(cal.problems[int(index[a, top, 0])]) for a in range(shape[0]))
-    weak_cells = [set(cal.problems[int(index[a, 0, 0])]) for a in range(shape[0])] if top else []
+    small, large = (set(cal.problems[int(index[a, 0, 0])]) for a in range(shape[0]))
     unstable = {"diverged", "acceptance", "init_loss"}
     if unstable & small:
         # both step sizes unstable: a quarter, and as many more steps (same diffusion time)
@@ -254,11 +262,9 @@ def _next_move(cal, eps, gamma, fixed, seen_bias, free_length, left, first):
         # directions (singular) or far softer ones; localize more
         return eps, stronger, 1.0, seen_bias
     if not fixed and "localization_bias" in (large | small):
-        if all(p <= {"step_bias"} for p in weak_cells) and weaker not in left:
-            return eps, weaker, 1.0, seen_bias  # a healthy weaker localization differs: shrinkage
-        return None  # the weaker one is not healthy (chains escape): keep γ, unverified
-    if not (small or large) and any(_UNSETTLED & p for p in weak_cells) and _step_ok(cal, top):
-        return None  # γ verified in ε; the weaker localization does not settle: keep γ
+        # the cells' own draws show the shrinkage: a weaker localization (unless left: its
+        # chains wandered, so keep γ, unverified)
+        return (eps, weaker, 1.0, seen_bias) if weaker not in left else None
     if _UNSETTLED & (small | large) or not (small or large):
         # not equilibrated, or healthy but too noisy to verify: longer runs
         if free_length:
@@ -283,32 +289,28 @@ def _drifting(cells, first: bool) -> bool:
     return False
 
 
-def _step_ok(cal, row: int) -> bool:
-    """Whether the larger step size of ``row`` is shown unbiased (its fit's bias plus two
-    standard errors below the tolerance)."""
-    from slt_jax._src.jobs.calibrate import BIAS_TOLERANCE
-
-    fit = cal.fits[row]
-    if not fit.fitted or not fit.intercept > 0:
-        return False
-    bias, se = max(fit.bias.items(), key=lambda kv: cal.results[kv[0]].config.step_size)[1]
-    return abs(bias) + 2 * se < BIAS_TOLERANCE * fit.intercept
-
-
 def _least_biased(stages, stopped: str = "the budget was spent"):
     """With the escalation over and no healthy cell: the cell, over all stages, whose only
-    problems are the bias checks (``step_bias``, ``localization_bias``), with the smallest
-    step size, then the weakest localization (``trusted=False``; ``None`` if there is none).
-    ``stopped``: why the escalation ended, for the explanation."""
+    problems are the bias checks (``step_bias``, ``localization_bias``) with the least bias
+    they show (:func:`_shown_bias`), then the smallest step size and the weakest
+    localization (``trusted=False``; ``None`` if there is none). ``stopped``: why the
+    escalation ended, for the explanation."""
     found = [
-        (cal.results[i].config.step_size, cal.results[i].config.localization, -k, i, cal)
+        (
+            _shown_bias(cal, i),
+            cal.results[i].config.step_size,
+            cal.results[i].config.localization,
+            -k,
+            i,
+            cal,
+        )
         for k, cal in enumerate(stages)
         for i, p in enumerate(cal.problems)
         if p and set(p) <= {"step_bias", "localization_bias"}
     ]
     if not found:
         return None
-    *_, i, cal = min(found, key=lambda f: f[:4])
+    bias, *_, i, cal = min(found, key=lambda f: f[:5])
     c = cal.results[i].config
     return dataclasses.replace(
         cal,
@@ -318,11 +320,24 @@ def _least_biased(stages, stopped: str = "the budget was spent"):
             f"Not verified: {stopped} before a setting passed every check; "
             f"step_size={c.step_size:g}, localization={c.localization:g} gives λ̂ = "
             f"{cal.results[i].llc_mean:.4g} ± {cal.results[i].llc_stderr:.2g}, healthy but "
-            f"shown biased ({', '.join(cal.problems[i])}): the smallest step size with no "
-            f"other problem. "
+            f"shown biased ({', '.join(cal.problems[i])}): of the cells with no other "
+            f"problem, the one whose biases are least (step bias and first-order "
+            f"shrinkage ≈ {100 * bias:.0f}%). "
             f"{cal.explanation}"
         ),
     )
+
+
+def _shown_bias(cal, i: int) -> float:
+    """The relative bias a cell's checks show: its step bias against its row's ε → 0 fit
+    (0 without one) plus its first-order shrinkage ``|d log λ̂/d log γ|`` from its own
+    draws (0 where it cannot be read)."""
+    step = 0.0
+    for fit in cal.fits:
+        if i in fit.bias and fit.fitted and fit.intercept > 0:
+            step = abs(fit.bias[i][0]) / fit.intercept
+    e, _ = localization_elasticity(cal.results[i])
+    return step + (abs(e) if np.isfinite(e) else 0.0)
 
 
 def _run_length(cal, final_chains: int) -> tuple[int, int]:

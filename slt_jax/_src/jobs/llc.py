@@ -102,7 +102,7 @@ def estimate_llc(
         moves): ``res["all"]`` this LLC, ``res.observables["all"]``, ``res.probes["all"]``.
       calibration_budget: with ``step_size="auto"``, the most chain-steps the escalating
         calibration may spend over all its stages (default 2·10⁶, or 8 stages of
-        ``num_steps`` if more; a stage is 4 settings × 4 chains). With ``num_steps`` left at
+        ``num_steps`` if more; a stage is 2 step sizes × 4 chains). With ``num_steps`` left at
         its default and no ``num_burnin``, the calibration also chooses the run length
         (:mod:`slt_jax._src.jobs.escalate`).
       mesh, devices: where the chains run: a ``jax.sharding.Mesh`` (all its axes used) or
