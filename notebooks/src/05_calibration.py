@@ -127,13 +127,14 @@ except sj.CalibrationError as error:  # nothing usable: the message lists every 
 # **How often it is right.** `benchmarks/calibration_league.py` runs this same call on 42
 # cases drawn from six families with exact λ (deep linear networks at a rank-0 truth,
 # normal crossings, sums of monomials, linear and logistic regression, TMS k-gons; n from
-# 10³ to 10⁶, batches from 32 to full), seeds 0 and 1 (benchmarks/README.md): 74 % of the
-# estimates within ±15 % of λ on both (89 % and 86 % outside the deep linear networks),
-# **no trusted estimate outside ±25 %**, at a median cost of 4.0× and 3.6× the chain-steps
-# of the final estimate. The misses are the deep linear networks at a rank-0 truth like the
-# one above (1 of 14 within ±15 %), TMS at small nβ (where the exact localized posterior is
-# itself 16–42 % from λ at the chosen γ: `benchmarks/league_exact.py`), and nβ/B in the
-# hundreds.
+# 10³ to 10⁶, batches from 32 to full), seeds 0 and 1 (benchmarks/README.md): 74 % and 79 %
+# of the estimates within ±15 % of λ (86 % and 91 % outside the deep linear networks),
+# **no trusted estimate outside ±25 %**, at a median cost of 2.5× and 2.3× the chain-steps
+# of the final estimate (each stage runs two step sizes at one γ and reads the
+# localization's effect from its own draws). The misses are the deep linear networks at a
+# rank-0 truth like the one above (2 of 14 within ±15 %), TMS at small nβ (where the exact
+# localized posterior is itself 16–42 % from λ at the chosen γ:
+# `benchmarks/league_exact.py`), and nβ/B in the hundreds.
 #
 # For the deep linear networks the target is not what misses. Sampled exactly
 # (`benchmarks/dln_localized_posterior.py`, NUTS), the localized posterior at the setting
