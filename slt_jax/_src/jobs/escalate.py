@@ -25,8 +25,8 @@ the typical set, and a quadratic's typical direction relaxes in ``2/(εA) ≈ 2 
 each, common random numbers, half of each run burn-in. The two step sizes give the ε → 0
 fit (``λ₀ = 2λ̂(ε/2) − λ̂(ε)``) that verifies the step bias; each cell's own draws verify
 the shrinkage: ``e = d log λ̂/d log γ = −(γ/2)·Cov(nβ(L_n − L_n(w*)), ‖w − w*‖²)/λ̂``
-(:func:`~slt_jax._src.jobs.assess.localization_elasticity`, exact for the localized
-posterior), the first-order change of λ̂ against ``γ → 0``; the health checks
+(:func:`~slt_jax._src.estimators.diagnostics.localization_elasticity`, exact for the
+localized posterior), the first-order change of λ̂ against ``γ → 0``; the health checks
 (equilibration of the LLC trace and of ‖w − w*‖ included) verify the run length. A cell at
 ``γ/10`` beside them would cost as much again, and on a singular model far more: a deep
 linear network's weaker localization is a posterior ``10^L`` times stiffer (its estimate
