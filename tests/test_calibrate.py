@@ -420,8 +420,9 @@ def test_the_localization_elasticity_of_one_run_matches_the_quadratic_oracle():
     is about −0.006, −0.2 and −0.6: a wrong sign or factor shows at the two strong ones,
     whose standard errors are a few percent of them."""
     curvature = NBETA * H
-    for gamma in (0.3, 10.0, 100.0):
-        result = _quiet(
+
+    def run(gamma, **options):
+        return _quiet(
             sj.estimate_llc,
             quadratic_loss(H),
             jnp.zeros(4),
@@ -429,30 +430,19 @@ def test_the_localization_elasticity_of_one_run_matches_the_quadratic_oracle():
             step_size=2e-4,
             localization=gamma,
             batch_size=N,
-            num_chains=4,
-            num_steps=20_000,
-            diagnostic_every=5,
-            seed=3,
+            **options,
         )
+
+    for gamma in (0.3, 10.0, 100.0):
+        result = run(gamma, num_chains=4, num_steps=20_000, diagnostic_every=5, seed=3)
         e, se = localization_elasticity(result)
         share = curvature / (curvature + gamma)
         expected = -np.sum(share * gamma / (curvature + gamma)) / np.sum(share)
         assert np.isfinite(se) and se < 0.1 * abs(expected) + 0.01, (gamma, e, se)
         # 4 standard errors and the step bias (εA/4 ≤ 1.5 %) of the variances it reads
         assert abs(e - expected) < 4 * se + 0.03 * abs(expected), (gamma, e, se, expected)
-    # No localization, or no distances recorded: nothing to read it from.
-    result = _quiet(
-        sj.estimate_llc,
-        quadratic_loss(H),
-        jnp.zeros(4),
-        DATA,
-        step_size=2e-4,
-        localization=1.0,
-        batch_size=N,
-        num_chains=2,
-        num_steps=400,
-        diagnostic_every=0,
-    )
+    # No distances recorded: nothing to read it from.
+    result = run(1.0, num_chains=2, num_steps=400, diagnostic_every=0)
     assert np.isnan(localization_elasticity(result)).all()
 
 

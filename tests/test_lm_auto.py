@@ -88,7 +88,7 @@ def test_escalation_stopped_early_does_not_say_the_budget_was_spent(monkeypatch)
     def stage(step_sizes, localizations, chains, steps, key):
         cells = [(e, g) for e in step_sizes for g in localizations]  # ε-major, as a grid
         config = lambda e, g: types.SimpleNamespace(  # noqa: E731
-            step_size=e, localization=g, nbeta=50.0, num_chains=chains
+            step_size=e, localization=g, nbeta=50.0, num_chains=chains, diagnostic_every=0
         )
         results = tuple(
             types.SimpleNamespace(config=config(e, g), llc_mean=10.0, llc_stderr=0.1)

@@ -208,7 +208,7 @@ def localization_elasticity(result) -> tuple[float, float]:
     chains: chains still spreading (``wandering``) raise both together and read as a
     shrinkage, never as its absence."""
     c = result.config
-    every = int(getattr(c, "diagnostic_every", 0) or 0)
+    every = int(c.diagnostic_every or 0)
     gamma = float(c.localization or 0.0)
     nan = (float("nan"), float("nan"))
     if every <= 0 or gamma <= 0:

@@ -154,7 +154,7 @@ def calibrated_setting(
 
     fixed = None if localization is None or isinstance(localization, str) else localization
     given_budget = budget
-    budget = escalate.checked_budget(budget, num_steps, fixed is not None)
+    budget = escalate.checked_budget(budget, num_steps)
     config = dataclasses.replace(
         calibrate.run_defaults,
         num_steps=num_steps or 1000,

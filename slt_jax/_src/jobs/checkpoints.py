@@ -136,7 +136,6 @@ def estimate_llc_checkpoints(
     # checked, when their chunk runs.
     first = checkpoint_set.template if checkpoint_set.lazy else checkpoint_set.read(0)
     wants = auto.wants_auto(config.step_size, config.localization)
-    given = config.localization is not None and not isinstance(config.localization, str)
     # Everything is checked once, before anything is compiled or written (with stand-in
     # numbers for what a calibration will choose); a results directory records the data's
     # fingerprint, computed in the checks' one read.
@@ -164,7 +163,7 @@ def estimate_llc_checkpoints(
         resolved = prepared.config
         calibration = None
         if wants:  # the escalation's budget: at most what it spends (it stops when verified)
-            calibration = escalate.checked_budget(calibration_budget, resolved.num_steps, given)
+            calibration = escalate.checked_budget(calibration_budget, resolved.num_steps)
         sweep = Sweep.of(prepared, checkpoint_set)
         return plan.dry_run(sweep, chunk_size, memory_budget, calibration=calibration)
     # The output directory is checked and locked (and a stored manifest read, which fixes

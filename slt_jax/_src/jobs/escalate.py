@@ -124,17 +124,17 @@ class Outcome:
     num_burnin: int | None = None
 
 
-def minimum_budget(num_steps: int | None, fixed_localization: bool) -> int:
+def minimum_budget(num_steps: int | None) -> int:
     """The chain-steps of the smallest stage (a budget below it is an error)."""
     return CELLS * CHAINS * (num_steps or MIN_STEPS)
 
 
-def checked_budget(budget: int | None, num_steps: int | None, fixed_localization: bool) -> int:
+def checked_budget(budget: int | None, num_steps: int | None) -> int:
     """The chain-steps ``step_size="auto"`` may spend: ``budget`` checked (at least the
     smallest stage, naming it), or the default (:data:`DEFAULT_BUDGET`,
     or 8 smallest stages if more). ``num_steps``: the stages' length when the user fixed it
     (``None``: the calibration chooses it)."""
-    minimum = minimum_budget(num_steps, fixed_localization)
+    minimum = minimum_budget(num_steps)
     if budget is None:
         return max(DEFAULT_BUDGET, 8 * minimum)
     budget = validation.check_count("budget", budget, minimum=1)
@@ -188,21 +188,20 @@ def run(run_stage, prepared, *, localization, num_steps, budget, key, final_chai
     )
     fixed = localization is not None
     eps, gamma = first_setting(scales, localization)
-    cells = CELLS
     # the first stage takes at most a sixth of the budget (its chains as long as those of a
     # third of it over four cells), leaving room to escalate
     steps = num_steps or min(
-        first_length(scales, eps), max(MIN_STEPS, budget // (FIRST_STAGE_PARTS * cells * CHAINS))
+        first_length(scales, eps), max(MIN_STEPS, budget // (FIRST_STAGE_PARTS * CELLS * CHAINS))
     )
     previous = 0
     spent, stages, tried, best = 0, [], [], None
     stopped = f"the {MAX_STAGES} stages ran"  # why the loop ends (said if nothing is verified)
     seen_bias, left = False, set()
     for index in range(MAX_STAGES):
-        cost = cells * CHAINS * steps
-        affordable = (budget - spent) // (cells * CHAINS)
+        cost = CELLS * CHAINS * steps
+        affordable = (budget - spent) // (CELLS * CHAINS)
         if spent + cost > budget and num_steps is None and affordable >= max(MIN_STEPS, previous):
-            steps, cost = int(affordable), cells * CHAINS * int(affordable)  # what is left
+            steps, cost = int(affordable), CELLS * CHAINS * int(affordable)  # what is left
         if spent + cost > budget:
             tried.append(
                 f"next: ε = {eps:.3g}, γ = {gamma:.3g}, {steps} steps ({cost:,} chain-steps) "
